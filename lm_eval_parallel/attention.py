@@ -1,0 +1,254 @@
+"""The one attention function every supported model family calls (SPEC §5, §7, §8).
+
+Registered in transformers' ``AttentionInterface`` as ``"pce"`` with *no* mask function, so the
+model never builds a mask: each forward runs inside one of two call states that say what to attend
+to, set by the engine through a context variable.
+
+* ``EncodeCall``: prefix or piece rows. Every row attends causally to itself and to the shared
+  prefix keys (SDPA with a lower-right causal bias: no L x L tensor). New keys/values are captured.
+* ``QueryCall``: query rows over the flat KV store (prefix + every piece + earlier query tokens).
+  Rows that need probabilities (selection, entropy) are computed eagerly in chunks of rows;
+  otherwise SDPA with a padding/causal mask of size query x keys.
+
+Outside the engine (no call state) it is plain causal attention, so lm-eval's own helpers work.
+"""
+from __future__ import annotations
+
+import contextvars
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+from torch.nn.attention.bias import causal_lower_right
+
+from .selection import Selection, apply_keep, piece_scores, select_pieces, topn_sum
+
+ATTN_NAME = "pce"
+CHUNK_BYTES = 256 * 2**20  # memory budget of one chunk of eager attention rows
+
+_CALL: contextvars.ContextVar = contextvars.ContextVar("lm_eval_parallel_call", default=None)
+
+
+@dataclass
+class EncodeCall:
+    """Prefix or piece encoding: per layer ``prefix_kv[layer] = (k, v)`` of shape [1, Hkv, s, D] or None."""
+
+    prefix_kv: list | None = None
+    captured: dict = field(default_factory=dict)  # layer -> (k, v) [N, Hkv, M, D]
+
+
+@dataclass
+class LayerStats:
+    """Per-request sums for one layer (SPEC §8), and the optional analysis extras."""
+
+    entropy_sum: torch.Tensor  # [B]      sum over valid rows and heads of -sum p ln p
+    rows: torch.Tensor  # [B]             number of (row, head) terms
+    head_entropy_sum: torch.Tensor | None = None  # [B, H]
+    head_abs_logit_sum: torch.Tensor | None = None  # [B, H]
+    head_logit_count: torch.Tensor | None = None  # [B, H]
+    key_norm: torch.Tensor | None = None  # [B, Hkv] mean L2 norm of the context keys
+
+
+@dataclass
+class QueryCall:
+    """Query rows of B requests over a :class:`~lm_eval_parallel.kvstore.KVStore`."""
+
+    store: object
+    q_valid: torch.Tensor  # [B, Q] bool: real query rows (False for right padding / finished rows)
+    selection: Selection | None = None  # None: no selection in this call
+    want_stats: bool = False
+    analysis: bool = False
+    collect_scores: bool = False  # LHT pass 1: store per-layer piece scores, select nothing
+    forced_keep: torch.Tensor | None = None  # LHT pass 2: [B, 1, 1, P] kept pieces, same in every layer
+    scores: dict = field(default_factory=dict)  # layer -> [B, H, Q, P]
+    stats: dict = field(default_factory=dict)  # layer -> LayerStats
+
+    @property
+    def needs_probs(self) -> bool:
+        return self.selection is not None or self.want_stats or self.collect_scores or self.forced_keep is not None
+
+
+class use_call:
+    """``with use_call(state): model(...)`` — the state every attention layer of that forward reads."""
+
+    def __init__(self, call):
+        self.call = call
+
+    def __enter__(self):
+        self.token = _CALL.set(self.call)
+        return self.call
+
+    def __exit__(self, *exc):
+        _CALL.reset(self.token)
+
+
+def repeat_kv(x: torch.Tensor, n_rep: int) -> torch.Tensor:
+    """[B, Hkv, S, D] -> [B, Hkv * n_rep, S, D] (query head h reads kv head h // n_rep)."""
+    if n_rep == 1:
+        return x
+    b, h, s, d = x.shape
+    return x[:, :, None].expand(b, h, n_rep, s, d).reshape(b, h * n_rep, s, d)
+
+
+def _softcapped(scores: torch.Tensor, softcap: float | None) -> torch.Tensor:
+    if softcap is None:
+        return scores
+    return torch.tanh(scores / softcap) * softcap
+
+
+def _grouped_scores(q: torch.Tensor, k: torch.Tensor, scaling: float) -> torch.Tensor:
+    """q [B, H, r, D] x k [B, Hkv, K, D] -> scores [B, H, r, K] in fp32, without repeating k."""
+    b, h, r, d = q.shape
+    hkv = k.shape[1]
+    qg = q.float().reshape(b, hkv, (h // hkv) * r, d)
+    return (qg @ k.float().transpose(-1, -2)).reshape(b, h, r, -1) * scaling
+
+
+def _grouped_output(p: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """p [B, H, r, K] x v [B, Hkv, K, D] -> [B, H, r, D] in fp32."""
+    b, h, r, kk = p.shape
+    hkv = v.shape[1]
+    return (p.reshape(b, hkv, (h // hkv) * r, kk) @ v.float()).reshape(b, h, r, -1)
+
+
+def causal_attention(q, k, v, scaling: float, softcap: float | None = None) -> torch.Tensor:
+    """Row t of q attends keys 0 .. S - T + t (lower-right causal). Returns [B, T, H, D]."""
+    n_rep = q.shape[1] // k.shape[1]
+    t, s = q.shape[2], k.shape[2]
+    if softcap is None:
+        k, v = repeat_kv(k, n_rep), repeat_kv(v, n_rep)
+        if s == t:
+            out = F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=scaling)
+        else:
+            out = F.scaled_dot_product_attention(q, k, v, attn_mask=causal_lower_right(t, s), scale=scaling)
+        return out.transpose(1, 2)
+    out = torch.empty(q.shape, dtype=torch.float32, device=q.device)
+    for r0, r1 in _row_chunks(q.shape[0] * q.shape[1] * s, t):
+        scores = _softcapped(_grouped_scores(q[:, :, r0:r1], k, scaling), softcap)
+        rows = torch.arange(r0, r1, device=q.device)[:, None] + (s - t)
+        visible = torch.arange(s, device=q.device)[None, :] <= rows  # [r, S]
+        scores = scores.masked_fill(~visible, torch.finfo(scores.dtype).min)
+        out[:, :, r0:r1] = _grouped_output(scores.softmax(-1), v)
+    return out.to(q.dtype).transpose(1, 2)
+
+
+def _row_chunks(bytes_per_row_unit: int, n_rows: int):
+    """Split ``n_rows`` so that one chunk of fp32 [*, rows, K] tensors stays within CHUNK_BYTES."""
+    per_row = max(1, bytes_per_row_unit * 4 * 3)
+    step = max(1, min(n_rows, CHUNK_BYTES // per_row))
+    for r0 in range(0, n_rows, step):
+        yield r0, min(n_rows, r0 + step)
+
+
+def _query_attention(module, q, k, v, call: QueryCall, scaling: float, softcap: float | None) -> torch.Tensor:
+    """Query rows over the whole store (k, v already include this call's keys)."""
+    store = call.store
+    b, h, n_q, _ = q.shape
+    n_k = k.shape[2]
+    offset = n_k - n_q  # cache index of the first query row
+    device = q.device
+    key_valid = store.key_valid[:, :n_k].to(device)  # [B, K]
+    causal = torch.arange(n_k, device=device)[None, :] <= (torch.arange(n_q, device=device)[:, None] + offset)
+    visible = key_valid[:, None, :] & causal[None]  # [B, Q, K]
+
+    if not call.needs_probs and softcap is None:
+        n_rep = h // k.shape[1]
+        out = F.scaled_dot_product_attention(
+            q, repeat_kv(k, n_rep), repeat_kv(v, n_rep), attn_mask=visible[:, None], scale=scaling
+        )
+        return out.transpose(1, 2)
+
+    layer = module.layer_idx
+    q_valid = call.q_valid.to(device)
+    piece_index = store.piece_index.to(device)  # [B, P, Lmax], -1 = none
+    n_pieces = store.n_pieces.to(device)  # [B]
+    group_index = store.group_index(n_k).to(device)  # [B, K]: piece id, or P for always-kept keys
+    chunks = list(_row_chunks(b * h * (n_k + piece_index.shape[1] * piece_index.shape[2]), n_q))
+
+    def probabilities(r0, r1):
+        scores = _softcapped(_grouped_scores(q[:, :, r0:r1], k, scaling), softcap)
+        scores = scores.masked_fill(~visible[:, None, r0:r1], torch.finfo(scores.dtype).min)
+        return scores, scores.softmax(-1)
+
+    keep = call.forced_keep
+    selection = call.selection
+    cached = None
+    if call.collect_scores or (selection is not None and keep is None):
+        per_chunk = []
+        for r0, r1 in chunks:
+            scores, p = probabilities(r0, r1)
+            per_chunk.append(piece_scores(p, piece_index, selection.score_topn if selection else 5))
+            if len(chunks) == 1:
+                cached = (scores, p)
+        g = torch.cat(per_chunk, dim=2) * q_valid[:, None, :, None]  # [B, H, Q, P]
+        if call.collect_scores:
+            call.scores[layer] = g
+        else:
+            keep = select_pieces(topn_sum(g, selection.aggr, selection.aggr_topn), n_pieces, selection.top_k)
+
+    out = torch.empty((b, h, n_q, v.shape[-1]), dtype=torch.float32, device=device)
+    stats = None
+    if call.want_stats:
+        stats = LayerStats(torch.zeros(b, device=device), torch.zeros(b, device=device))
+        if call.analysis:
+            stats.head_entropy_sum = torch.zeros(b, h, device=device)
+            stats.head_abs_logit_sum = torch.zeros(b, h, device=device)
+            stats.head_logit_count = torch.zeros(b, h, device=device)
+            context = key_valid[:, :offset].float()  # [B, C]
+            norms = k[:, :, :offset].float().norm(dim=-1)  # [B, Hkv, C]
+            stats.key_norm = (norms * context[:, None]).sum(-1) / context.sum(-1).clamp_min(1)[:, None]
+    for r0, r1 in chunks:
+        scores, p = cached if cached is not None else probabilities(r0, r1)
+        if keep is not None:
+            k_rows = keep if keep.shape[2] == 1 else keep[:, :, r0:r1]
+            p = apply_keep(p, k_rows, group_index)
+        if stats is not None:
+            row_valid = q_valid[:, r0:r1].float()  # [B, r]
+            ent = -torch.xlogy(p, p).sum(-1)  # [B, H, r]
+            stats.entropy_sum += (ent * row_valid[:, None]).sum((1, 2))
+            stats.rows += row_valid.sum(-1) * h
+            if call.analysis:
+                seen = visible[:, None, r0:r1] & (row_valid[:, None, :, None] > 0)  # [B, 1, r, K]
+                stats.head_entropy_sum += (ent * row_valid[:, None]).sum(-1)
+                stats.head_abs_logit_sum += (scores.abs() * seen).sum((-1, -2))
+                stats.head_logit_count += seen.sum((-1, -2)).float()
+        out[:, :, r0:r1] = _grouped_output(p, v)
+    if stats is not None:
+        call.stats[layer] = stats
+    return out.to(q.dtype).transpose(1, 2)
+
+
+def pce_attention(module, query, key, value, attention_mask=None, scaling=None, dropout=0.0, softcap=None, **kwargs):
+    """transformers attention-interface entry point: query [B, H, T, D], key/value [B, Hkv, T, D]."""
+    if kwargs.get("s_aux") is not None:
+        raise NotImplementedError("lm_eval_parallel: attention sinks (s_aux, gpt-oss) are not supported")
+    if scaling is None:
+        scaling = query.shape[-1] ** -0.5
+    call = _CALL.get()
+    if isinstance(call, QueryCall):
+        k, v = call.store.write(module.layer_idx, key, value)
+        return _query_attention(module, query, k, v, call, scaling, softcap), None
+    if isinstance(call, EncodeCall):
+        call.captured[module.layer_idx] = (key, value)
+        if call.prefix_kv is not None:
+            pk, pv = call.prefix_kv[module.layer_idx]
+            n = key.shape[0]
+            key = torch.cat([pk.expand(n, -1, -1, -1), key], dim=2)
+            value = torch.cat([pv.expand(n, -1, -1, -1), value], dim=2)
+        return causal_attention(query, key, value, scaling, softcap), None
+    if attention_mask is not None:  # a caller-built 4-D mask (no mask function is registered, so rare)
+        n_rep = query.shape[1] // key.shape[1]
+        mask = attention_mask[:, :, :, : key.shape[2]]
+        out = F.scaled_dot_product_attention(
+            query, repeat_kv(key, n_rep), repeat_kv(value, n_rep), attn_mask=mask, scale=scaling
+        )
+        return out.transpose(1, 2), None
+    return causal_attention(query, key, value, scaling, softcap), None
+
+
+def register() -> str:
+    """Register ``pce`` in transformers' attention interface (idempotent); returns its name."""
+    from transformers import AttentionInterface
+
+    AttentionInterface.register(ATTN_NAME, pce_attention)
+    return ATTN_NAME

@@ -1,0 +1,283 @@
+"""Parallel context encoding engine: prefill, flat KV store, scoring and greedy generation.
+
+    prefix  --(one forward, cached)------------------------------+
+    pieces  --(one batched forward, each row: prefix + itself)---+--> KVStore --> query forward(s)
+
+No forward ever sees an L x L mask: pieces are rows of a batch (causal SDPA with the prefix keys
+prepended), and query rows attend over the flat store. Numbers are per SPEC §5-§9.
+"""
+from __future__ import annotations
+
+import math
+from collections import OrderedDict
+from dataclasses import dataclass
+
+import torch
+
+from .attention import EncodeCall, QueryCall, use_call
+from .kvstore import KVStore
+from .layout import Layout, layout_positions, piece_positions
+from .selection import Selection, select_pieces, topn_sum_layers
+
+
+@dataclass
+class EncodedContext:
+    """A context after prefill: its store (one row) and where query positions start."""
+
+    store: KVStore
+    length: int  # number of context keys (prefix + pieces)
+    query_start: float  # position of the first query token
+    n_pieces: int
+
+
+@dataclass
+class RequestStats:
+    """Attention statistics of one request, per layer (SPEC §8), plus optional per-head analysis."""
+
+    entropy_sum: list[float]
+    rows: list[float]
+    head_entropy_sum: list[list[float]] | None = None
+    head_rows: list[float] | None = None
+    head_abs_logit_sum: list[list[float]] | None = None
+    head_logit_count: list[list[float]] | None = None
+    key_norm: list[list[float]] | None = None
+
+    @property
+    def attn_entropy(self) -> float:
+        per_layer = [s / n for s, n in zip(self.entropy_sum, self.rows) if n > 0]
+        return sum(per_layer) / len(per_layer) if per_layer else math.nan
+
+    def analysis_record(self) -> dict:
+        n_heads = len(self.head_entropy_sum[0]) if self.head_entropy_sum else 0
+        return {
+            "attn_entropy": self.attn_entropy,
+            "layer_entropy": [s / n if n else math.nan for s, n in zip(self.entropy_sum, self.rows)],
+            "head_entropy": [[e / max(r / n_heads, 1.0) for e in layer] for layer, r in zip(self.head_entropy_sum, self.rows)]
+            if self.head_entropy_sum else None,
+            "key_norm": self.key_norm,
+            "abs_logit": [[s / c if c else math.nan for s, c in zip(ls, lc)]
+                          for ls, lc in zip(self.head_abs_logit_sum, self.head_logit_count)]
+            if self.head_abs_logit_sum else None,
+        }
+
+
+def _merge(into: RequestStats | None, call: QueryCall, row: int, n_layers: int) -> RequestStats:
+    """Add one forward's per-layer stats of batch row ``row`` to a request's running stats."""
+    if into is None:
+        into = RequestStats([0.0] * n_layers, [0.0] * n_layers)
+        if call.analysis:
+            into.head_entropy_sum = [None] * n_layers
+            into.head_abs_logit_sum = [None] * n_layers
+            into.head_logit_count = [None] * n_layers
+            into.key_norm = [None] * n_layers
+    for layer, st in call.stats.items():
+        into.entropy_sum[layer] += float(st.entropy_sum[row])
+        into.rows[layer] += float(st.rows[row])
+        if call.analysis:
+            def add(acc, value):
+                value = value[row].tolist()
+                return value if acc is None else [a + b for a, b in zip(acc, value)]
+            into.head_entropy_sum[layer] = add(into.head_entropy_sum[layer], st.head_entropy_sum)
+            into.head_abs_logit_sum[layer] = add(into.head_abs_logit_sum[layer], st.head_abs_logit_sum)
+            into.head_logit_count[layer] = add(into.head_logit_count[layer], st.head_logit_count)
+            if into.key_norm[layer] is None:
+                into.key_norm[layer] = st.key_norm[row].tolist()
+    return into
+
+
+class ParallelEngine:
+    """Runs the three stages for a causal LM whose attention implementation is ``pce``."""
+
+    def __init__(self, model, device, *, pos: str = "even", pos_round: str = "none", want_stats: bool = True,
+                 analysis: bool = False, max_batch_tokens: int = 16384, prefix_cache_size: int = 8):
+        self.model = model
+        self.device = device
+        self.pos = pos
+        self.pos_round = pos_round
+        self.want_stats = want_stats or analysis
+        self.analysis = analysis
+        self.max_batch_tokens = max_batch_tokens
+        self.n_layers = model.config.get_text_config().num_hidden_layers
+        self._prefix_cache: OrderedDict = OrderedDict()
+        self._prefix_cache_size = prefix_cache_size
+
+    # ------------------------------------------------------------------ prefill
+    def _forward(self, ids: torch.Tensor, positions: torch.Tensor, keep_logits: int = 1):
+        return self.model(
+            input_ids=ids.to(self.device), position_ids=positions.to(self.device),
+            use_cache=False, logits_to_keep=keep_logits,
+        )
+
+    def _encode_prefix(self, prefix: tuple[int, ...]):
+        """Per layer (k, v) [1, Hkv, s, D] of the shared prefix, computed once per distinct prefix."""
+        if not prefix:
+            return None
+        if prefix in self._prefix_cache:
+            self._prefix_cache.move_to_end(prefix)
+            return self._prefix_cache[prefix]
+        call = EncodeCall()
+        with use_call(call):
+            self._forward(torch.tensor([prefix]), torch.arange(len(prefix), dtype=torch.float32)[None])
+        kv = [call.captured[layer] for layer in range(self.n_layers)]
+        self._prefix_cache[prefix] = kv
+        if len(self._prefix_cache) > self._prefix_cache_size:
+            self._prefix_cache.popitem(last=False)
+        return kv
+
+    def _encode_pieces(self, layout: Layout, positions: list[list[float]], prefix_kv, store: KVStore, offsets):
+        """Encode pieces as right-padded batch rows (in groups of <= max_batch_tokens); write into ``store``."""
+        order = [i for i, p in enumerate(layout.pieces) if len(p) > 0]
+        longest = max(len(layout.pieces[i]) for i in order)
+        rows_per_batch = max(1, self.max_batch_tokens // longest)
+        for start in range(0, len(order), rows_per_batch):
+            rows = order[start : start + rows_per_batch]
+            ids = torch.zeros(len(rows), longest, dtype=torch.long)
+            pos = torch.zeros(len(rows), longest, dtype=torch.float32)
+            for r, i in enumerate(rows):
+                n = len(layout.pieces[i])
+                ids[r, :n] = torch.tensor(layout.pieces[i])
+                pos[r, :n] = torch.tensor(positions[i], dtype=torch.float32)
+                pos[r, n:] = pos[r, n - 1]  # right padding: never seen by real tokens
+            call = EncodeCall(prefix_kv=prefix_kv)
+            with use_call(call):
+                self._forward(ids, pos)
+            for layer in range(self.n_layers):
+                k, v = call.captured[layer]
+                for r, i in enumerate(rows):
+                    n = len(layout.pieces[i])
+                    store.put(layer, offsets[i], k[r, :, :n], v[r, :, :n])
+
+    @torch.no_grad()
+    def encode(self, layout: Layout, reserve: int = 0, oracle_keys: bool = False) -> EncodedContext:
+        """Prefill one context: prefix once, pieces as a batch; room for ``reserve`` query tokens."""
+        s = len(layout.prefix)
+        lengths = [len(p) for p in layout.pieces]
+        n_ctx = layout.n_context
+        cap = n_ctx + max(reserve, 1)
+        groups = layout.key_groups()
+        key_valid = torch.zeros(1, cap, dtype=torch.bool)
+        key_valid[0, :n_ctx] = True
+        key_group = torch.full((1, cap), -1, dtype=torch.long)
+        key_group[0, :n_ctx] = torch.tensor(groups, dtype=torch.long)
+        n_pieces = sum(1 for n in lengths if n > 0)
+        offsets, start = [], s
+        for n in lengths:
+            offsets.append(start)
+            start += n
+        piece_index = torch.full((1, max(1, len(lengths)), max([1, *lengths])), -1, dtype=torch.long)
+        for i, (o, n) in enumerate(zip(offsets, lengths)):
+            piece_index[0, i, :n] = torch.arange(o, o + n)
+        store = KVStore(self.n_layers, key_valid, key_group, torch.tensor([n_pieces]), piece_index, n_ctx)
+
+        prefix_kv = self._encode_prefix(layout.prefix)
+        if prefix_kv is not None:
+            for layer, (k, v) in enumerate(prefix_kv):
+                store.put(layer, 0, k[0], v[0])
+        per_piece, query_start = piece_positions(s, lengths, self.pos, self.pos_round)
+        if n_pieces:
+            self._encode_pieces(layout, per_piece, prefix_kv, store, offsets)
+        if oracle_keys and n_pieces:
+            # SPEC / paper §4.3.2: keys from full-attention encoding, values stay parallel.
+            full = Layout(layout.prefix, (tuple(layout.flat_ids()[s:]),))
+            full_pos, query_start = piece_positions(s, [n_ctx - s], "serial", "none")
+            values = [store.v[layer].clone() for layer in range(self.n_layers)]
+            self._encode_pieces(full, full_pos, prefix_kv, store, [s])
+            for layer in range(self.n_layers):
+                store.v[layer] = values[layer]
+        return EncodedContext(store, n_ctx, query_start, n_pieces)
+
+    # ------------------------------------------------------------------ query stage
+    def _query_forward(self, store: KVStore, ids: torch.Tensor, positions: torch.Tensor, q_valid: torch.Tensor,
+                       selection: Selection | None, want_stats: bool):
+        """One query forward over ``store`` (LHT runs it twice); returns (logits [B, Q, V], call)."""
+        start = store.length
+        store.mark(start, q_valid)
+        analysis = self.analysis and want_stats
+        if selection is not None and selection.aggr == "LHT":
+            first = QueryCall(store, q_valid, selection=selection, collect_scores=True)
+            with use_call(first):
+                self._forward(ids, positions, keep_logits=1)
+            layers = [first.scores[layer] for layer in range(self.n_layers)]
+            keep = select_pieces(topn_sum_layers(layers, selection.aggr_topn), store.n_pieces.to(layers[0].device),
+                                 selection.top_k)
+            call = QueryCall(store, q_valid, forced_keep=keep, want_stats=want_stats, analysis=analysis)
+        else:
+            call = QueryCall(store, q_valid, selection=selection, want_stats=want_stats, analysis=analysis)
+        with use_call(call):
+            out = self._forward(ids, positions, keep_logits=0)
+        return out.logits, call
+
+    @staticmethod
+    def _pad_rows(rows: list[list[int]], starts: list[float]):
+        width = max(len(r) for r in rows)
+        ids = torch.zeros(len(rows), width, dtype=torch.long)
+        pos = torch.zeros(len(rows), width, dtype=torch.float32)
+        valid = torch.zeros(len(rows), width, dtype=torch.bool)
+        for b, (row, q0) in enumerate(zip(rows, starts)):
+            ids[b, : len(row)] = torch.tensor(row, dtype=torch.long)
+            pos[b] = q0 + torch.arange(width, dtype=torch.float32)
+            valid[b, : len(row)] = True
+        return ids, pos, valid
+
+    @torch.no_grad()
+    def score(self, contexts: list[EncodedContext], queries: list[list[int]], continuations: list[list[int]],
+              selection: Selection | None):
+        """Loglikelihood of each continuation (query + continuation are one forward call, SPEC §7)."""
+        rows = [q + c for q, c in zip(queries, continuations)]
+        width = max(len(r) for r in rows)
+        saved = [c.store.length for c in contexts]
+        store = KVStore.stack([c.store for c in contexts], width)
+        ids, pos, valid = self._pad_rows(rows, [c.query_start for c in contexts])
+        logits, call = self._query_forward(store, ids, pos, valid, selection, self.want_stats)
+        logprobs = torch.log_softmax(logits.float(), dim=-1)
+        results = []
+        for b, (q, c) in enumerate(zip(queries, continuations)):
+            span = slice(len(q) - 1, len(q) + len(c) - 1)
+            target = torch.tensor(c, device=logprobs.device)
+            picked = logprobs[b, span].gather(-1, target[:, None]).squeeze(-1)
+            greedy = bool((logprobs[b, span].argmax(-1) == target).all())
+            stats = _merge(None, call, b, self.n_layers) if self.want_stats else None
+            results.append((float(picked.sum()), greedy, stats))
+        for c, length in zip(contexts, saved):
+            c.store.length = length
+        return results
+
+    @torch.no_grad()
+    def generate(self, contexts: list[EncodedContext], queries: list[list[int]], max_new_tokens: int,
+                 selection: Selection | None, is_done, eos_ids: set[int]):
+        """Greedy decoding; ``is_done(b, tokens)`` says when row b may stop. Returns (tokens, stats) per row."""
+        b_size = len(contexts)
+        saved = [c.store.length for c in contexts]
+        width = max(len(q) for q in queries)
+        store = KVStore.stack([c.store for c in contexts], width + max_new_tokens + 1)
+        store.ensure_capacity(store.length + width + max_new_tokens + 1)
+        ids, pos, valid = self._pad_rows(queries, [c.query_start for c in contexts])
+        logits, call = self._query_forward(store, ids, pos, valid, selection, self.want_stats)
+        stats = [_merge(None, call, b, self.n_layers) if self.want_stats else None for b in range(b_size)]
+        store.length += width
+        last = torch.tensor([len(q) - 1 for q in queries], device=logits.device)
+        next_tok = logits[torch.arange(b_size, device=logits.device), last].argmax(-1).tolist()
+        next_pos = [c.query_start + len(q) for c, q in zip(contexts, queries)]
+        tokens: list[list[int]] = [[] for _ in range(b_size)]
+        active = [True] * b_size
+        for step in range(max_new_tokens):
+            for b in range(b_size):
+                if active[b]:
+                    tokens[b].append(next_tok[b])
+                    if next_tok[b] in eos_ids or is_done(b, tokens[b]) or len(tokens[b]) >= max_new_tokens:
+                        active[b] = False
+            if not any(active):
+                break
+            ids = torch.tensor(next_tok, dtype=torch.long)[:, None]
+            pos = torch.tensor(next_pos, dtype=torch.float32)[:, None]
+            valid = torch.tensor(active, dtype=torch.bool)[:, None]
+            logits, call = self._query_forward(store, ids, pos, valid, selection, self.want_stats)
+            store.length += 1
+            for b in range(b_size):
+                if active[b] and self.want_stats:
+                    stats[b] = _merge(stats[b], call, b, self.n_layers)
+            next_tok = logits[:, -1].argmax(-1).tolist()
+            next_pos = [p + 1 for p in next_pos]
+        for c, length in zip(contexts, saved):
+            c.store.length = length
+        return list(zip(tokens, stats))

@@ -1,0 +1,110 @@
+"""Flat KV store: prefix + every piece + query/generated tokens, one buffer per layer.
+
+Buffers are [B, Hkv, capacity, D] and allocated lazily on each layer's own device (so a model split
+over GPUs works); ``length`` is the number of filled positions, shared by every row (rows are
+left-padded to a common context length). Piece encoding writes each piece at its offset; a query
+forward writes its keys at ``[length, length + Q)`` and the engine decides whether to keep them
+(generation) or to rewind (scoring several continuations of one context).
+"""
+from __future__ import annotations
+
+import torch
+
+
+class KVStore:
+    def __init__(self, n_layers: int, key_valid: torch.Tensor, key_group: torch.Tensor, n_pieces: torch.Tensor,
+                 piece_index: torch.Tensor, length: int):
+        self.k: list[torch.Tensor | None] = [None] * n_layers
+        self.v: list[torch.Tensor | None] = [None] * n_layers
+        self.key_valid = key_valid  # [B, cap] bool: False for left padding and unused slots
+        self.key_group = key_group  # [B, cap] long: piece id, -1 for always-kept keys
+        self.n_pieces = n_pieces  # [B]
+        self.piece_index = piece_index  # [B, P, Lmax] cache index of every piece token (-1 = none)
+        self.length = length
+
+    @property
+    def batch(self) -> int:
+        return self.key_valid.shape[0]
+
+    @property
+    def capacity(self) -> int:
+        return self.key_valid.shape[1]
+
+    def group_index(self, n_keys: int) -> torch.Tensor:
+        """Per key: its piece id, or P (= number of piece slots) for always-kept keys. [B, n_keys]."""
+        groups = self.key_group[:, :n_keys]
+        n_slots = self.piece_index.shape[1]
+        return torch.where(groups < 0, n_slots, groups)
+
+    def ensure_capacity(self, needed: int) -> None:
+        if needed <= self.capacity:
+            return
+        grow = max(needed, 2 * self.capacity) - self.capacity
+        b = self.batch
+        self.key_valid = torch.cat([self.key_valid, self.key_valid.new_zeros(b, grow)], 1)
+        self.key_group = torch.cat([self.key_group, self.key_group.new_full((b, grow), -1)], 1)
+        for layer, (k, v) in enumerate(zip(self.k, self.v)):
+            if k is not None:
+                pad = k.new_zeros(k.shape[0], k.shape[1], grow, k.shape[3])
+                self.k[layer], self.v[layer] = torch.cat([k, pad], 2), torch.cat([v, pad], 2)
+
+    def _buffers(self, layer: int, like: torch.Tensor):
+        if self.k[layer] is None:
+            shape = (self.batch, like.shape[1], self.capacity, like.shape[3])
+            self.k[layer] = like.new_zeros(shape)
+            self.v[layer] = like.new_zeros(shape)
+        return self.k[layer], self.v[layer]
+
+    def put(self, layer: int, start: int, k: torch.Tensor, v: torch.Tensor, row: int = 0) -> None:
+        """Write k, v [Hkv, n, D] of one row at positions [start, start + n)."""
+        kb, vb = self._buffers(layer, k[None])
+        kb[row, :, start : start + k.shape[1]] = k
+        vb[row, :, start : start + v.shape[1]] = v
+
+    def write(self, layer: int, k: torch.Tensor, v: torch.Tensor):
+        """Write this forward's k, v [B, Hkv, Q, D] at ``length``; return views of everything so far."""
+        end = self.length + k.shape[2]
+        kb, vb = self._buffers(layer, k)
+        kb[:, :, self.length : end] = k
+        vb[:, :, self.length : end] = v
+        return kb[:, :, :end], vb[:, :, :end]
+
+    def mark(self, start: int, valid: torch.Tensor) -> None:
+        """Validity of the keys written at [start, start + Q): valid [B, Q] (query padding is invalid)."""
+        self.key_valid[:, start : start + valid.shape[1]] = valid
+        self.key_group[:, start : start + valid.shape[1]] = -1
+
+    @classmethod
+    def stack(cls, stores: list["KVStore"], extra: int) -> "KVStore":
+        """Left-pad single-row stores to one batch with room for ``extra`` more positions."""
+        if len(stores) == 1 and stores[0].capacity >= stores[0].length + extra:
+            return stores[0]
+        longest = max(s.length for s in stores)
+        cap = longest + extra
+        b = len(stores)
+        n_slots = max(s.piece_index.shape[1] for s in stores)
+        l_max = max(s.piece_index.shape[2] for s in stores)
+        key_valid = torch.zeros(b, cap, dtype=torch.bool)
+        key_group = torch.full((b, cap), -1, dtype=torch.long)
+        piece_index = torch.full((b, n_slots, l_max), -1, dtype=torch.long)
+        n_pieces = torch.zeros(b, dtype=torch.long)
+        for row, s in enumerate(stores):
+            pad = longest - s.length
+            key_valid[row, pad:longest] = s.key_valid[0, : s.length]
+            key_group[row, pad:longest] = s.key_group[0, : s.length]
+            src = s.piece_index[0]
+            piece_index[row, : src.shape[0], : src.shape[1]] = torch.where(src < 0, -1, src + pad)
+            n_pieces[row] = s.n_pieces[0]
+        out = cls(len(stores[0].k), key_valid, key_group, n_pieces, piece_index, longest)
+        for layer in range(len(out.k)):
+            ks = [s.k[layer] for s in stores]
+            if ks[0] is None:
+                continue
+            kb = ks[0].new_zeros((b, ks[0].shape[1], cap, ks[0].shape[3]))
+            vb = kb.clone()
+            for row, s in enumerate(stores):
+                pad = longest - s.length
+                kb[row, :, pad:longest] = s.k[layer][0, :, : s.length]
+                vb[row, :, pad:longest] = s.v[layer][0, :, : s.length]
+            out.k[layer], out.v[layer] = kb, vb
+        return out

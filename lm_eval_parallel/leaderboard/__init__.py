@@ -1,0 +1,147 @@
+"""Leaderboards and the CI regression gate over lm-eval results files.
+
+    lm-eval-parallel leaderboard DIR... --out leaderboards/NAME
+    lm-eval-parallel check DIR... --baseline leaderboards/NAME/board.json --tolerance 0.02
+
+`main_leaderboard(argv)` and `main_check(argv)` take the arguments after the sub-command and return the
+exit status. The building blocks (reading results, board rows, category cells, the gate) are importable.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+
+from .board import Board, CategoryCell, category_cells, collect, load_board_json, pearson, write_csv, write_json
+from .gate import GateResult, compare, is_regression, report_lines
+from .metrics import choose_score_metric
+from .naming import parse_task_name
+from .reader import BoardRow, find_results_files, parse_model_args, read_results_file, run_settings
+
+EXIT_OK, EXIT_REGRESSION, EXIT_USAGE = 0, 1, 2
+
+
+def _parse(parser: argparse.ArgumentParser, argv: list[str]) -> argparse.Namespace | int:
+    """argparse exits on errors and --help; hand its status back instead."""
+    try:
+        return parser.parse_args(argv)
+    except SystemExit as exit_:
+        return exit_.code if isinstance(exit_.code, int) else EXIT_USAGE
+
+
+def build_leaderboard(paths: list[str], out_dir: str, title: str | None = None, plots: bool = True) -> Board:
+    """Read every results file under `paths` and write README.md, board.csv, board.json and plots/."""
+    from .report import render_readme
+
+    board = collect(paths)
+    os.makedirs(out_dir, exist_ok=True)
+    write_csv(board.rows, os.path.join(out_dir, "board.csv"))
+    write_json(board.rows, os.path.join(out_dir, "board.json"))
+    plot_paths = {}
+    if plots:
+        from .plots import write_plots
+
+        plot_paths = write_plots(category_cells(board.rows), out_dir)
+    title = title or os.path.basename(os.path.normpath(out_dir))
+    with open(os.path.join(out_dir, "README.md"), "w", encoding="utf-8") as f:
+        f.write(render_readme(board, title, plot_paths))
+    return board
+
+
+def main_leaderboard(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(
+        prog="lm-eval-parallel leaderboard",
+        description="Build a leaderboard (README.md, board.csv, board.json, plots/) from lm-eval results JSON files.",
+    )
+    parser.add_argument("paths", nargs="+", metavar="DIR", help="results directories (searched recursively) or files")
+    parser.add_argument("--out", required=True, help="output directory, e.g. leaderboards/NAME")
+    parser.add_argument("--title", default=None, help="README title (default: the name of --out)")
+    parser.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
+    args = _parse(parser, argv)
+    if isinstance(args, int):
+        return args
+
+    missing = [p for p in args.paths if not os.path.exists(p)]
+    if missing:
+        print(f"error: no such file or directory: {', '.join(missing)}", file=sys.stderr)
+        return EXIT_USAGE
+    board = build_leaderboard(args.paths, args.out, args.title, plots=not args.no_plots)
+    if not board.rows:
+        print(f"error: no lm-eval results files with task results under {', '.join(args.paths)}", file=sys.stderr)
+        return EXIT_USAGE
+    print(f"leaderboard: {len(board.rows)} task result(s) from {len(board.files)} file(s) "
+          f"({len(board.superseded)} older duplicate(s) dropped) -> {args.out}")
+    return EXIT_OK
+
+
+def load_rows(path: str) -> list[BoardRow]:
+    """Rows from a board.json, or from the results files under a directory/file."""
+    if os.path.isfile(path) and path.endswith(".json"):
+        with open(path, encoding="utf-8") as f:
+            payload = json.load(f)
+        if isinstance(payload, list) or "rows" in payload:
+            return load_board_json(path)
+    return collect([path]).rows
+
+
+def main_check(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(
+        prog="lm-eval-parallel check",
+        description="Regression gate: exit 1 when a score of the new run fell below the baseline by more than the "
+                    "tolerance (absolute on the 0-1 scale; relative for perplexities), 2 on usage errors or no overlap.",
+    )
+    parser.add_argument("paths", nargs="+", metavar="DIR", help="new results (directories, results files or a board.json)")
+    parser.add_argument("--baseline", required=True, help="baseline board.json, e.g. leaderboards/NAME/board.json")
+    parser.add_argument("--tolerance", type=float, default=0.02,
+                        help="allowed drop: absolute for 0-1 scores, relative for perplexity (default 0.02)")
+    parser.add_argument("--require-all", action="store_true",
+                        help="fail when a baseline configuration is missing from the new run")
+    args = _parse(parser, argv)
+    if isinstance(args, int):
+        return args
+    if args.tolerance < 0:
+        print("error: --tolerance must be >= 0", file=sys.stderr)
+        return EXIT_USAGE
+
+    for path in [args.baseline] + args.paths:
+        if not os.path.exists(path):
+            print(f"error: no such file or directory: {path}", file=sys.stderr)
+            return EXIT_USAGE
+    try:
+        baseline = load_board_json(args.baseline)
+    except (OSError, ValueError, KeyError, TypeError) as error:
+        print(f"error: cannot read baseline {args.baseline}: {error}", file=sys.stderr)
+        return EXIT_USAGE
+    new = [row for path in args.paths for row in load_rows(path)]
+    if not new:
+        print(f"error: no lm-eval results found under {', '.join(args.paths)}", file=sys.stderr)
+        return EXIT_USAGE
+
+    result = compare(baseline, new, args.tolerance)
+    if not result.compared:
+        print("error: the new run and the baseline have no (model, method, P, config, task) in common", file=sys.stderr)
+        for label, rows in (("baseline", baseline), ("new run", new)):
+            runs = sorted({f"{r.model} method={r.method} P={r.P}{' ' + r.config if r.config else ''}" for r in rows})
+            tasks = sorted({r.task for r in rows})
+            print(f"  {label}: runs {runs}; tasks {tasks[:8]}{' ...' if len(tasks) > 8 else ''}", file=sys.stderr)
+        return EXIT_USAGE
+
+    for line in report_lines(result, args.tolerance):
+        print(line)
+    if result.regressions:
+        return EXIT_REGRESSION
+    if args.require_all and result.missing:
+        print("check: failing because of --require-all", file=sys.stderr)
+        return EXIT_REGRESSION
+    return EXIT_OK
+
+
+__all__ = [
+    "main_leaderboard", "main_check", "build_leaderboard", "load_rows",
+    "Board", "BoardRow", "CategoryCell", "GateResult",
+    "collect", "category_cells", "pearson", "load_board_json", "write_csv", "write_json",
+    "compare", "is_regression", "report_lines",
+    "find_results_files", "read_results_file", "run_settings", "parse_model_args",
+    "parse_task_name", "choose_score_metric",
+]

@@ -1,0 +1,132 @@
+"""PNG plots like the paper: score and attention entropy vs P (Fig. 5), entropy vs score (Fig. 3 / 7)."""
+from __future__ import annotations
+
+import os
+import re
+
+import matplotlib
+import matplotlib.ticker
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+from .board import CategoryCell, entropy_score_correlation, entropy_score_points  # noqa: E402
+from .metrics import display_scale  # noqa: E402
+from .naming import CATEGORIES, sort_lengths  # noqa: E402
+from .report import method_sort_key  # noqa: E402
+
+METHOD_STYLES = {
+    "naive": dict(color="tab:blue", marker="o"),
+    "sink": dict(color="tab:orange", marker="s"),
+    "sel": dict(color="tab:green", marker="^"),
+    "sink+sel": dict(color="tab:red", marker="D"),
+    "full": dict(color="black", marker="*"),
+}
+
+
+def safe_name(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._+-]+", "_", text).strip("_") or "model"
+
+
+def plot_name(kind: str, model: str, config: str) -> str:
+    return f"{kind}_{safe_name(model)}{'_' + safe_name(config) if config else ''}.png"
+
+
+def _shown(cell: CategoryCell, entropy: bool) -> float | None:
+    if entropy:
+        return cell.attn_entropy
+    return cell.score * display_scale(cell.higher_is_better)
+
+
+def _y_label(category: str, entropy: bool) -> str:
+    if entropy:
+        return "attention entropy"
+    return "perplexity ↓" if category == "LM" else "score ×100 ↑"
+
+
+def plot_against_P(cells: dict[tuple, CategoryCell], model: str, config: str, path: str, entropy: bool) -> bool:
+    """Grid: one row per length, one panel per category; a line per method, full attention dashed."""
+    mine = {k: c for k, c in cells.items() if k[0] == model and k[3] == config}
+    full = {k: c for k, c in cells.items() if k[0] == model and k[1] == "full" and k[3] in (config, "")}
+    categories = [c for c in CATEGORIES if any(k[5] == c for k in mine)]
+    lengths = sort_lengths(k[4] for k in mine)
+    methods = sorted({k[1] for k in mine if k[1] != "full" and k[2] > 1}, key=method_sort_key)
+    if not categories or not methods:
+        return False
+
+    fig, axes = plt.subplots(len(lengths), len(categories), squeeze=False,
+                             figsize=(3.6 * len(categories), 2.9 * len(lengths)))
+    for i, length in enumerate(lengths):
+        for j, category in enumerate(categories):
+            ax = axes[i][j]
+            for method in methods:
+                points = sorted((k[2], _shown(c, entropy)) for k, c in mine.items()
+                                if k[1] == method and k[4] == length and k[5] == category and k[2] > 1)
+                points = [(P, y) for P, y in points if y is not None]
+                if points:
+                    ax.plot([p[0] for p in points], [p[1] for p in points], label=method,
+                            **METHOD_STYLES.get(method, {}))
+            reference = [c for k, c in full.items() if k[4] == length and k[5] == category]
+            if reference and _shown(reference[0], entropy) is not None:
+                ax.axhline(_shown(reference[0], entropy), color="black", linestyle="--", linewidth=1, label="full")
+            if not ax.lines:
+                ax.set_axis_off()
+                continue
+            ax.set_xscale("log", base=2)
+            ax.set_xticks(sorted({k[2] for k in mine if k[2] > 1}))
+            ax.get_xaxis().set_major_formatter(matplotlib.ticker.ScalarFormatter())
+            ax.set_title(f"{category} {length}".strip(), fontsize=10)
+            ax.set_xlabel("P (pieces)")
+            ax.set_ylabel(_y_label(category, entropy))
+            ax.grid(alpha=0.3)
+    handles, labels = next((ax.get_legend_handles_labels() for ax in axes.flat if ax.lines), ([], []))
+    fig.legend(handles, labels, loc="upper center", ncol=len(labels), frameon=False)
+    what = "Attention entropy" if entropy else "Score"
+    fig.suptitle(f"{what} vs P — {model}{' (' + config + ')' if config else ''}", y=0.995, fontsize=11)
+    fig.tight_layout(rect=(0, 0, 1, 0.93))
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return True
+
+
+def plot_entropy_vs_score(cells: dict[tuple, CategoryCell], model: str, config: str, path: str) -> bool:
+    """One panel per category: each (method, P, length) cell is a point; Pearson r in the title."""
+    mine = {k: c for k, c in cells.items() if k[3] == config}
+    categories = [c for c in CATEGORIES if len(entropy_score_points(mine, model, c)) >= 2]
+    if not categories:
+        return False
+    fig, axes = plt.subplots(1, len(categories), squeeze=False, figsize=(3.8 * len(categories), 3.4))
+    for ax, category in zip(axes[0], categories):
+        points = entropy_score_points(mine, model, category)
+        for method in sorted({key[1] for _, _, key in points}, key=method_sort_key):
+            xs = [x for x, _, key in points if key[1] == method]
+            ys = [y * display_scale(mine[key].higher_is_better) for _, y, key in points if key[1] == method]
+            style = METHOD_STYLES.get(method, {})
+            ax.scatter(xs, ys, label=method, color=style.get("color"), marker=style.get("marker", "o"), s=24)
+        r, n_points = entropy_score_correlation(mine, model, category)
+        ax.set_title(f"{category}: r = {'n/a' if r is None else f'{r:+.2f}'} (n={n_points})", fontsize=10)
+        ax.set_xlabel("attention entropy")
+        ax.set_ylabel(_y_label(category, entropy=False))
+        ax.grid(alpha=0.3)
+    axes[0][0].legend(fontsize=8)
+    fig.suptitle(f"Attention entropy vs score — {model}{' (' + config + ')' if config else ''}", fontsize=11)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return True
+
+
+def write_plots(cells: dict[tuple, CategoryCell], out_dir: str) -> dict[tuple, list[str]]:
+    """All plots of every (model, config); returns their paths relative to out_dir, per (model, config)."""
+    os.makedirs(os.path.join(out_dir, "plots"), exist_ok=True)
+    written: dict[tuple, list[str]] = {}
+    for model, config in sorted({(k[0], k[3]) for k in cells}):
+        for kind, draw in (
+            ("score_vs_P", lambda p: plot_against_P(cells, model, config, p, entropy=False)),
+            ("entropy_vs_P", lambda p: plot_against_P(cells, model, config, p, entropy=True)),
+            ("entropy_vs_score", lambda p: plot_entropy_vs_score(cells, model, config, p)),
+        ):
+            relative = os.path.join("plots", plot_name(kind, model, config))
+            if draw(os.path.join(out_dir, relative)):
+                written.setdefault((model, config), []).append(relative)
+    return written

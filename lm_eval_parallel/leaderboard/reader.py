@@ -1,0 +1,215 @@
+"""Read lm-eval results JSON files (and their samples JSONL) into flat board rows.
+
+One `BoardRow` per (results file, task). Group rows (`pce_rag_8k`, `pce_smoke`, ...) are skipped.
+"""
+from __future__ import annotations
+
+import json
+import os
+import re
+from dataclasses import dataclass, fields
+
+from ..config import PCEConfig
+from .metrics import ENTROPY_METRIC, choose_score_metric, is_higher_better, metric_values
+from .naming import parse_task_name
+
+# model_args that name the run rather than configure it.
+IDENTITY_ARGS = {"pretrained", "model_name", "P", "method"}
+# model_args that do not change scores (hardware, batching, logging).
+RUNTIME_ARGS = {
+    "device", "device_map", "batch_size", "max_batch_size", "parallelize", "trust_remote_code",
+    "analysis_path", "entropy", "use_fast_tokenizer", "cache_dir", "max_memory_per_gpu",
+    "max_cpu_memory", "offload_folder", "autogptq", "gptqmodel",
+}
+# Defaults of our own options: a value equal to its default is left out of the config key.
+DEFAULT_ARGS = {f.name: f.default for f in fields(PCEConfig) if f.name not in IDENTITY_ARGS}
+METHOD_ALIASES = {"parallel": "naive"}
+
+
+@dataclass
+class BoardRow:
+    model: str
+    method: str
+    P: int
+    config: str           # non-default model_args, "k=v,k2=v2" (sorted); "" when all default
+    task: str
+    family: str
+    variant: str
+    category: str
+    length: str
+    metric: str
+    higher_is_better: bool
+    score: float
+    score_stderr: float | None
+    attn_entropy: float | None
+    n: int | None         # n-samples.effective
+    n_tokens: int | None  # scored tokens (perplexity tasks, from the samples JSONL)
+    partial: bool         # config.limit was set
+    limit: float | None
+    date: float
+    source: str
+
+    @property
+    def run_key(self) -> tuple:
+        """What one score is about: two rows with the same key are the same measurement."""
+        return (self.model, self.method, self.P, self.config, self.task)
+
+
+def _coerce(text: str):
+    """'4' -> 4, '0.5' -> 0.5, 'true' -> True, else the string (like lm-eval's handle_arg_string)."""
+    lowered = text.lower()
+    if lowered in ("true", "false"):
+        return lowered == "true"
+    for cast in (int, float):
+        try:
+            return cast(text)
+        except ValueError:
+            pass
+    return text
+
+
+def parse_model_args(model_args) -> dict:
+    """`config.model_args`: a dict (CLI) or a "k=v,k2=v2" string (Python API)."""
+    if model_args is None:
+        return {}
+    if isinstance(model_args, dict):
+        return dict(model_args)
+    args = {}
+    for item in str(model_args).split(","):
+        if not item.strip():
+            continue
+        key, _, value = item.partition("=")
+        args[key.strip()] = _coerce(value.strip())
+    return args
+
+
+def _same_value(value, default) -> bool:
+    return str(value).lower() == str(default).lower()
+
+
+def run_settings(results: dict) -> tuple[str, str, int, str]:
+    """(model, method, P, config) of one results file."""
+    run_config = results.get("config") or {}
+    args = parse_model_args(run_config.get("model_args"))
+    for key, value in run_config.items():  # get_model_info extras: config.pce_P, config.pce_method, ...
+        if key.startswith("pce_"):
+            args.setdefault(key[len("pce_"):], value)
+
+    model = args.get("pretrained") or args.get("model_name") or results.get("model_name") or run_config.get("model") or "?"
+    model = str(model).rstrip("/")
+
+    P = int(float(args.get("P", 1)))
+    method = str(args.get("method") or ("naive" if P > 1 else "full")).lower()
+    method = METHOD_ALIASES.get(method, method)
+    if method == "full":
+        P = 1
+
+    config_items = []
+    for key in sorted(args):
+        if key in IDENTITY_ARGS or key in RUNTIME_ARGS:
+            continue
+        value = args[key]
+        if key in DEFAULT_ARGS and _same_value(value, DEFAULT_ARGS[key]):
+            continue
+        config_items.append(f"{key}={value}")
+    return model, method, P, ",".join(config_items)
+
+
+def is_results_file(data) -> bool:
+    return isinstance(data, dict) and isinstance(data.get("results"), dict) and "config" in data
+
+
+def group_names(results: dict) -> set[str]:
+    return set(results.get("group_subtasks") or {}) | set(results.get("groups") or {})
+
+
+def find_results_files(paths: list[str]) -> list[str]:
+    """All lm-eval results JSON files under the given files/directories (recursive), sorted."""
+    found = []
+    for path in paths:
+        if os.path.isfile(path):
+            candidates = [path]
+        else:
+            candidates = [
+                os.path.join(root, name)
+                for root, _, names in os.walk(path)
+                for name in names
+                if name.endswith(".json")
+            ]
+        for candidate in candidates:
+            try:
+                with open(candidate, encoding="utf-8") as f:
+                    if is_results_file(json.load(f)):
+                        found.append(candidate)
+            except (OSError, ValueError, UnicodeDecodeError):
+                continue
+    return sorted(set(found))
+
+
+def samples_file_for(results_path: str, task: str) -> str | None:
+    """`samples_<task>_<date>.jsonl` written beside `results_<date>.json` (or `<stem>_<date>.json`)."""
+    folder = os.path.dirname(results_path) or "."
+    date_id = os.path.splitext(os.path.basename(results_path))[0].rsplit("_", 1)[-1]
+    exact = os.path.join(folder, f"samples_{task}_{date_id}.jsonl")
+    if os.path.isfile(exact):
+        return exact
+    # Fall back to the only samples file of this task in the folder (never guess between runs).
+    pattern = re.compile(re.escape(f"samples_{task}_") + r"[^_]+\.jsonl$")
+    matches = [name for name in os.listdir(folder) if pattern.match(name)]
+    return os.path.join(folder, matches[0]) if len(matches) == 1 else None
+
+
+def count_scored_tokens(samples_path: str, metric: str) -> int | None:
+    """Sum of n_tokens over per-sample values `metric: [loglikelihood, n_tokens]` (one filter only)."""
+    total, seen_filter = 0, None
+    with open(samples_path, encoding="utf-8") as f:
+        for line in f:
+            if not line.strip():
+                continue
+            sample = json.loads(line)
+            filter_name = sample.get("filter", "none")
+            seen_filter = seen_filter or filter_name
+            if filter_name != seen_filter:
+                continue
+            value = sample.get(metric)
+            if isinstance(value, (list, tuple)) and len(value) == 2:
+                total += int(value[1])
+    return total or None
+
+
+def read_results_file(path: str, results: dict | None = None) -> list[BoardRow]:
+    if results is None:
+        with open(path, encoding="utf-8") as f:
+            results = json.load(f)
+    model, method, P, config = run_settings(results)
+    groups = group_names(results)
+    limit = (results.get("config") or {}).get("limit")
+    date = results.get("date")
+    date = float(date) if isinstance(date, (int, float)) else os.path.getmtime(path)
+
+    rows = []
+    for task, task_results in results["results"].items():
+        if task in groups:
+            continue
+        name = parse_task_name(task)
+        values = metric_values(task_results)
+        higher_is_better = (results.get("higher_is_better") or {}).get(task) or {}
+        metric = choose_score_metric(name.family, list(values), higher_is_better)
+        if metric is None:
+            continue
+        higher = is_higher_better(metric, higher_is_better)
+        n_samples = (results.get("n-samples") or {}).get(task) or {}
+        n_tokens = None
+        if not higher:
+            samples_path = samples_file_for(path, task)
+            n_tokens = count_scored_tokens(samples_path, metric) if samples_path else None
+        rows.append(BoardRow(
+            model=model, method=method, P=P, config=config,
+            task=task, family=name.family, variant=name.variant, category=name.category, length=name.length,
+            metric=metric, higher_is_better=higher,
+            score=values[metric][0], score_stderr=values[metric][1],
+            attn_entropy=values[ENTROPY_METRIC][0] if ENTROPY_METRIC in values else None,
+            n=n_samples.get("effective"), n_tokens=n_tokens,
+            partial=limit is not None, limit=limit, date=date, source=path,
+        ))
+    return rows

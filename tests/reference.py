@@ -1,0 +1,134 @@
+"""Dense reference for SPEC §10: one eager forward over the whole sequence with an explicit 4-D mask
+(§5), the positions of §6 and the selection of §7 applied to query rows. Written independently of
+the engine: no KV store, no chunking, no batching; O(L^2) and only for tiny models.
+"""
+from __future__ import annotations
+
+import contextvars
+import math
+
+import torch
+from transformers import AttentionInterface
+
+from lm_eval_parallel.layout import Layout, layout_positions, may_attend
+
+REF_NAME = "pce_dense_reference"
+_STATE = contextvars.ContextVar("pce_reference_state", default=None)
+
+
+def _topn_sum(values: torch.Tensor, n: int) -> torch.Tensor:
+    """Sum of the n largest entries along the last dim."""
+    return values.topk(min(n, values.shape[-1]), dim=-1).values.sum(-1)
+
+
+def _selected(p_rows, piece_keys, sel, forced_keep=None):
+    """Selection for the rows of one call. p_rows [H, T, K] -> (new probs, piece scores [H, T, P])."""
+    n_heads, n_rows, _ = p_rows.shape
+    n_pieces = len(piece_keys)
+    g = torch.stack([_topn_sum(p_rows[:, :, keys], sel["score_topn"]) for keys in piece_keys], dim=-1)
+    if forced_keep is not None:
+        keep = forced_keep.expand(n_heads, n_rows, n_pieces)
+    elif n_pieces <= sel["top_k"] or sel["aggr"] == "LHT":  # LHT: scores only (pass 1)
+        return p_rows, g
+    else:
+        aggr = sel["aggr"]
+        if aggr == "none":
+            agg = g
+        elif aggr == "H":
+            agg = _topn_sum(g.permute(1, 2, 0), sel["aggr_topn"])[None]  # [1, T, P]
+        elif aggr == "T":
+            agg = _topn_sum(g.permute(0, 2, 1), sel["aggr_topn"])[:, None]  # [H, 1, P]
+        elif aggr == "HT":
+            agg = _topn_sum(g.permute(2, 0, 1).reshape(n_pieces, -1), sel["aggr_topn"])[None, None]
+        else:
+            raise AssertionError(aggr)
+        top = agg.topk(sel["top_k"], dim=-1).indices
+        keep = torch.zeros(agg.shape, dtype=torch.bool).scatter_(-1, top, True).expand(n_heads, n_rows, n_pieces)
+    if n_pieces <= sel["top_k"]:
+        return p_rows, g
+    key_keep = torch.ones(p_rows.shape, dtype=torch.bool)
+    for i, keys in enumerate(piece_keys):
+        key_keep[:, :, keys] = keep[:, :, i : i + 1].expand(-1, -1, len(keys))
+    kept = p_rows * key_keep
+    return kept / kept.sum(-1, keepdim=True).clamp_min(1e-5), g
+
+
+def reference_attention(module, query, key, value, attention_mask, scaling=None, dropout=0.0, softcap=None, **kw):
+    st = _STATE.get()
+    n_rep = query.shape[1] // key.shape[1]
+    k = key.repeat_interleave(n_rep, dim=1).double()
+    v = value.repeat_interleave(n_rep, dim=1).double()
+    scores = (query.double() @ k.transpose(-1, -2)) * scaling
+    if softcap is not None:
+        scores = torch.tanh(scores / softcap) * softcap
+    scores = scores.masked_fill(~st["mask"], -math.inf)
+    p = scores.softmax(-1)[0]  # [H, T, K]
+    layer = module.layer_idx
+    if st["selection"] is not None:
+        for c, rows in enumerate(st["call_rows"]):
+            forced = st["forced"].get(c)
+            if st["collect_call"] == c:
+                _, g = _selected(p[:, rows], st["piece_keys"], st["selection"], forced_keep=None)
+                st["collected"][layer] = g
+                continue
+            if forced is not None or st["selection"]["aggr"] != "LHT":
+                p[:, rows], _ = _selected(p[:, rows], st["piece_keys"], st["selection"], forced)
+    rows = [r for call in st["call_rows"] for r in call]
+    ent = -torch.xlogy(p[:, rows], p[:, rows]).sum(-1)  # [H, n_query_rows]
+    st["entropy"][layer] = float(ent.mean())
+    out = (p[None] @ v).to(query.dtype)
+    return out.transpose(1, 2), None
+
+
+AttentionInterface.register(REF_NAME, reference_attention)
+
+
+def reference_forward(model, layout: Layout, calls: list[list[int]], pos: str, pos_round: str, selection: dict | None,
+                      query_positions: str = "layout"):
+    """Logits [T, V] of the whole sequence (context + every call's tokens) and the mean entropy.
+
+    ``calls``: token lists, each one forward call of the engine (query+continuation, or the query
+    then one generated token per call). ``selection``: dict(top_k, score_topn, aggr, aggr_topn) or None.
+    """
+    ctx_pos, q0 = layout_positions(layout, pos, pos_round)
+    if query_positions == "serial":
+        q0 = float(layout.n_context)
+    groups = layout.key_groups()
+    ids = layout.flat_ids()
+    call_rows = []
+    for call in calls:
+        call_rows.append(list(range(len(ids), len(ids) + len(call))))
+        ids.extend(call)
+        groups.extend([-2] * len(call))
+    n = len(ids)
+    positions = ctx_pos + [q0 + t for t in range(n - len(ctx_pos))]
+    mask = torch.tensor([[may_attend(groups[i], i, groups[j], j) for j in range(n)] for i in range(n)])
+    piece_keys = [[j for j in range(n) if groups[j] == i] for i in range(len(layout.pieces))]
+    piece_keys = [keys for keys in piece_keys if keys]
+    state = {"mask": mask, "selection": selection, "call_rows": call_rows, "piece_keys": piece_keys,
+             "forced": {}, "collect_call": None, "collected": {}, "entropy": {}}
+    previous = model.config._attn_implementation
+    model.set_attn_implementation(REF_NAME)
+    token = _STATE.set(state)
+    try:
+        with torch.no_grad():
+            run = lambda: model(input_ids=torch.tensor([ids]), position_ids=torch.tensor([positions]),
+                                attention_mask=torch.zeros(1, 1, n, n), use_cache=False).logits[0]
+            if selection is not None and selection["aggr"] == "LHT":
+                for c in range(len(calls)):
+                    if len(piece_keys) <= selection["top_k"]:
+                        break
+                    state["collect_call"], state["collected"] = c, {}
+                    run()
+                    g = torch.stack([state["collected"][l] for l in sorted(state["collected"])])  # [L, H, T, P]
+                    agg = _topn_sum(g.permute(3, 0, 1, 2).reshape(g.shape[-1], -1), selection["aggr_topn"])
+                    keep = torch.zeros(agg.shape, dtype=torch.bool)
+                    keep[agg.topk(selection["top_k"]).indices] = True
+                    state["forced"][c] = keep[None, None]
+                state["collect_call"] = None
+            logits = run()
+    finally:
+        _STATE.reset(token)
+        model.set_attn_implementation(previous)
+    entropy = sum(state["entropy"].values()) / len(state["entropy"])
+    return logits, entropy
