@@ -54,8 +54,8 @@ def plot_against_P(cells: dict[tuple, CategoryCell], model: str, config: str, pa
     if not categories or not methods:
         return False
 
-    fig, axes = plt.subplots(len(lengths), len(categories), squeeze=False,
-                             figsize=(3.6 * len(categories), 2.9 * len(lengths)))
+    fig, axes = plt.subplots(len(lengths), len(categories), squeeze=False, layout="constrained",
+                             figsize=(3.6 * len(categories), 0.6 + 2.9 * len(lengths)))
     for i, length in enumerate(lengths):
         for j, category in enumerate(categories):
             ax = axes[i][j]
@@ -80,10 +80,9 @@ def plot_against_P(cells: dict[tuple, CategoryCell], model: str, config: str, pa
             ax.set_ylabel(_y_label(category, entropy))
             ax.grid(alpha=0.3)
     handles, labels = next((ax.get_legend_handles_labels() for ax in axes.flat if ax.lines), ([], []))
-    fig.legend(handles, labels, loc="upper center", ncol=len(labels), frameon=False)
+    fig.legend(handles, labels, loc="outside lower center", ncol=len(labels), frameon=False)
     what = "Attention entropy" if entropy else "Score"
-    fig.suptitle(f"{what} vs P — {model}{' (' + config + ')' if config else ''}", y=0.995, fontsize=11)
-    fig.tight_layout(rect=(0, 0, 1, 0.93))
+    fig.suptitle(f"{what} vs P — {model}{' (' + config + ')' if config else ''}", fontsize=11)
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return True
@@ -95,7 +94,8 @@ def plot_entropy_vs_score(cells: dict[tuple, CategoryCell], model: str, config: 
     categories = [c for c in CATEGORIES if len(entropy_score_points(mine, model, c)) >= 2]
     if not categories:
         return False
-    fig, axes = plt.subplots(1, len(categories), squeeze=False, figsize=(3.8 * len(categories), 3.4))
+    fig, axes = plt.subplots(1, len(categories), squeeze=False, layout="constrained",
+                             figsize=(3.8 * len(categories), 3.4))
     for ax, category in zip(axes[0], categories):
         points = entropy_score_points(mine, model, category)
         for method in sorted({key[1] for _, _, key in points}, key=method_sort_key):
@@ -110,7 +110,6 @@ def plot_entropy_vs_score(cells: dict[tuple, CategoryCell], model: str, config: 
         ax.grid(alpha=0.3)
     axes[0][0].legend(fontsize=8)
     fig.suptitle(f"Attention entropy vs score — {model}{' (' + config + ')' if config else ''}", fontsize=11)
-    fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return True
