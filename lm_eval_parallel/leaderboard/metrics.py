@@ -11,7 +11,7 @@ SCORE_METRICS_BY_FAMILY = {
     "rag": ["substring_exact_match", "subem"],
     "json_kv": ["substring_exact_match", "subem"],
     "ruler": ["ruler_recall"],
-    "ppl": ["token_perplexity", "bits_per_byte", "word_perplexity", "byte_perplexity"],
+    "ppl": ["token_perplexity", "perplexity", "word_perplexity", "byte_perplexity", "bits_per_byte"],
 }
 
 # Used when the results file has no higher_is_better entry for the metric.
