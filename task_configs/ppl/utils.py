@@ -1,0 +1,166 @@
+"""Long-document perplexity (PG19, Proof-Pile arXiv) with the paper's LM protocol.
+
+Each document is tokenized with the model's own tokenizer (no special tokens) and cut into
+windows of exactly N tokens (4096 / 8192 / 16384 ...; window w nominally covers tokens [wN, (w+1)N),
+remainders dropped); the last
+S = 1024 tokens of a window are scored (S = N/4 for windows shorter than 4096, i.e. 256 for ``1k``).
+A doc is ``context`` (text of the first N-S tokens) + ``continuation`` (text of the last S tokens).
+Window boundaries are chosen so that lm-eval's ``_encode_pair`` on (context, continuation) gives back
+exactly N-S + S tokens; a window whose boundaries do not round-trip is moved by the fewest tokens that
+make them (0, -1, +1, -2, ...), so neighbouring windows may share a few tokens.
+100 windows are drawn with ``np.random.RandomState(42)`` over all windows of all documents.
+
+Sources: ``$PCE_DATA_DIR/ppl/pg19/*.txt`` and ``$PCE_DATA_DIR/ppl/proof_pile/*.tex`` (sorted by name);
+otherwise HF ``emozilla/pg19`` (validation, 50 books) and Proof-Pile's validation (``dev``) files,
+rows whose meta config is ``arxiv`` (250 documents drawn with RandomState(42), as the paper's count).
+"""
+from __future__ import annotations
+
+import importlib.util
+import json
+import sys
+from functools import lru_cache
+from pathlib import Path
+
+
+def _load_common():
+    name = "lm_eval_parallel_pce_common"
+    module = sys.modules.get(name)
+    if module is None:
+        path = Path(__file__).resolve().parent.parent / "pce_common.py"
+        spec = importlib.util.spec_from_file_location(name, path)
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[name] = module
+        spec.loader.exec_module(module)
+    return module
+
+
+C = _load_common()
+
+DATASETS = {"pg19": ("pg19", "*.txt"), "proof_pile": ("proof_pile", "*.tex")}
+SCORED_TOKENS = 1024
+MAX_SHIFT = 32
+PROOF_PILE_DOCS = 250
+
+
+def scored_tokens(window: int) -> int:
+    return SCORED_TOKENS if window >= 4 * SCORED_TOKENS else window // 4
+
+
+# --------------------------------------------------------------------------- sources
+def _local_texts(dataset: str) -> list[tuple[str, str]]:
+    folder, pattern = DATASETS[dataset]
+    path = C.local_file("ppl", folder, what=f"pce_ppl_{dataset}")
+    files = sorted(path.glob(pattern))
+    if not files:
+        raise C.PceDataError(f"pce_ppl_{dataset}: no {pattern} files in {path}")
+    return [(f.name, f.read_text(encoding="utf-8", errors="replace")) for f in files]
+
+
+def _online_texts(dataset: str) -> list[tuple[str, str]]:
+    import datasets
+
+    try:
+        if dataset == "pg19":
+            d = datasets.load_dataset("emozilla/pg19", split="validation")
+            return [(str(r.get("short_book_title") or i), r["text"]) for i, r in enumerate(d)]
+        d = datasets.load_dataset("json", data_files="hf://datasets/hoskinson-center/proof-pile/dev/*.jsonl.gz", split="train")
+        rows = [r for r in d if json.loads(r["meta"]).get("config") == "arxiv"] if "meta" in d.column_names else list(d)
+        rows = [rows[i] for i in C.sample_indices(len(rows), min(PROOF_PILE_DOCS, len(rows)))]
+        return [(str(i), r["text"]) for i, r in enumerate(rows)]
+    except Exception as exc:
+        folder, pattern = DATASETS[dataset]
+        raise C.PceDataError(
+            f"pce_ppl_{dataset}: could not load the HF dataset ({type(exc).__name__}: {exc}); offline, set "
+            f"{C.DATA_ENV} to a folder with ppl/{folder}/{pattern}") from exc
+
+
+# --------------------------------------------------------------------------- windows
+def encode_pair(tok, context: str, continuation: str) -> tuple[list[int], list[int]]:
+    """lm-eval HFLM ``_encode_pair`` without special tokens (what parallel_hf and hf score)."""
+    n_spaces = len(context) - len(context.rstrip())
+    if n_spaces > 0:
+        continuation = context[-n_spaces:] + continuation
+        context = context[:-n_spaces]
+    whole = tok(context + continuation, add_special_tokens=False)["input_ids"]
+    ctx = tok(context, add_special_tokens=False)["input_ids"]
+    return ctx, whole[len(ctx):]
+
+
+class _Doc:
+    """A tokenized document: token char boundaries for cutting windows."""
+
+    def __init__(self, tok, name: str, text: str):
+        enc = tok(text, add_special_tokens=False, return_offsets_mapping=True)
+        self.name, self.text = name, text
+        self.ends = [e for _, e in enc["offset_mapping"]]
+        self.n = len(self.ends)
+
+    def bound(self, i: int) -> int:  # char position where token i starts (= where token i-1 ends)
+        return 0 if i <= 0 else (len(self.text) if i >= self.n else self.ends[i - 1])
+
+    def window(self, tok, start: int, window: int, scored: int):
+        """(context, continuation) of the window at token ``start`` if it round-trips exactly, else None."""
+        if start < 0 or start + window > self.n:
+            return None
+        s, m, e = self.bound(start), self.bound(start + window - scored), self.bound(start + window)
+        ctx, cont = self.text[s:m], self.text[m:e]
+        if not ctx or ctx[-1].isspace():
+            return None
+        c, t = encode_pair(tok, ctx, cont)
+        return (ctx, cont) if len(c) == window - scored and len(t) == scored else None
+
+
+def cut_window(tok, doc: "_Doc", slot: int, window: int, scored: int):
+    """Window number ``slot`` of a document: tokens [slot*N, (slot+1)*N), moved by the smallest shift
+    (0, -1, +1, -2, ...; at most MAX_SHIFT tokens) that makes its text round-trip through the tokenizer."""
+    base = slot * window
+    for k in range(2 * MAX_SHIFT + 1):
+        shift = (k + 1) // 2 * (1 if k % 2 else -1) if k else 0
+        got = doc.window(tok, base + shift, window, scored)
+        if got is not None:
+            return got, shift
+    return None, None
+
+
+@lru_cache(maxsize=16)
+def _docs(dataset, length, n, seed, local, tok_key):
+    tok = C._tokenizer(*tok_key)
+    window = C.LENGTHS[length]
+    scored = scored_tokens(window)
+    texts = _local_texts(dataset) if local is not None else _online_texts(dataset)
+    tokenized = [_Doc(tok, name, text) for name, text in texts]
+    slots = [(d, w) for d, doc in enumerate(tokenized) for w in range(doc.n // window)]
+    if not slots:
+        raise C.PceDataError(f"pce_ppl_{dataset}_{length}: no document is {window} tokens long")
+    docs = []
+    for idx in C.sample_indices(len(slots), len(slots), seed):
+        if len(docs) >= n:
+            break
+        d, w = slots[idx]
+        got, shift = cut_window(tok, tokenized[d], w, window, scored)
+        if got is None:  # no round-tripping boundary near this window: skip it
+            continue
+        doc = {"context": got[0], "continuation": got[1], "source": tokenized[d].name, "window": w, "shift": shift}
+        doc.update(task=f"ppl_{dataset}", idx=len(docs), window_tokens=window, n_tokens=scored,
+                   n_bytes=len(got[1].encode("utf-8")))
+        docs.append(doc)
+    return docs
+
+
+def load_ppl(pce_dataset=None, pce_length=None, pce_n_samples=None, pce_seed=C.SEED, **kwargs):
+    """``custom_dataset`` of ``pce_ppl_{pg19,proof_pile}_{len}``."""
+    dataset = C.choose("PPL dataset", pce_dataset, tuple(DATASETS))
+    task = f"pce_ppl_{dataset}_{pce_length}"
+    C.length_tokens(pce_length)
+    n = C.n_samples_arg(pce_n_samples)
+    C.get_tokenizer(kwargs, required=True, task=task)
+    pretrained = C._none(kwargs.get("pretrained"))
+    tokenizer = C._none(kwargs.get("tokenizer"))
+    tok_key = (pretrained or tokenizer, C._none(kwargs.get("gguf_file")), tokenizer)
+    return C.to_dataset([dict(d) for d in _docs(dataset, pce_length, n, int(pce_seed), C.data_dir(), tok_key)])
+
+
+def process_results(doc, results):
+    ll = float(results[0][0])
+    return {"perplexity": (ll, doc["n_tokens"]), "bits_per_byte": (ll, doc["n_bytes"]), "attn_entropy": C.entropy(results)}

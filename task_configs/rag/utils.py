@@ -1,0 +1,174 @@
+"""RAG (HELMET: NQ, TriviaQA, HotpotQA, PopQA) in the paper's format; SubEM.
+
+Items are the k retrieved documents ``"Document (Title: {title}): {text}\\n\\n"`` in file order; the
+query is the instruction + question. Rows are (question, gold depth) rows of HELMET's KILT files;
+100 are drawn with ``np.random.RandomState(42)`` (the paper's protocol). PopQA keeps log10(s_pop) < 3.
+
+Sources, in order:
+1. ``$PCE_DATA_DIR/helmet/data/kilt/<HELMET file>`` (an unpacked copy of HELMET's data), else
+2. with ``$PCE_DATA_DIR``: local stand-ins built from ``rag/`` (NQ and HotpotQA only, see below), else
+3. HELMET's files from the cache or stream-extracted from ``princeton-nlp/HELMET``'s data.tar.gz.
+
+Local stand-ins: NQ-open oracle rows (Lost in the Middle, one gold passage) become k-document contexts
+whose k-1 distractors are other questions' gold passages, gold at depths 0, .2, .4, .6, .8, 1 (6 rows per
+question, like HELMET's dep6). HotpotQA distractor-setting rows (10 passages) are padded to k with
+passages of other questions, the question's own 10 passages as one block at depth 0, .5 or 1 (3 rows,
+like dep3).
+"""
+from __future__ import annotations
+
+import importlib.util
+import math
+import sys
+from functools import lru_cache
+from pathlib import Path
+
+
+def _load_common():
+    name = "lm_eval_parallel_pce_common"
+    module = sys.modules.get(name)
+    if module is None:
+        path = Path(__file__).resolve().parent.parent / "pce_common.py"
+        spec = importlib.util.spec_from_file_location(name, path)
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[name] = module
+        spec.loader.exec_module(module)
+    return module
+
+
+C = _load_common()
+
+K_DOCS = {"4k": 20, "8k": 50, "16k": 105, "32k": 220, "64k": 440, "128k": 1000}
+DATASETS = ("nq", "triviaqa", "hotpotqa", "popqa")
+MAX_GEN = 20
+QUERY = ("Use the given documents to write a concise and short answer to the question. Write your answer in the "
+         "following format:\nAnswer: [answer]\n\nQuestion: {question}\nAnswer:")
+DEPTHS6 = [0.0, 0.2, 0.4, 0.6, 0.8, 1.0]
+DEPTHS3 = [0.0, 0.5, 1.0]
+
+
+def helmet_member(dataset: str, k: int) -> str:
+    return {
+        "nq": f"data/kilt/nq-dev-multikilt_1000_k{k}_dep6.jsonl",
+        "triviaqa": f"data/kilt/triviaqa-dev-multikilt_1000_k{k}_dep6.jsonl",
+        "hotpotqa": f"data/kilt/hotpotqa-dev-multikilt_1000_k{k}_dep3.jsonl",
+        "popqa": f"data/kilt/popqa_test_1000_k{k}_dep6.jsonl",
+    }[dataset]
+
+
+def doc_item(title: str, text: str) -> str:
+    return f"Document (Title: {title}): {text}\n\n"
+
+
+def rag_doc(ctxs, question: str, answers) -> dict:
+    answers = [answers] if isinstance(answers, str) else [str(a) for a in answers]
+    return {"items": [doc_item(c["title"], c["text"]) for c in ctxs], "query": QUERY.format(question=question),
+            "answers": answers, "question": question}
+
+
+def popqa_keep(row) -> bool:
+    return math.log10(max(float(row["s_pop"]), 1e-9)) < 3
+
+
+# --------------------------------------------------------------------------- local stand-ins
+def _nq_local(k: int, n: int, seed: int) -> list[dict]:
+    import numpy as np
+
+    rows = list(C._iter_jsonl(C.local_file("rag", "nq-open-oracle.jsonl.gz", what="pce_rag_nq")))
+    golds = [r["ctxs"][0] for r in rows]
+    docs = []
+    for row_idx in C.sample_indices(len(rows) * len(DEPTHS6), n, seed):
+        q, d = divmod(row_idx, len(DEPTHS6))
+        rng = np.random.RandomState(seed + q)
+        others = [int(i) for i in rng.choice(len(rows) - 1, size=k - 1, replace=False)]
+        ctxs = [golds[i if i < q else i + 1] for i in others]
+        pos = round(DEPTHS6[d] * (k - 1))
+        ctxs.insert(pos, golds[q])
+        doc = rag_doc(ctxs, rows[q]["question"], rows[q]["answers"])
+        doc.update(depth=DEPTHS6[d], gold_pos=pos)
+        docs.append(doc)
+    return docs
+
+
+def _hotpotqa_local(k: int, n: int, seed: int) -> list[dict]:
+    import numpy as np
+
+    rows = list(C._iter_jsonl(C.local_file("rag", "hotpotqa_dev_200.jsonl", what="pce_rag_hotpotqa")))
+    pool = [(q, c) for q, r in enumerate(rows) for c in r["ctxs"]]
+    docs = []
+    for row_idx in C.sample_indices(len(rows) * len(DEPTHS3), n, seed):
+        q, d = divmod(row_idx, len(DEPTHS3))
+        own = list(rows[q]["ctxs"])[:k]
+        titles = {c["title"] for c in own}
+        rng = np.random.RandomState(seed + q)
+        order = rng.permutation(len(pool))
+        extra = []
+        for i in order:
+            oq, c = pool[int(i)]
+            if len(extra) >= k - len(own):
+                break
+            if oq != q and c["title"] not in titles:
+                extra.append(c)
+                titles.add(c["title"])
+        pos = round(DEPTHS3[d] * len(extra))
+        ctxs = extra[:pos] + own + extra[pos:]
+        doc = rag_doc(ctxs, rows[q]["question"], rows[q]["answers"])
+        doc.update(depth=DEPTHS3[d], gold_pos=pos)
+        docs.append(doc)
+    return docs
+
+
+# --------------------------------------------------------------------------- entry point
+@lru_cache(maxsize=8)
+def _docs(dataset, length, n, seed, source_key):
+    k = K_DOCS[length]
+    member = helmet_member(dataset, k)
+    root = C.data_dir()
+    task = f"pce_rag_{dataset}_{length}"
+    keep = popqa_keep if dataset == "popqa" else None
+    if root is not None and not (root / "helmet" / member).is_file():
+        if dataset == "nq":
+            return _nq_local(k, n, seed), "local:nq-open-oracle"
+        if dataset == "hotpotqa":
+            return _hotpotqa_local(k, n, seed), "local:hotpotqa_dev_200"
+        raise C.PceDataError(
+            f"{task}: no local source for {dataset}; put HELMET's {member} under {root / 'helmet'} "
+            f"(from https://huggingface.co/datasets/{C.HELMET_REPO} data.tar.gz), or unset {C.DATA_ENV} to stream it")
+    path = C.helmet_file(member, task)
+    docs = []
+    for row in C.select_jsonl(path, n, keep=keep, seed=seed):
+        doc = rag_doc(row["ctxs"], row["question"], row["answers"])
+        doc.update(depth=float(row.get("depth", -1) if row.get("depth") is not None else -1), gold_pos=-1)
+        docs.append(doc)
+    return docs, "helmet"
+
+
+def load_rag(pce_dataset=None, pce_length=None, pce_n_samples=None, pce_seed=C.SEED, pce_fit=True, **kwargs):
+    """``custom_dataset`` of ``pce_rag_{dataset}_{len}``."""
+    dataset = C.choose("RAG dataset", pce_dataset, DATASETS)
+    C.length_tokens(pce_length, K_DOCS)
+    n = C.n_samples_arg(pce_n_samples)
+    built, source = _docs(dataset, pce_length, n, int(pce_seed), str(C.data_dir()))
+    tok = C.get_tokenizer(kwargs, required=False, task=f"pce_rag_{dataset}_{pce_length}") if pce_fit else None
+    budget = C.LENGTHS[pce_length] - MAX_GEN - 1
+    docs = []
+    for i, d in enumerate(built):
+        doc = dict(d)
+        doc["items"] = C.fit_items(tok, doc["items"], doc["query"], budget)
+        doc.update(task=f"rag_{dataset}", idx=i, source=source, n_items=len(doc["items"]))
+        docs.append(doc)
+    return C.to_dataset(docs)
+
+
+doc_to_text = C.doc_to_text
+
+
+def doc_to_target(doc) -> str:
+    return doc["answers"][0]
+
+
+def process_results(doc, results):
+    # The paper scores "last query line + output" = "Answer:" + generation (HELMET prepends "Answer:" too).
+    output = "Answer:" + str(results[0])
+    score = C.subem_full_or_parsed(output, doc["answers"], "Answer:")
+    return {"subem": score, "score": score, "attn_entropy": C.entropy(results)}
