@@ -33,6 +33,18 @@ class LoglikelihoodResult(tuple):
         return (LoglikelihoodResult, (self[0], self[1], self.attn_entropy))
 
 
+class RollingResult(float):
+    """A rolling loglikelihood (float) with ``.attn_entropy`` (mean over its windows)."""
+
+    def __new__(cls, logprob: float, attn_entropy: float = math.nan):
+        self = super().__new__(cls, logprob)
+        self.attn_entropy = float(attn_entropy)
+        return self
+
+    def __reduce__(self):
+        return (RollingResult, (float(self), self.attn_entropy))
+
+
 def attn_entropy_of(response) -> float:
     """Entropy carried by one response (or the mean over a list of responses); NaN if none."""
     if isinstance(response, (list,)) or (isinstance(response, tuple) and not isinstance(response, LoglikelihoodResult)

@@ -313,6 +313,17 @@ def test_configs_never_merge_and_partial_runs_are_flagged(tmp_path):
     assert "config `top_k=3`" in readme and "Partial run (limit=5)" in readme
 
 
+def test_full_attention_only_board_still_has_table1(tmp_path):
+    results = tmp_path / "results"
+    write_run(str(results), {"pretrained": MODEL, "dtype": "float32"}, {t: BASE_SCORES[t] for t in ICL}, T0)
+    out = tmp_path / "board"
+    assert main_leaderboard([str(results), "--out", str(out)]) == 0
+    readme = (out / "README.md").read_text()
+    table = markdown_table_after(readme, "### Table 1 layout — method `full` (score)")
+    assert table == {"Full": {"ICL 8k": f"{expected_category(ICL, 'full', 1) * 100:.1f}"}}
+    assert "Pearson r" not in readme  # one point is no correlation
+
+
 def test_plots_are_written(sweep_board):
     plots = sorted(os.listdir(sweep_board / "plots"))
     assert plots == sorted(f"{kind}_{MODEL}_dtype_float32.png" for kind in ("score_vs_P", "entropy_vs_P", "entropy_vs_score"))

@@ -17,9 +17,6 @@ SCORE_METRICS_BY_FAMILY = {
 # Used when the results file has no higher_is_better entry for the metric.
 LOWER_IS_BETTER = {"token_perplexity", "word_perplexity", "byte_perplexity", "bits_per_byte", "perplexity"}
 
-# Lower-is-better metrics are perplexity-like: the gate compares them with a relative tolerance.
-RELATIVE_TOLERANCE_METRICS = LOWER_IS_BETTER
-
 
 def is_number(value) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)

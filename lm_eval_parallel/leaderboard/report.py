@@ -6,7 +6,7 @@ import os
 
 from .board import Board, CategoryCell, category_cells, entropy_score_correlation
 from .metrics import display_scale
-from .naming import CATEGORIES, category_order, length_in_tokens, sort_lengths
+from .naming import CATEGORIES, category_order, length_in_tokens
 from .reader import BoardRow
 
 FULL = "Full"
@@ -114,7 +114,7 @@ def correlation_table(view: ModelView) -> list[str]:
     body = []
     for category in CATEGORIES:
         r, n_points = entropy_score_correlation(view.cells, view.model, category)
-        if n_points:
+        if n_points >= 3:
             body.append([category, "–" if r is None else f"{r:+.3f}", str(n_points)])
     return markdown_table(["category", "Pearson r (entropy, score)", "points"], body) if body else []
 
@@ -122,12 +122,13 @@ def correlation_table(view: ModelView) -> list[str]:
 def per_task_table(view: ModelView, method: str) -> list[str]:
     settings = [("full", 1)] + [(method, P) for P in view.parallel_Ps]
     by_key = {(r.task, r.method, r.P): r for r in view.rows}
-    tasks = sorted({r.task for r in view.rows}, key=lambda t: next(
-        (category_order(r.category), r.family, r.variant, length_in_tokens(r.length)) for r in view.rows if r.task == t))
+    one_row_per_task = {r.task: r for r in view.rows}
+    tasks = sorted(one_row_per_task, key=lambda t: (category_order(one_row_per_task[t].category), one_row_per_task[t].family,
+                                                     one_row_per_task[t].variant, length_in_tokens(one_row_per_task[t].length)))
     header = ["task", "metric"] + [setting_label(P, m) for m, P in settings]
     body = []
     for task in tasks:
-        any_row = next(r for r in view.rows if r.task == task)
+        any_row = one_row_per_task[task]
         arrow = "↑" if any_row.higher_is_better else "↓"
         cells = []
         for m, P in settings:
@@ -176,15 +177,17 @@ def model_sections(board: Board, cells: dict[tuple, CategoryCell], plots: dict[t
         title = f"## {model}" + (f" — config `{config}`" if config else "")
         lines += [title, ""]
         if view.columns:
-            for method in view.methods:
+            for method in view.methods or ["full"]:
                 lines += [f"### Table 1 layout — method `{method}` (score)", ""] + table1(view, method)
                 lines += [f"Attention entropy, method `{method}`:", ""] + table1(view, method, entropy=True)
             if view.parallel_Ps:
                 lines += ["### Method comparison at each P (Fig. 5 layout)", ""]
                 for P in view.parallel_Ps:
                     lines += [f"#### P={P}", ""] + method_comparison(view, P)
-            lines += ["### Attention entropy vs score (Fig. 3 / 7)", ""]
-            lines += ["One point per (method, P, length) category cell.", ""] + correlation_table(view)
+            correlations = correlation_table(view)
+            if correlations:
+                lines += ["### Attention entropy vs score (Fig. 3 / 7)", ""]
+                lines += ["One point per (method, P, length) category cell.", ""] + correlations
         for path in plots.get((model, config), []):
             lines += [f"![{os.path.basename(path)}]({path})", ""]
         lines += ["### Per-task results (score / attention entropy)", ""]
