@@ -193,6 +193,13 @@ def test_model_args_string_and_dict_give_the_same_settings():
     assert parse_model_args("a=1,b=0.5,c=true,d=x") == {"a": 1, "b": 0.5, "c": True, "d": "x"}
 
 
+def test_settings_from_the_models_own_record():
+    """parallel_hf records its resolved settings as config.pce; model_args still win where given."""
+    pce = {"P": 4, "method": "sink+sel", "pos": "even", "top_k": 3, "sink_text": None, "entropy": True}
+    results = {"config": {"model_args": {"pretrained": "m", "P": 4}, "pce": pce}}
+    assert run_settings(results) == ("m", "sink+sel", 4, "top_k=3")
+
+
 def test_full_method_is_the_full_row_regardless_of_P():
     assert run_settings({"config": {"model_args": {"model_name": "m", "method": "full", "P": 4}}})[1:3] == ("full", 1)
     assert run_settings({"config": {"model_args": {"pretrained": "m"}}})[1:3] == ("full", 1)

@@ -91,7 +91,10 @@ def run_settings(results: dict) -> tuple[str, str, int, str]:
     """(model, method, P, config) of one results file."""
     run_config = results.get("config") or {}
     args = parse_model_args(run_config.get("model_args"))
-    for key, value in run_config.items():  # get_model_info extras: config.pce_P, config.pce_method, ...
+    # parallel_hf's get_model_info: the resolved settings as config.pce = {P, method, ...} (or config.pce_P, ...)
+    for key, value in (run_config.get("pce") or {}).items():
+        args.setdefault(key, value)
+    for key, value in run_config.items():
         if key.startswith("pce_"):
             args.setdefault(key[len("pce_"):], value)
 
