@@ -320,6 +320,20 @@ def test_configs_never_merge_and_partial_runs_are_flagged(tmp_path):
     assert "config `top_k=3`" in readme and "Partial run (limit=5)" in readme
 
 
+def test_full_row_comes_from_the_closest_full_run(tmp_path):
+    results = tmp_path / "results"
+    write_run(str(results), {"pretrained": MODEL, "method": "full", "dtype": "float32"}, {"pce_rag_nq_8k": 0.7}, T0)
+    write_run(str(results), {"pretrained": MODEL, "method": "full", "dtype": "bfloat16"}, {"pce_rag_nq_8k": 0.1}, T0 + 1)
+    write_run(str(results), {"pretrained": MODEL, "P": 4, "method": "sel", "dtype": "float32", "top_k": 3},
+              {"pce_rag_nq_8k": 0.6}, T0 + 2)
+    out = tmp_path / "board"
+    assert main_leaderboard([str(results), "--out", str(out), "--no-plots"]) == 0
+    readme = (out / "README.md").read_text()
+    section = readme[readme.index("config `dtype=float32,top_k=3`"):]
+    table = markdown_table_after(section, "### Table 1 layout — method `sel` (score)")
+    assert table == {"Full": {"RAG 8k": "70.0"}, "P=4": {"RAG 8k": "60.0"}}
+
+
 def test_full_attention_only_board_still_has_table1(tmp_path):
     results = tmp_path / "results"
     write_run(str(results), {"pretrained": MODEL, "dtype": "float32"}, {t: BASE_SCORES[t] for t in ICL}, T0)

@@ -97,6 +97,24 @@ def category_cells(rows: list[BoardRow]) -> dict[tuple, CategoryCell]:
     return {key: category_cell(group) for key, group in grouped.items()}
 
 
+def config_items(config: str) -> set[str]:
+    return set(config.split(",")) - {""}
+
+
+def full_attention_cell(cells: dict[tuple, CategoryCell], model: str, config: str, length: str,
+                        category: str) -> CategoryCell | None:
+    """The method=full cell for a parallel configuration: same config, else the full run whose config is
+    the largest subset of it (full attention ignores pos, top_k, ...)."""
+    wanted = config_items(config)
+    candidates = [
+        (len(config_items(key[3])), key)
+        for key in cells
+        if key[0] == model and key[1] == "full" and key[4] == length and key[5] == category
+        and config_items(key[3]) <= wanted
+    ]
+    return cells[max(candidates)[1]] if candidates else None
+
+
 def pearson(xs: list[float], ys: list[float]) -> float | None:
     """Pearson correlation; None with fewer than 3 points or a constant series."""
     if len(xs) != len(ys) or len(xs) < 3:

@@ -10,7 +10,7 @@ import matplotlib.ticker
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-from .board import CategoryCell, entropy_score_correlation, entropy_score_points  # noqa: E402
+from .board import CategoryCell, entropy_score_correlation, entropy_score_points, full_attention_cell  # noqa: E402
 from .metrics import display_scale  # noqa: E402
 from .naming import CATEGORIES, sort_lengths  # noqa: E402
 from .report import method_sort_key  # noqa: E402
@@ -47,7 +47,6 @@ def _y_label(category: str, entropy: bool) -> str:
 def plot_against_P(cells: dict[tuple, CategoryCell], model: str, config: str, path: str, entropy: bool) -> bool:
     """Grid: one row per length, one panel per category; a line per method, full attention dashed."""
     mine = {k: c for k, c in cells.items() if k[0] == model and k[3] == config}
-    full = {k: c for k, c in cells.items() if k[0] == model and k[1] == "full" and k[3] in (config, "")}
     categories = [c for c in CATEGORIES if any(k[5] == c for k in mine)]
     lengths = sort_lengths(k[4] for k in mine)
     methods = sorted({k[1] for k in mine if k[1] != "full" and k[2] > 1}, key=method_sort_key)
@@ -66,9 +65,9 @@ def plot_against_P(cells: dict[tuple, CategoryCell], model: str, config: str, pa
                 if points:
                     ax.plot([p[0] for p in points], [p[1] for p in points], label=method,
                             **METHOD_STYLES.get(method, {}))
-            reference = [c for k, c in full.items() if k[4] == length and k[5] == category]
-            if reference and _shown(reference[0], entropy) is not None:
-                ax.axhline(_shown(reference[0], entropy), color="black", linestyle="--", linewidth=1, label="full")
+            reference = full_attention_cell(cells, model, config, length, category)
+            if reference is not None and _shown(reference, entropy) is not None:
+                ax.axhline(_shown(reference, entropy), color="black", linestyle="--", linewidth=1, label="full")
             if not ax.lines:
                 ax.set_axis_off()
                 continue

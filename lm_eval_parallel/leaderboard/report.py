@@ -4,7 +4,7 @@ from __future__ import annotations
 import datetime
 import os
 
-from .board import Board, CategoryCell, category_cells, entropy_score_correlation
+from .board import Board, CategoryCell, category_cells, entropy_score_correlation, full_attention_cell
 from .metrics import display_scale
 from .naming import CATEGORIES, category_order, length_in_tokens
 from .reader import BoardRow
@@ -67,10 +67,9 @@ class ModelView:
         return self.cells.get((self.model, method, P, self.config, length, category))
 
     def full_cell(self, method: str, category: str, length: str) -> CategoryCell | None:
-        """Full row: method=full (same config, else default config), else P=1 of this method."""
+        """Full row: method=full (same config, else the closest full run), else P=1 of this method."""
         return (
-            self.cell("full", 1, category, length)
-            or self.all_cells.get((self.model, "full", 1, "", length, category))
+            full_attention_cell(self.all_cells, self.model, self.config, length, category)
             or self.cell(method, 1, category, length)
         )
 
