@@ -97,13 +97,22 @@ class ParallelHFLM(HFLM):
         check_model_supported(self.model, self.pce)
         self.model.set_attn_implementation(attention.ATTN_NAME)
         self.sliding_window = sliding_window_of(self.model)
+        self.engine = None
+        self.configure(self.pce)
+
+    def configure(self, pce: PCEConfig) -> None:
+        """Switch to other parallel settings without reloading the model (used by ``sweep``)."""
+        previous = self.engine
+        self.pce = pce
         self.engine = ParallelEngine(
-            self.model, self.device, pos=self.pce.pos, pos_round=self.pce.pos_round,
-            want_stats=self.pce.entropy, analysis=self.pce.analysis_path is not None,
+            self.model, self.device, pos=pce.pos, pos_round=pce.pos_round,
+            want_stats=pce.entropy, analysis=pce.analysis_path is not None,
         )
-        if self.pce.uses_selection and self.pce.P <= self.pce.top_k:
-            warn_once("sel", f"method={self.pce.method} with top_k={self.pce.top_k} >= P={self.pce.P}: "
-                             "selection keeps every piece and changes nothing")
+        if previous is not None:  # the shared prefix KV does not depend on P, method or pos
+            self.engine._prefix_cache = previous._prefix_cache
+        if pce.uses_selection and pce.P <= pce.top_k:
+            warn_once(f"sel{pce.P}", f"method={pce.method} with top_k={pce.top_k} >= P={pce.P}: "
+                                     "selection keeps every piece and changes nothing")
 
     # ------------------------------------------------------------------ tokens -> layout
     def _ids(self, text: str) -> list[int]:

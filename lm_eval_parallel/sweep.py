@@ -1,0 +1,121 @@
+"""``lm-eval-parallel sweep``: a P x method grid in one process (the model is loaded once).
+
+Each configuration is written as an ordinary lm-eval results file under
+``OUTPUT/P{P}_{method}/`` with its model_args recorded; configurations whose folder already holds a
+results file are skipped, so an interrupted sweep resumes where it stopped.
+"""
+from __future__ import annotations
+
+import argparse
+import glob
+import json
+import logging
+import os
+import time
+
+log = logging.getLogger("lm_eval_parallel")
+
+
+def _csv(text: str) -> list[str]:
+    return [t.strip() for t in text.split(",") if t.strip()]
+
+
+def grid(p_values: list[int], methods: list[str]) -> list[tuple[int, str]]:
+    """Configurations in run order; `full` runs once (P=1) whatever P values are given."""
+    out = []
+    for method in methods:
+        if method == "full":
+            out.append((1, "full"))
+            continue
+        out.extend((p, method) for p in p_values)
+    return list(dict.fromkeys(out))
+
+
+def config_dir(output_path: str, P: int, method: str) -> str:
+    return os.path.join(output_path, f"P{P}_{method}")
+
+
+def is_done(folder: str) -> bool:
+    return bool(glob.glob(os.path.join(folder, "**", "results_*.json"), recursive=True))
+
+
+def build_parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="lm-eval-parallel sweep", description=__doc__.split("\n\n")[0])
+    ap.add_argument("--model_args", required=True, help="pretrained=M[,dtype=...]; P/method come from the grid")
+    ap.add_argument("--P", default="1,2,4,8,16,32,64", help="comma-separated P values")
+    ap.add_argument("--methods", default="naive,sink,sel,sink+sel", help="comma-separated methods (full adds one P=1 run)")
+    ap.add_argument("--tasks", required=True)
+    ap.add_argument("--output_path", required=True)
+    ap.add_argument("--limit", type=float, default=None)
+    ap.add_argument("--batch_size", default="1")
+    ap.add_argument("--device", default=None)
+    ap.add_argument("--num_fewshot", type=int, default=None)
+    ap.add_argument("--gen_kwargs", default=None)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--log_samples", action="store_true")
+    ap.add_argument("--include_path", default=None)
+    return ap
+
+
+def main_sweep(argv: list[str]) -> int:
+    args = build_parser().parse_args(argv)
+    from lm_eval.utils import simple_parse_args_string
+
+    from .config import OWN_ARGS, PCEConfig
+
+    base_args = simple_parse_args_string(args.model_args)
+    clash = [k for k in ("P", "method") if k in base_args]
+    if clash:
+        raise SystemExit(f"sweep: {clash} must not be in --model_args; give them with --P / --methods")
+    p_values = [int(p) for p in _csv(args.P)]
+    methods = _csv(args.methods)
+    configs = grid(p_values, methods)
+    own = {k: v for k, v in base_args.items() if k in OWN_ARGS}
+    for P, method in configs:  # validate the whole grid before loading anything
+        PCEConfig.from_args(**own, P=P, method=method)
+    todo = [(P, m) for P, m in configs if not is_done(config_dir(args.output_path, P, m))]
+    for P, m in configs:
+        if (P, m) not in todo:
+            print(f"sweep: P={P} method={m} already in {config_dir(args.output_path, P, m)}; skipped")
+    if not todo:
+        print("sweep: every configuration is already done")
+        return 0
+
+    from lm_eval import simple_evaluate
+    from lm_eval.loggers import EvaluationTracker
+    from lm_eval.tasks import TaskManager
+
+    from .cli import _register
+    from .model import ParallelHFLM
+
+    _register()
+    first_P, first_method = todo[0]
+    hf_args = {k: v for k, v in base_args.items() if k not in OWN_ARGS}
+    device_kw = {"device": args.device} if args.device else {}
+    lm = ParallelHFLM(**hf_args, **own, P=first_P, method=first_method, batch_size=args.batch_size, **device_kw)
+    task_manager = TaskManager(include_path=args.include_path, metadata=dict(base_args))
+    tasks = _csv(args.tasks)
+    for P, method in todo:
+        lm.configure(PCEConfig.from_args(**own, P=P, method=method))
+        model_args = {**base_args, "P": P, "method": method}
+        start = time.time()
+        results = simple_evaluate(
+            model=lm, model_args=model_args, tasks=tasks, limit=args.limit, num_fewshot=args.num_fewshot,
+            gen_kwargs=args.gen_kwargs, log_samples=args.log_samples, task_manager=task_manager,
+            random_seed=args.seed, numpy_random_seed=args.seed, torch_random_seed=args.seed, fewshot_random_seed=args.seed,
+            metadata=dict(model_args), batch_size=args.batch_size,
+        )
+        if results is None:  # non-zero rank under data parallel
+            continue
+        samples = results.pop("samples", None)
+        folder = config_dir(args.output_path, P, method)
+        tracker = EvaluationTracker(output_path=os.path.join(folder, "results.json"))
+        tracker.general_config_tracker.model_name = str(base_args.get("pretrained", ""))
+        tracker.save_results_aggregated(results=results, samples=samples)
+        if args.log_samples and samples:
+            for task_name in results.get("configs", {}):
+                if task_name in samples:
+                    tracker.save_results_samples(task_name=task_name, samples=samples[task_name])
+        scores = {t: {k: v for k, v in r.items() if "," in k and "stderr" not in k} for t, r in results["results"].items()}
+        print(f"sweep: P={P} method={method} done in {time.time() - start:.1f}s -> {folder}\n{json.dumps(scores, indent=1)}")
+    return 0

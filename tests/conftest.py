@@ -1,0 +1,24 @@
+import os
+import sys
+
+import pytest
+
+sys.path.insert(0, os.path.dirname(__file__))
+
+SHARED_DATA = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data")
+
+
+@pytest.fixture(scope="session")
+def tiny_llama_dir(tmp_path_factory):
+    from tiny_models import save_tiny
+
+    return save_tiny(str(tmp_path_factory.mktemp("tiny") / "llama"), "llama")
+
+
+@pytest.fixture(scope="session")
+def tiny_dirs(tmp_path_factory):
+    """Saved tiny models of every family (model + tokenizer folders)."""
+    from tiny_models import FAMILIES, save_tiny
+
+    root = tmp_path_factory.mktemp("tiny_all")
+    return {f: save_tiny(str(root / f), f) for f in FAMILIES}
