@@ -97,12 +97,14 @@ class KVStore:
             n_pieces[row] = s.n_pieces[0]
         out = cls(len(stores[0].k), key_valid, key_group, n_pieces, piece_index, longest)
         for layer in range(len(out.k)):
-            ks = [s.k[layer] for s in stores]
-            if ks[0] is None:
+            like = next((s.k[layer] for s in stores if s.k[layer] is not None), None)
+            if like is None:  # every context is empty: the query writes the first keys
                 continue
-            kb = ks[0].new_zeros((b, ks[0].shape[1], cap, ks[0].shape[3]))
+            kb = like.new_zeros((b, like.shape[1], cap, like.shape[3]))
             vb = kb.clone()
             for row, s in enumerate(stores):
+                if s.length == 0:
+                    continue
                 pad = longest - s.length
                 kb[row, :, pad:longest] = s.k[layer][0, :, : s.length]
                 vb[row, :, pad:longest] = s.v[layer][0, :, : s.length]
