@@ -23,7 +23,7 @@ ICL = ["trec_coarse", "trec_fine", "banking77", "clinc150", "nlu"]
 RAG = ["nq", "triviaqa", "hotpotqa", "popqa"]
 RULER = {"mk2": 50, "mk3": 100, "mv": 50}
 PPL = ["pg19", "proof_pile"]
-SMOKE_SAMPLES = 4
+SMOKE_SAMPLES = 3
 
 ENT = {"metric": "attn_entropy", "higher_is_better": False}
 
