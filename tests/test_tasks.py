@@ -310,3 +310,34 @@ def test_evaluate_ppl_and_icl_hf(tiny, shared_data):
     ppl = out["results"]["pce_ppl_pg19_1k"]
     assert ppl["perplexity,none"] > 1 and ppl["bits_per_byte,none"] > 0 and "attn_entropy,none" in ppl
     assert "exact_match,none" in out["results"]["pce_icl_trec_coarse_4k"]
+
+
+def test_helmet_files_lookup_and_clear_error(tmp_path, monkeypatch):
+    """HELMET members: $PCE_DATA_DIR/helmet first, then the cache, then a (here failing) stream download."""
+    member = "data/kilt/triviaqa-dev-multikilt_1000_k20_dep6.jsonl"
+    monkeypatch.setenv("PCE_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.delenv("PCE_DATA_DIR", raising=False)
+
+    def offline(member, target):
+        raise OSError("no network")
+
+    monkeypatch.setattr(C, "_stream_extract", offline)
+    with pytest.raises(C.PceDataError, match=r"HELMET file .*triviaqa.*download https://huggingface.co/datasets/princeton-nlp/HELMET"):
+        RAG.load_rag(pce_dataset="triviaqa", pce_length="4k")
+    # an unpacked copy under $PCE_DATA_DIR/helmet is used as is
+    import json
+
+    rows = [{"question": f"q{i}", "answers": [f"a{i}", f"b{i}"], "depth": 0.2,
+             "ctxs": [{"title": f"T{j}", "text": f"text {j}"} for j in range(20)]} for i in range(5)]
+    path = tmp_path / "data" / "helmet" / member
+    path.parent.mkdir(parents=True)
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    monkeypatch.setenv("PCE_DATA_DIR", str(tmp_path / "data"))
+    ds = RAG.load_rag(pce_dataset="triviaqa", pce_length="4k", pce_n_samples=3)["test"]
+    assert len(ds) == 3 and ds[0]["source"] == "helmet" and len(ds[0]["items"]) == 20
+    assert ds[0]["items"][0] == "Document (Title: T0): text 0\n\n"
+    assert [d["question"] for d in ds] == [rows[i]["question"] for i in C.sample_indices(5, 3)]
+
+
+def test_popqa_filter():
+    assert RAG.popqa_keep({"s_pop": 999}) and not RAG.popqa_keep({"s_pop": 1000})
