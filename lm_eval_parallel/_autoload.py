@@ -6,7 +6,8 @@ only installs a post-import finder (stdlib, no lm-eval or torch import); when lm
 * ``lm_eval.api.registry``   -> the ``parallel_hf`` model is registered (lazily, as a string);
 * ``lm_eval.tasks.manager``  -> ``TaskManager`` also indexes our ``task_configs/``;
 * ``lm_eval.models.huggingface`` -> lm-eval's ``hf`` model reads marked prompts as plain prompts,
-  so every pce task also runs on the stock ``hf`` model.
+  so every pce task also runs on the stock ``hf`` model;
+* ``lm_eval.api.model`` -> ``--use_cache`` files are keyed by the parallel settings too.
 
 Set ``LM_EVAL_PARALLEL_AUTOLOAD=0`` to turn the hook off (the ``lm-eval-parallel`` command still
 works). Newer lm-eval releases that read the ``lm_eval.models`` / ``lm_eval.tasks`` entry points
@@ -87,7 +88,26 @@ def _on_huggingface(module) -> None:
     hflm.tok_encode, hflm.tok_batch_encode = plain_tok_encode, plain_tok_batch_encode
 
 
+def _on_api_model(module) -> None:
+    """``--use_cache``: give every parallel configuration its own cache file (the key is only req.args)."""
+    caching = module.CachingLM
+    original = caching.__init__
+    if getattr(original, "_lm_eval_parallel", False):
+        return
+
+    def __init__(self, lm, cache_db):
+        fingerprint = getattr(lm, "cache_fingerprint", None)
+        if callable(fingerprint):
+            root, ext = os.path.splitext(cache_db)
+            cache_db = f"{root}_{fingerprint()}{ext}"
+        original(self, lm, cache_db)
+
+    __init__._lm_eval_parallel = True
+    caching.__init__ = __init__
+
+
 _HOOKS = {
+    "lm_eval.api.model": _on_api_model,
     "lm_eval.api.registry": _on_registry,
     "lm_eval.tasks.manager": _on_task_manager,
     "lm_eval.models.huggingface": _on_huggingface,

@@ -14,10 +14,11 @@ def _register() -> None:
     from . import _autoload
 
     _autoload.install(force=True)
-    import lm_eval.api.registry  # noqa: F401  (runs the hooks)
+    import lm_eval.api.model  # noqa: F401  (runs the hooks)
+    import lm_eval.api.registry  # noqa: F401
     import lm_eval.tasks.manager  # noqa: F401
 
-    for name in ("lm_eval.api.registry", "lm_eval.tasks.manager"):
+    for name in ("lm_eval.api.model", "lm_eval.api.registry", "lm_eval.tasks.manager"):
         _autoload.run_hook(name, sys.modules[name])
 
 

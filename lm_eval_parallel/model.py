@@ -401,6 +401,13 @@ class ParallelHFLM(HFLM):
         self._write_analysis(records)
         return results
 
+    def cache_fingerprint(self) -> str:
+        """Short hash of every parallel setting that changes results (names the --use_cache file)."""
+        import hashlib
+
+        settings = {k: v for k, v in self.pce.as_dict().items() if k != "analysis_path"}
+        return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:12]
+
     def get_model_info(self) -> dict:
         info = super().get_model_info()
         info["pce"] = self.pce.as_dict()
