@@ -97,18 +97,22 @@ def _softcapped(scores: torch.Tensor, softcap: float | None) -> torch.Tensor:
 
 
 def _grouped_scores(q: torch.Tensor, k: torch.Tensor, scaling: float) -> torch.Tensor:
-    """q [B, H, r, D] x k [B, Hkv, K, D] -> scores [B, H, r, K] in fp32, without repeating k."""
+    """q [B, H, r, D] x k [B, Hkv, K, D] -> fp32 scores [B, H, r, K], without repeating k.
+
+    The product runs in the model's dtype (as transformers' eager attention does), so the cached keys
+    are never copied to fp32; the softmax and everything after it are fp32.
+    """
     b, h, r, d = q.shape
     hkv = k.shape[1]
-    qg = q.float().reshape(b, hkv, (h // hkv) * r, d)
-    return (qg @ k.float().transpose(-1, -2)).reshape(b, h, r, -1) * scaling
+    qg = q.reshape(b, hkv, (h // hkv) * r, d)
+    return (qg @ k.transpose(-1, -2)).float().reshape(b, h, r, -1) * scaling
 
 
 def _grouped_output(p: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-    """p [B, H, r, K] x v [B, Hkv, K, D] -> [B, H, r, D] in fp32."""
+    """p [B, H, r, K] (fp32) x v [B, Hkv, K, D] -> [B, H, r, D] in v's dtype."""
     b, h, r, kk = p.shape
     hkv = v.shape[1]
-    return (p.reshape(b, hkv, (h // hkv) * r, kk) @ v.float()).reshape(b, h, r, -1)
+    return (p.to(v.dtype).reshape(b, hkv, (h // hkv) * r, kk) @ v).reshape(b, h, r, -1)
 
 
 def causal_attention(q, k, v, scaling: float, softcap: float | None = None) -> torch.Tensor:
@@ -122,7 +126,7 @@ def causal_attention(q, k, v, scaling: float, softcap: float | None = None) -> t
         else:
             out = F.scaled_dot_product_attention(q, k, v, attn_mask=causal_lower_right(t, s), scale=scaling)
         return out.transpose(1, 2)
-    out = torch.empty(q.shape, dtype=torch.float32, device=q.device)
+    out = torch.empty(q.shape, dtype=v.dtype, device=q.device)
     for r0, r1 in _row_chunks(q.shape[0] * q.shape[1] * s, t):
         scores = _softcapped(_grouped_scores(q[:, :, r0:r1], k, scaling), softcap)
         rows = torch.arange(r0, r1, device=q.device)[:, None] + (s - t)
@@ -186,7 +190,7 @@ def _query_attention(module, q, k, v, call: QueryCall, scaling: float, softcap: 
         else:
             keep = select_pieces(topn_sum(g, selection.aggr, selection.aggr_topn), n_pieces, selection.top_k)
 
-    out = torch.empty((b, h, n_q, v.shape[-1]), dtype=torch.float32, device=device)
+    out = torch.empty((b, h, n_q, v.shape[-1]), dtype=v.dtype, device=device)
     stats = None
     if call.want_stats:
         stats = LayerStats(torch.zeros(b, device=device), torch.zeros(b, device=device))
@@ -195,7 +199,7 @@ def _query_attention(module, q, k, v, call: QueryCall, scaling: float, softcap: 
             stats.head_abs_logit_sum = torch.zeros(b, h, device=device)
             stats.head_logit_count = torch.zeros(b, h, device=device)
             context = key_valid[:, :offset].float()  # [B, C]
-            norms = k[:, :, :offset].float().norm(dim=-1)  # [B, Hkv, C]
+            norms = torch.linalg.vector_norm(k[:, :, :offset], dim=-1, dtype=torch.float32)  # [B, Hkv, C]
             stats.key_norm = (norms * context[:, None]).sum(-1) / context.sum(-1).clamp_min(1)[:, None]
     for r0, r1 in chunks:
         scores, p = cached if cached is not None else probabilities(r0, r1)

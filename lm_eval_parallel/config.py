@@ -36,6 +36,12 @@ def _as_positive_int(name: str, value) -> int:
     return int(as_float)
 
 
+def _as_non_negative_int(name: str, value) -> int:
+    if value in (0, "0"):
+        return 0
+    return _as_positive_int(name, value)
+
+
 def _choice(name: str, value, allowed: tuple[str, ...]) -> str:
     if not isinstance(value, str) or value not in allowed:
         raise ValueError(f"{name}={value!r} is not allowed; choose one of {', '.join(allowed)}")
@@ -59,6 +65,7 @@ class PCEConfig:
     entropy: bool = True
     analysis_path: str | None = None
     rolling_score_len: int = 1024
+    context_cache_mb: int = 0
 
     @classmethod
     def from_args(cls, **kw) -> "PCEConfig":
@@ -90,6 +97,7 @@ class PCEConfig:
             entropy=_as_bool("entropy", kw.get("entropy", cls.entropy)),
             analysis_path=None if analysis_path in (None, "") else str(analysis_path),
             rolling_score_len=_as_positive_int("rolling_score_len", kw.get("rolling_score_len", cls.rolling_score_len)),
+            context_cache_mb=_as_non_negative_int("context_cache_mb", kw.get("context_cache_mb", cls.context_cache_mb)),
         )
 
     @property

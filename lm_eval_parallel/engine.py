@@ -85,6 +85,41 @@ def _merge(into: RequestStats | None, call: QueryCall, row: int, n_layers: int) 
     return into
 
 
+class ContextCache:
+    """Encoded contexts kept for reuse (LRU within a byte budget), keyed by everything that shapes them.
+
+    A sweep shares it across configurations: ``naive``/``sel`` encode identical contexts, and so do
+    ``sink``/``sink+sel``, so the second of each pair skips the prefill.
+    """
+
+    def __init__(self, budget_bytes: int):
+        self.budget = budget_bytes
+        self.used = 0
+        self.hits = 0
+        self.entries: OrderedDict = OrderedDict()
+
+    @staticmethod
+    def _size(ctx: EncodedContext) -> int:
+        return sum(t.numel() * t.element_size() for t in ctx.store.k + ctx.store.v if t is not None)
+
+    def get(self, key):
+        ctx = self.entries.get(key)
+        if ctx is not None:
+            self.entries.move_to_end(key)
+            self.hits += 1
+        return ctx
+
+    def put(self, key, ctx: EncodedContext) -> None:
+        size = self._size(ctx)
+        if size > self.budget or key in self.entries:
+            return
+        while self.used + size > self.budget and self.entries:
+            _, old = self.entries.popitem(last=False)
+            self.used -= self._size(old)
+        self.entries[key] = ctx
+        self.used += size
+
+
 class ParallelEngine:
     """Runs the three stages for a causal LM whose attention implementation is ``pce``."""
 
@@ -100,6 +135,7 @@ class ParallelEngine:
         self.n_layers = model.config.get_text_config().num_hidden_layers
         self._prefix_cache: OrderedDict = OrderedDict()
         self._prefix_cache_size = prefix_cache_size
+        self.context_cache: ContextCache | None = None
 
     # ------------------------------------------------------------------ prefill
     def _forward(self, ids: torch.Tensor, positions: torch.Tensor, keep_logits: int = 1):
@@ -149,7 +185,20 @@ class ParallelEngine:
 
     @torch.no_grad()
     def encode(self, layout: Layout, reserve: int = 0, oracle_keys: bool = False) -> EncodedContext:
-        """Prefill one context: prefix once, pieces as a batch; room for ``reserve`` query tokens."""
+        """Prefill one context (or take it from the context cache); room for ``reserve`` query tokens."""
+        key = (layout, self.pos, self.pos_round, oracle_keys)
+        if self.context_cache is not None:
+            cached = self.context_cache.get(key)
+            if cached is not None:
+                cached.store.ensure_capacity(cached.length + max(reserve, 1))
+                return cached
+        context = self._encode(layout, reserve, oracle_keys)
+        if self.context_cache is not None:
+            self.context_cache.put(key, context)
+        return context
+
+    def _encode(self, layout: Layout, reserve: int, oracle_keys: bool) -> EncodedContext:
+        """Prefill one context: prefix once, pieces as a batch."""
         s = len(layout.prefix)
         lengths = [len(p) for p in layout.pieces]
         n_ctx = layout.n_context

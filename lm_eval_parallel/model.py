@@ -6,6 +6,8 @@ context once and scores / generates from it.
 """
 from __future__ import annotations
 
+import difflib
+import inspect
 import json
 import logging
 import math
@@ -21,7 +23,7 @@ from tqdm import tqdm
 
 from . import attention
 from .config import OWN_ARGS, PCEConfig
-from .engine import ParallelEngine
+from .engine import ContextCache, ParallelEngine
 from .layout import Layout, group_items, split_evenly
 from .resolve import DEFAULT_ALIAS, resolve_pretrained
 from .response import GenerationResult, LoglikelihoodResult, RollingResult
@@ -29,6 +31,7 @@ from .selection import Selection
 from .structure import split_prompt
 
 log = logging.getLogger("lm_eval_parallel")
+_HFLM_ARGS = set(inspect.signature(HFLM.__init__).parameters)
 _WARNED: set[str] = set()
 
 
@@ -83,6 +86,10 @@ class ParallelHFLM(HFLM):
 
     def __init__(self, pretrained=DEFAULT_ALIAS, **kwargs):
         own = {k: kwargs.pop(k) for k in list(kwargs) if k in OWN_ARGS}
+        for key in kwargs:  # a misspelt option of ours would otherwise reach from_pretrained
+            close = difflib.get_close_matches(key, OWN_ARGS, n=1, cutoff=0.75)
+            if close and key not in _HFLM_ARGS:
+                raise ValueError(f"unknown model_arg {key!r}; did you mean {close[0]!r}? (parallel options: {', '.join(OWN_ARGS)})")
         self.pce = PCEConfig.from_args(**own)  # bad values fail here, before any model is loaded
         pretrained, gguf_file = resolve_pretrained(pretrained, kwargs.pop("gguf_file", None))
         if gguf_file:
@@ -110,6 +117,9 @@ class ParallelHFLM(HFLM):
         )
         if previous is not None:  # the shared prefix KV does not depend on P, method or pos
             self.engine._prefix_cache = previous._prefix_cache
+            self.engine.context_cache = previous.context_cache
+        if self.engine.context_cache is None and pce.context_cache_mb > 0:
+            self.engine.context_cache = ContextCache(pce.context_cache_mb * 2**20)
         if pce.uses_selection and pce.P <= pce.top_k:
             warn_once(f"sel{pce.P}", f"method={pce.method} with top_k={pce.top_k} >= P={pce.P}: "
                                      "selection keeps every piece and changes nothing")
@@ -405,7 +415,7 @@ class ParallelHFLM(HFLM):
         """Short hash of every parallel setting that changes results (names the --use_cache file)."""
         import hashlib
 
-        settings = {k: v for k, v in self.pce.as_dict().items() if k != "analysis_path"}
+        settings = {k: v for k, v in self.pce.as_dict().items() if k not in ("analysis_path", "context_cache_mb")}
         return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:12]
 
     def get_model_info(self) -> dict:

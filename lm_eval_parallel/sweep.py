@@ -21,13 +21,11 @@ def _csv(text: str) -> list[str]:
 
 
 def grid(p_values: list[int], methods: list[str]) -> list[tuple[int, str]]:
-    """Configurations in run order; `full` runs once (P=1) whatever P values are given."""
-    out = []
-    for method in methods:
-        if method == "full":
-            out.append((1, "full"))
-            continue
-        out.extend((p, method) for p in p_values)
+    """Configurations in run order: P by P, so that methods sharing encoded contexts (naive/sel,
+    sink/sink+sel) run next to each other; `full` runs once (P=1) whatever P values are given."""
+    out = [(1, "full")] if "full" in methods else []
+    for p in p_values:
+        out.extend((p, m) for m in methods if m != "full")
     return list(dict.fromkeys(out))
 
 
@@ -54,6 +52,8 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--log_samples", action="store_true")
     ap.add_argument("--include_path", default=None)
+    ap.add_argument("--context_cache_mb", type=int, default=4096,
+                    help="memory for encoded contexts shared by methods of one P (0 = off)")
     return ap
 
 
@@ -71,6 +71,7 @@ def main_sweep(argv: list[str]) -> int:
     methods = _csv(args.methods)
     configs = grid(p_values, methods)
     own = {k: v for k, v in base_args.items() if k in OWN_ARGS}
+    own.setdefault("context_cache_mb", args.context_cache_mb)
     for P, method in configs:  # validate the whole grid before loading anything
         PCEConfig.from_args(**own, P=P, method=method)
     todo = [(P, m) for P, m in configs if not is_done(config_dir(args.output_path, P, m))]
@@ -118,4 +119,7 @@ def main_sweep(argv: list[str]) -> int:
                     tracker.save_results_samples(task_name=task_name, samples=samples[task_name])
         scores = {t: {k: v for k, v in r.items() if "," in k and "stderr" not in k} for t, r in results["results"].items()}
         print(f"sweep: P={P} method={method} done in {time.time() - start:.1f}s -> {folder}\n{json.dumps(scores, indent=1)}")
+    cache = lm.engine.context_cache
+    if cache is not None:
+        print(f"sweep: {cache.hits} encoded contexts reused across methods")
     return 0

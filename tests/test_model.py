@@ -217,3 +217,17 @@ def test_malformed_or_empty_structured_requests_fail(models):
         full.loglikelihood(ll_requests([("\ue002a\ue002b", " x")]))
     with pytest.raises(ValueError, match="empty query"):
         full.generate_until(gen_requests([parallel_prompt(["a", "b"], "")]))
+
+
+def test_context_cache_reuse_gives_identical_results(tiny_llama_dir):
+    """sel reuses naive's encoded contexts (as a sweep does) and scores exactly as a fresh sel model."""
+    from lm_eval_parallel.config import PCEConfig
+    from lm_eval_parallel.model import ParallelHFLM
+
+    shared = ParallelHFLM(pretrained=tiny_llama_dir, method="naive", P=3, context_cache_mb=64, **KW)
+    shared.loglikelihood(ll_requests(PAIRS))
+    shared.configure(PCEConfig.from_args(method="sel", P=3, context_cache_mb=64))
+    reused = shared.loglikelihood(ll_requests(PAIRS))
+    assert shared.engine.context_cache.hits >= 3
+    fresh = ParallelHFLM(pretrained=tiny_llama_dir, method="sel", P=3, **KW).loglikelihood(ll_requests(PAIRS))
+    assert [tuple(r) for r in reused] == [tuple(r) for r in fresh]

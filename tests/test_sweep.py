@@ -1,0 +1,50 @@
+"""`lm-eval-parallel sweep`: a 2 P x 2 method grid of pce_smoke on a tiny model in one process,
+resumed after a configuration is removed, then turned into a board."""
+import glob
+import json
+import os
+import re
+import shutil
+
+from lm_eval_parallel.sweep import grid, main_sweep
+
+
+def test_grid_runs_full_once():
+    assert grid([1, 4], ["naive", "full", "sel"]) == [(1, "full"), (1, "naive"), (1, "sel"), (4, "naive"), (4, "sel")]
+
+
+def test_sweep_writes_one_results_file_per_configuration_and_resumes(tiny_llama_dir, tmp_path, capsys):
+    out = tmp_path / "sweep"
+    args = ["--model_args", f"pretrained={tiny_llama_dir},dtype=float32", "--P", "1,2", "--methods", "naive,sel",
+            "--tasks", "pce_smoke", "--output_path", str(out), "--device", "cpu", "--limit", "1"]
+    assert main_sweep(args) == 0
+    folders = sorted(os.listdir(out))
+    assert folders == ["P1_naive", "P1_sel", "P2_naive", "P2_sel"]
+    reused = re.search(r"sweep: (\d+) encoded contexts reused", capsys.readouterr().out)
+    assert reused and int(reused.group(1)) > 0  # sel found naive's contexts in the cache
+    first = {}
+    for folder in folders:
+        (path,) = glob.glob(str(out / folder / "**" / "results_*.json"), recursive=True)
+        data = json.load(open(path))
+        P, method = folder[1:].split("_", 1)
+        assert data["config"]["model_args"]["P"] == int(P) and data["config"]["model_args"]["method"] == method
+        task_rows = {t: r for t, r in data["results"].items() if t.startswith("pce_ruler") or t.startswith("pce_json")}
+        assert task_rows and all(r["attn_entropy,none"] > 0 for r in task_rows.values())
+        first[folder] = (path, os.path.getmtime(path))
+    shutil.rmtree(out / "P2_naive")
+    capsys.readouterr()
+    assert main_sweep(args) == 0
+    printed = capsys.readouterr().out
+    assert "P=1 method=naive already in" in printed and "P=2 method=naive done" in printed
+    for folder, (path, mtime) in first.items():
+        if folder != "P2_naive":
+            assert os.path.getmtime(path) == mtime  # untouched
+    assert glob.glob(str(out / "P2_naive" / "**" / "results_*.json"), recursive=True)
+
+    from lm_eval_parallel.leaderboard import main_leaderboard
+
+    board = tmp_path / "board"
+    assert main_leaderboard([str(out), "--out", str(board), "--no-plots"]) == 0
+    rows = json.load(open(board / "board.json"))
+    rows = rows["rows"] if isinstance(rows, dict) else rows
+    assert {(r["P"], r["method"]) for r in rows} >= {(1, "naive"), (2, "naive"), (2, "sel")}
