@@ -319,8 +319,9 @@ class ParallelHFLM(HFLM):
 
     def loglikelihood_rolling(self, requests, disable_tqdm: bool = False):
         """Rolling windows of max_length tokens; each window scores ``rolling_score_len`` new tokens with
-        the rest of the window as context, split by the unmarked-context rule (first window: whole)."""
-        score_len = max(1, min(self.pce.rolling_score_len, self.max_length - 1))
+        the rest of the window as context, split by the unmarked-context rule (the first window has only
+        the prefix token as context). ``rolling_score_len >= max_length`` gives lm-eval's own windows."""
+        score_len = max(1, min(self.pce.rolling_score_len, self.max_length))  # max_length: hf's disjoint windows
         prepared, owner = [], []
         for r, req in enumerate(requests):
             (string,) = req.args

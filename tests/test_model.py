@@ -231,3 +231,26 @@ def test_context_cache_reuse_gives_identical_results(tiny_llama_dir):
     assert shared.engine.context_cache.hits >= 3
     fresh = ParallelHFLM(pretrained=tiny_llama_dir, method="sel", P=3, **KW).loglikelihood(ll_requests(PAIRS))
     assert [tuple(r) for r in reused] == [tuple(r) for r in fresh]
+
+
+def test_loglikelihood_rolling(tiny_llama_dir, models):
+    """rolling_score_len >= max_length reproduces hf's disjoint windows; shorter windows score each
+    token with the rest of its window as parallel context."""
+    from lm_eval_parallel.model import ParallelHFLM
+
+    hf, _ = models
+    text = " ".join(f"word{i % 13} and thing{i % 7}." for i in range(40))
+    reqs = [Instance("loglikelihood_rolling", {}, (text,), 0)]
+    hf.__dict__["_max_length"] = 48
+    try:
+        (want,) = hf.loglikelihood_rolling(reqs)
+    finally:
+        hf.__dict__["_max_length"] = None
+    full = ParallelHFLM(pretrained=tiny_llama_dir, method="full", P=1, max_length=48, rolling_score_len=48, **KW)
+    (got,) = full.loglikelihood_rolling(reqs)
+    assert float(got) == pytest.approx(want, rel=1e-5) and got.attn_entropy > 0
+    overlap = ParallelHFLM(pretrained=tiny_llama_dir, method="full", P=1, max_length=48, rolling_score_len=16, **KW)
+    par = ParallelHFLM(pretrained=tiny_llama_dir, method="naive", P=4, max_length=48, rolling_score_len=16, **KW)
+    (o,), (p,) = overlap.loglikelihood_rolling(reqs), par.loglikelihood_rolling(reqs)
+    assert abs(float(o) - float(want)) > 1e-3  # overlapping windows condition on more context
+    assert abs(float(p) - float(o)) > 1e-4  # and the parallel split changes the score
