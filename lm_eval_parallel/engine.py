@@ -16,7 +16,7 @@ import torch
 
 from .attention import EncodeCall, QueryCall, use_call
 from .kvstore import KVStore
-from .layout import Layout, layout_positions, piece_positions
+from .layout import Layout, piece_positions
 from .selection import Selection, select_pieces, topn_sum_layers
 
 

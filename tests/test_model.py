@@ -4,7 +4,6 @@ import json
 import math
 
 import pytest
-import torch
 from lm_eval.api.instance import Instance
 
 from lm_eval_parallel import parallel_prompt

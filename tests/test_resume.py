@@ -10,7 +10,6 @@ import sys
 import textwrap
 import time
 
-import pytest
 
 YAML = textwrap.dedent("""\
     task: pce_resume_probe

@@ -12,27 +12,12 @@ HELMET uses (parquet revisions, helmet.md §7).
 from __future__ import annotations
 
 import csv
-import importlib.util
 import json
 import math
-import sys
 from functools import lru_cache
 from pathlib import Path
 
-
-def _load_common():
-    name = "lm_eval_parallel_pce_common"
-    module = sys.modules.get(name)
-    if module is None:
-        path = Path(__file__).resolve().parent.parent / "pce_common.py"
-        spec = importlib.util.spec_from_file_location(name, path)
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[name] = module
-        spec.loader.exec_module(module)
-    return module
-
-
-C = _load_common()
+from lm_eval_parallel import tasks_common as C
 
 SHOTS = {
     "trec_coarse": {"4k": 200, "8k": 400, "16k": 800, "32k": 1600, "64k": 3300, "128k": 6600},

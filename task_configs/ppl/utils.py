@@ -16,26 +16,10 @@ rows whose meta config is ``arxiv`` (250 documents drawn with RandomState(42), a
 """
 from __future__ import annotations
 
-import importlib.util
 import json
-import sys
 from functools import lru_cache
-from pathlib import Path
 
-
-def _load_common():
-    name = "lm_eval_parallel_pce_common"
-    module = sys.modules.get(name)
-    if module is None:
-        path = Path(__file__).resolve().parent.parent / "pce_common.py"
-        spec = importlib.util.spec_from_file_location(name, path)
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[name] = module
-        spec.loader.exec_module(module)
-    return module
-
-
-C = _load_common()
+from lm_eval_parallel import tasks_common as C
 
 DATASETS = {"pg19": ("pg19", "*.txt"), "proof_pile": ("proof_pile", "*.tex")}
 SCORED_TOKENS = 1024

@@ -17,26 +17,10 @@ like dep3).
 """
 from __future__ import annotations
 
-import importlib.util
 import math
-import sys
 from functools import lru_cache
-from pathlib import Path
 
-
-def _load_common():
-    name = "lm_eval_parallel_pce_common"
-    module = sys.modules.get(name)
-    if module is None:
-        path = Path(__file__).resolve().parent.parent / "pce_common.py"
-        spec = importlib.util.spec_from_file_location(name, path)
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[name] = module
-        spec.loader.exec_module(module)
-    return module
-
-
-C = _load_common()
+from lm_eval_parallel import tasks_common as C
 
 K_DOCS = {"4k": 20, "8k": 50, "16k": 105, "32k": 220, "64k": 440, "128k": 1000}
 DATASETS = ("nq", "triviaqa", "hotpotqa", "popqa")

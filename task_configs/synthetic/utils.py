@@ -14,25 +14,11 @@ import importlib.util
 import json
 import random
 import re
-import sys
 import uuid
 from functools import lru_cache
 from pathlib import Path
 
-
-def _load_common():
-    name = "lm_eval_parallel_pce_common"
-    module = sys.modules.get(name)
-    if module is None:
-        path = Path(__file__).resolve().parent.parent / "pce_common.py"
-        spec = importlib.util.spec_from_file_location(name, path)
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[name] = module
-        spec.loader.exec_module(module)
-    return module
-
-
-C = _load_common()
+from lm_eval_parallel import tasks_common as C
 
 RULER_VARIANTS = {
     # name: (haystack, key type, value type, number of values, max_gen, HELMET folder)
