@@ -151,7 +151,8 @@ def _query_attention(module, q, k, v, call: QueryCall, scaling: float, softcap: 
     n_k = k.shape[2]
     offset = n_k - n_q  # cache index of the first query row
     device = q.device
-    key_valid = store.key_valid[:, :n_k].to(device)  # [B, K]
+    key_valid, group_index, piece_index, n_pieces = store.layout_on(device)
+    key_valid, group_index = key_valid[:, :n_k], group_index[:, :n_k]  # [B, K]
     causal = torch.arange(n_k, device=device)[None, :] <= (torch.arange(n_q, device=device)[:, None] + offset)
     visible = key_valid[:, None, :] & causal[None]  # [B, Q, K]
 
@@ -163,10 +164,7 @@ def _query_attention(module, q, k, v, call: QueryCall, scaling: float, softcap: 
         return out.transpose(1, 2)
 
     layer = module.layer_idx
-    q_valid = call.q_valid.to(device)
-    piece_index = store.piece_index.to(device)  # [B, P, Lmax], -1 = none
-    n_pieces = store.n_pieces.to(device)  # [B]
-    group_index = store.group_index(n_k).to(device)  # [B, K]: piece id, or P for always-kept keys
+    q_valid = call.q_valid.to(device)  # piece_index [B, P, Lmax] (-1 = none); group_index: piece id or P
     chunks = list(_row_chunks(b * h * (n_k + piece_index.shape[1] * piece_index.shape[2]), n_q))
 
     def probabilities(r0, r1):

@@ -21,6 +21,7 @@ class KVStore:
         self.n_pieces = n_pieces  # [B]
         self.piece_index = piece_index  # [B, P, Lmax] cache index of every piece token (-1 = none)
         self.length = length
+        self._on_device: dict = {}  # device -> (key_valid, group_index, piece_index, n_pieces), until the next mark
 
     @property
     def batch(self) -> int:
@@ -36,9 +37,18 @@ class KVStore:
         n_slots = self.piece_index.shape[1]
         return torch.where(groups < 0, n_slots, groups)
 
+    def layout_on(self, device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(key_valid, group_index, piece_index, n_pieces) on ``device``, copied once per forward."""
+        key = str(device)
+        if key not in self._on_device:
+            self._on_device[key] = (self.key_valid.to(device), self.group_index(self.capacity).to(device),
+                                    self.piece_index.to(device), self.n_pieces.to(device))
+        return self._on_device[key]
+
     def ensure_capacity(self, needed: int) -> None:
         if needed <= self.capacity:
             return
+        self._on_device.clear()
         grow = max(needed, 2 * self.capacity) - self.capacity
         b = self.batch
         self.key_valid = torch.cat([self.key_valid, self.key_valid.new_zeros(b, grow)], 1)
@@ -73,6 +83,7 @@ class KVStore:
         """Validity of the keys written at [start, start + Q): valid [B, Q] (query padding is invalid)."""
         self.key_valid[:, start : start + valid.shape[1]] = valid
         self.key_group[:, start : start + valid.shape[1]] = -1
+        self._on_device.clear()
 
     @classmethod
     def stack(cls, stores: list["KVStore"], extra: int) -> "KVStore":
