@@ -5,7 +5,8 @@ model never builds a mask: each forward runs inside one of two call states that 
 to, set by the engine through a context variable.
 
 * ``EncodeCall``: prefix or piece rows. Every row attends causally to itself and to the shared
-  prefix keys (SDPA with a lower-right causal bias: no L x L tensor). New keys/values are captured.
+  prefix keys (one square causal SDPA call, zero query rows standing in for the prefix: no L x L
+  tensor, GQA without copies). New keys/values are captured.
 * ``QueryCall``: query rows over the flat KV store (prefix + every piece + earlier query tokens).
   Rows that need probabilities (selection, entropy) are computed eagerly in chunks of rows;
   otherwise SDPA with a padding/causal mask of size query x keys.
@@ -19,7 +20,6 @@ from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
-from torch.nn.attention.bias import causal_lower_right
 
 from .selection import Selection, apply_keep, piece_scores, select_pieces, topn_sum
 
@@ -120,12 +120,12 @@ def causal_attention(q, k, v, scaling: float, softcap: float | None = None) -> t
     n_rep = q.shape[1] // k.shape[1]
     t, s = q.shape[2], k.shape[2]
     if softcap is None:
-        k, v = repeat_kv(k, n_rep), repeat_kv(v, n_rep)
-        if s == t:
-            out = F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=scaling)
-        else:
-            out = F.scaled_dot_product_attention(q, k, v, attn_mask=causal_lower_right(t, s), scale=scaling)
-        return out.transpose(1, 2)
+        # Prefix keys come first: give them s - t zero query rows, so the call is a plain square causal
+        # one (the fastest SDPA kernels, GQA without repeating k/v); those rows are dropped.
+        if s > t:
+            q = torch.cat([q.new_zeros(q.shape[0], q.shape[1], s - t, q.shape[3]), q], dim=2)
+        out = F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=scaling, enable_gqa=n_rep > 1)
+        return out[:, :, s - t :].transpose(1, 2)
     out = torch.empty(q.shape, dtype=v.dtype, device=q.device)
     for r0, r1 in _row_chunks(q.shape[0] * q.shape[1] * s, t):
         scores = _softcapped(_grouped_scores(q[:, :, r0:r1], k, scaling), softcap)
@@ -156,6 +156,10 @@ def _query_attention(module, q, k, v, call: QueryCall, scaling: float, softcap: 
     causal = torch.arange(n_k, device=device)[None, :] <= (torch.arange(n_q, device=device)[:, None] + offset)
     visible = key_valid[:, None, :] & causal[None]  # [B, Q, K]
 
+    if not call.needs_probs and softcap is None and n_q == 1 and store.dense:
+        # one new token per row and no padding anywhere: it sees every key, no mask needed
+        out = F.scaled_dot_product_attention(q, k, v, scale=scaling, enable_gqa=h > k.shape[1])
+        return out.transpose(1, 2)
     if not call.needs_probs and softcap is None:
         n_rep = h // k.shape[1]
         out = F.scaled_dot_product_attention(

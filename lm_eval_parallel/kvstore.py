@@ -21,6 +21,7 @@ class KVStore:
         self.n_pieces = n_pieces  # [B]
         self.piece_index = piece_index  # [B, P, Lmax] cache index of every piece token (-1 = none)
         self.length = length
+        self.dense = False
         self._on_device: dict = {}  # device -> (key_valid, group_index, piece_index, n_pieces), until the next mark
 
     @property
@@ -83,6 +84,7 @@ class KVStore:
         """Validity of the keys written at [start, start + Q): valid [B, Q] (query padding is invalid)."""
         self.key_valid[:, start : start + valid.shape[1]] = valid
         self.key_group[:, start : start + valid.shape[1]] = -1
+        self.dense = bool(self.key_valid[:, : start + valid.shape[1]].all())  # no padding among the keys
         self._on_device.clear()
 
     @classmethod

@@ -135,3 +135,17 @@ def test_batched_rows_equal_single_rows(model):
     gen_batched = [t for t, _ in engine.generate(contexts, [q for _, q, _ in requests], 4, sel, lambda b, t: False, set())]
     assert gen_batched == gen_single
     assert single[0][0] != pytest.approx(single[1][0], rel=REL)
+
+
+@pytest.mark.parametrize("method", ("full", "naive", "sink"))
+def test_sdpa_paths_without_entropy_match_dense_reference(model, method):
+    """entropy=false takes the SDPA query path (and the mask-free one-token decode path)."""
+    layout, query, cont = make_request(method, seed=5)
+    engine = ParallelEngine(model, "cpu", want_stats=False)
+    context = engine.encode(layout, reserve=16)
+    (ll, _, stats), = engine.score([context], [query], [cont], None)
+    assert stats is None
+    assert ll == pytest.approx(_ref_loglik(model, layout, query, cont, "even", "none", None)[0], rel=REL)
+    (tokens, _), = engine.generate([context], [query], 5, None, lambda b, t: False, eos_ids=set())
+    logits, _ = reference_forward(model, layout, [query] + [[t] for t in tokens[:-1]], "even", "none", None)
+    assert tokens == logits[layout.n_context + len(query) - 1 :].argmax(-1).tolist()
