@@ -90,6 +90,15 @@ def repeat_kv(x: torch.Tensor, n_rep: int) -> torch.Tensor:
     return x[:, :, None].expand(b, h, n_rep, s, d).reshape(b, h * n_rep, s, d)
 
 
+def _sdpa(q, k, v, scaling: float, **kwargs) -> torch.Tensor:
+    """SDPA with grouped kv heads: native GQA where the fast CUDA kernels take it (fp16/bf16),
+    repeated kv heads elsewhere (fp32 or CPU would otherwise fall back to the slow math kernel)."""
+    n_rep = q.shape[1] // k.shape[1]
+    if n_rep > 1 and q.is_cuda and q.dtype in (torch.float16, torch.bfloat16):
+        return F.scaled_dot_product_attention(q, k, v, scale=scaling, enable_gqa=True, **kwargs)
+    return F.scaled_dot_product_attention(q, repeat_kv(k, n_rep), repeat_kv(v, n_rep), scale=scaling, **kwargs)
+
+
 def _softcapped(scores: torch.Tensor, softcap: float | None) -> torch.Tensor:
     if softcap is None:
         return scores
@@ -117,14 +126,13 @@ def _grouped_output(p: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
 
 def causal_attention(q, k, v, scaling: float, softcap: float | None = None) -> torch.Tensor:
     """Row t of q attends keys 0 .. S - T + t (lower-right causal). Returns [B, T, H, D]."""
-    n_rep = q.shape[1] // k.shape[1]
     t, s = q.shape[2], k.shape[2]
     if softcap is None:
         # Prefix keys come first: give them s - t zero query rows, so the call is a plain square causal
         # one (the fastest SDPA kernels, GQA without repeating k/v); those rows are dropped.
         if s > t:
             q = torch.cat([q.new_zeros(q.shape[0], q.shape[1], s - t, q.shape[3]), q], dim=2)
-        out = F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=scaling, enable_gqa=n_rep > 1)
+        out = _sdpa(q, k, v, scaling, is_causal=True)
         return out[:, :, s - t :].transpose(1, 2)
     out = torch.empty(q.shape, dtype=v.dtype, device=q.device)
     for r0, r1 in _row_chunks(q.shape[0] * q.shape[1] * s, t):
@@ -158,14 +166,9 @@ def _query_attention(module, q, k, v, call: QueryCall, scaling: float, softcap: 
 
     if not call.needs_probs and softcap is None and n_q == 1 and store.dense:
         # one new token per row and no padding anywhere: it sees every key, no mask needed
-        out = F.scaled_dot_product_attention(q, k, v, scale=scaling, enable_gqa=h > k.shape[1])
-        return out.transpose(1, 2)
+        return _sdpa(q, k, v, scaling).transpose(1, 2)
     if not call.needs_probs and softcap is None:
-        n_rep = h // k.shape[1]
-        out = F.scaled_dot_product_attention(
-            q, repeat_kv(k, n_rep), repeat_kv(v, n_rep), attn_mask=visible[:, None], scale=scaling
-        )
-        return out.transpose(1, 2)
+        return _sdpa(q, k, v, scaling, attn_mask=visible[:, None]).transpose(1, 2)
 
     layer = module.layer_idx
     q_valid = call.q_valid.to(device)  # piece_index [B, P, Lmax] (-1 = none); group_index: piece id or P
@@ -243,12 +246,7 @@ def pce_attention(module, query, key, value, attention_mask=None, scaling=None, 
             value = torch.cat([pv.expand(n, -1, -1, -1), value], dim=2)
         return causal_attention(query, key, value, scaling, softcap), None
     if attention_mask is not None:  # a caller-built 4-D mask (no mask function is registered, so rare)
-        n_rep = query.shape[1] // key.shape[1]
-        mask = attention_mask[:, :, :, : key.shape[2]]
-        out = F.scaled_dot_product_attention(
-            query, repeat_kv(key, n_rep), repeat_kv(value, n_rep), attn_mask=mask, scale=scaling
-        )
-        return out.transpose(1, 2), None
+        return _sdpa(query, key, value, scaling, attn_mask=attention_mask[:, :, :, : key.shape[2]]).transpose(1, 2), None
     return causal_attention(query, key, value, scaling, softcap), None
 
 
