@@ -65,6 +65,27 @@ def local_file(*parts: str, what: str) -> Path:
     return path
 
 
+def reads_local_files(loader):
+    """Decorator for loaders of ``$PCE_DATA_DIR`` files: a malformed file becomes one clear PceDataError."""
+    import csv
+    import functools
+
+    @functools.wraps(loader)
+    def wrapper(*args, **kwargs):
+        try:
+            return loader(*args, **kwargs)
+        except PceDataError:
+            raise
+        except (ValueError, KeyError, IndexError, OSError, EOFError, csv.Error) as exc:  # json errors are ValueErrors
+            source = args[0] if args and isinstance(args[0], str) else loader.__name__.strip("_")
+            raise PceDataError(
+                f"{source}: a file under {DATA_ENV}={os.environ.get(DATA_ENV)} is corrupt or not in the expected "
+                f"layout ({type(exc).__name__}: {exc}); see the layout in shared/data/README.md"
+            ) from exc
+
+    return wrapper
+
+
 def cache_dir() -> Path:
     value = os.environ.get(CACHE_ENV)
     if value:

@@ -214,6 +214,23 @@ def test_missing_local_source_is_named(tmp_path, monkeypatch, tiny):
         PPL.load_ppl(pce_dataset="pg19", pce_length="1k", pretrained=tiny)
 
 
+def test_corrupt_or_misplaced_local_data_is_named(tmp_path, monkeypatch, tiny):
+    import gzip
+
+    (tmp_path / "icl" / "banking77").mkdir(parents=True)
+    (tmp_path / "icl" / "banking77" / "categories.json").write_text("[not json")
+    (tmp_path / "rag").mkdir()
+    (tmp_path / "rag" / "nq-open-oracle.jsonl.gz").write_bytes(gzip.compress(b'{"question": "q"')[:-6])
+    monkeypatch.setenv("PCE_DATA_DIR", str(tmp_path))
+    with pytest.raises(C.PceDataError, match=r"banking77: a file under PCE_DATA_DIR=.* is corrupt"):
+        ICL.load_icl(pce_dataset="banking77", pce_length="4k")
+    with pytest.raises(C.PceDataError, match=r"is corrupt or not in the expected layout"):
+        RAG.load_rag(pce_dataset="nq", pce_length="4k")
+    monkeypatch.setenv("PCE_DATA_DIR", str(tmp_path / "nowhere"))
+    with pytest.raises(C.PceDataError, match=r"PCE_DATA_DIR='.*nowhere' is not a folder"):
+        ICL.load_icl(pce_dataset="banking77", pce_length="4k")
+
+
 # --------------------------------------------------------------------------- ICL
 def test_icl_balanced_rounds_and_permutation():
     train = [(f"t{lab}-{i}", lab) for lab in range(3) for i in range(5)]

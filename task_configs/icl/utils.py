@@ -50,6 +50,7 @@ def _read_csv(path: Path) -> list[tuple[str, str]]:
         return [(r["text"], r["category"]) for r in csv.DictReader(f)]
 
 
+@C.reads_local_files
 def _local(dataset: str):
     what = f"pce_icl_{dataset}"
     if dataset.startswith("trec"):

@@ -32,6 +32,7 @@ def scored_tokens(window: int) -> int:
 
 
 # --------------------------------------------------------------------------- sources
+@C.reads_local_files
 def _local_texts(dataset: str) -> list[tuple[str, str]]:
     folder, pattern = DATASETS[dataset]
     path = C.local_file("ppl", folder, what=f"pce_ppl_{dataset}")

@@ -55,6 +55,7 @@ def popqa_keep(row) -> bool:
 
 
 # --------------------------------------------------------------------------- local stand-ins
+@C.reads_local_files
 def _nq_local(k: int, n: int, seed: int) -> list[dict]:
     import numpy as np
 
@@ -74,6 +75,7 @@ def _nq_local(k: int, n: int, seed: int) -> list[dict]:
     return docs
 
 
+@C.reads_local_files
 def _hotpotqa_local(k: int, n: int, seed: int) -> list[dict]:
     import numpy as np
 
