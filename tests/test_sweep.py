@@ -11,6 +11,7 @@ from lm_eval_parallel.sweep import grid, main_sweep
 
 def test_grid_runs_full_once():
     assert grid([1, 4], ["naive", "full", "sel"]) == [(1, "full"), (1, "naive"), (1, "sel"), (4, "naive"), (4, "sel")]
+    assert grid([2], ["sink+sel", "sel", "sink", "naive"]) == [(2, "naive"), (2, "sel"), (2, "sink"), (2, "sink+sel")]
 
 
 def test_sweep_writes_one_results_file_per_configuration_and_resumes(tiny_llama_dir, tmp_path, capsys):
