@@ -4,50 +4,14 @@ import json
 import os
 import subprocess
 import sys
-import textwrap
 
 import pytest
-
-TASK_YAML = textwrap.dedent("""\
-    task: pce_cli_probe
-    dataset_path: ""
-    custom_dataset: !function utils.make_docs
-    test_split: test
-    output_type: generate_until
-    doc_to_text: !function utils.doc_to_text
-    doc_to_target: answer
-    generation_kwargs: {until: ["\\n"], max_gen_toks: 6, do_sample: false}
-    process_results: !function utils.process_results
-    metric_list:
-      - {metric: contains, aggregation: mean, higher_is_better: true}
-      - {metric: attn_entropy, aggregation: mean, higher_is_better: false}
-    metadata: {version: 1.0}
-    """)
-
-TASK_UTILS = textwrap.dedent("""\
-    import datasets
-    from lm_eval_parallel import parallel_prompt
-    from lm_eval_parallel.response import attn_entropy_of
-
-    def make_docs(**kwargs):
-        rows = [{"docs": [f"Note {j}: item {i + j} is red.\\n" for j in range(5)], "question": f"Item {i}?", "answer": "red"}
-                for i in range(3)]
-        return {"test": datasets.Dataset.from_list(rows)}
-
-    def doc_to_text(doc):
-        return parallel_prompt(doc["docs"], doc["question"] + "\\nAnswer:")
-
-    def process_results(doc, results):
-        return {"contains": float(doc["answer"] in results[0]), "attn_entropy": attn_entropy_of(results[0])}
-    """)
-
+from probe_task import write_probe_task
 
 @pytest.fixture(scope="module")
 def task_dir(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("cli_task")
-    (folder / "pce_cli_probe.yaml").write_text(TASK_YAML)
-    (folder / "utils.py").write_text(TASK_UTILS)
-    return folder
+    return write_probe_task(tmp_path_factory.mktemp("cli_task"), "pce_cli_probe", n_docs=3, n_items=5,
+                            max_gen_toks=6, until='["\\n"]')
 
 
 def _run(cmd, env_extra=None):

@@ -7,41 +7,9 @@ import signal
 import sqlite3
 import subprocess
 import sys
-import textwrap
 import time
 
-
-YAML = textwrap.dedent("""\
-    task: pce_resume_probe
-    dataset_path: ""
-    custom_dataset: !function utils.make_docs
-    test_split: test
-    output_type: generate_until
-    doc_to_text: !function utils.doc_to_text
-    doc_to_target: answer
-    generation_kwargs: {until: [], max_gen_toks: 24, do_sample: false}
-    process_results: !function utils.process_results
-    metric_list:
-      - {metric: contains, aggregation: mean, higher_is_better: true}
-      - {metric: attn_entropy, aggregation: mean, higher_is_better: false}
-    metadata: {version: 1.0}
-    """)
-UTILS = textwrap.dedent("""\
-    import datasets
-    from lm_eval_parallel import parallel_prompt
-    from lm_eval_parallel.response import attn_entropy_of
-
-    def make_docs(**kwargs):
-        rows = [{"docs": [f"Fact {j}: value {i * 7 + j} is blue.\\n" for j in range(6)], "q": f"Value {i}?", "answer": "blue"}
-                for i in range(30)]
-        return {"test": datasets.Dataset.from_list(rows)}
-
-    def doc_to_text(doc):
-        return parallel_prompt(doc["docs"], doc["q"] + "\\nAnswer:")
-
-    def process_results(doc, results):
-        return {"contains": float(doc["answer"] in results[0]), "attn_entropy": attn_entropy_of(results[0])}
-    """)
+from probe_task import write_probe_task
 
 
 def _cmd(model_dir, task_dir, out, cache=None, method="sel", limit=None):
@@ -68,10 +36,7 @@ def _samples(out):
 
 
 def test_killed_run_resumes_to_identical_results(tiny_llama_dir, tmp_path):
-    task_dir = tmp_path / "task"
-    task_dir.mkdir()
-    (task_dir / "pce_resume_probe.yaml").write_text(YAML)
-    (task_dir / "utils.py").write_text(UTILS)
+    task_dir = write_probe_task(tmp_path / "task", "pce_resume_probe", n_docs=30, n_items=6, max_gen_toks=24)
     cache = tmp_path / "cache" / "lm"
 
     proc = subprocess.Popen(_cmd(tiny_llama_dir, task_dir, tmp_path / "killed", cache),
