@@ -371,7 +371,6 @@ class ParallelHFLM(HFLM):
         results: list = [None] * len(requests)
         order = sorted(range(len(jobs)), key=lambda i: -jobs[i][0].layout.n_context)
         pbar = tqdm(total=len(requests), disable=disable_tqdm or self.rank != 0, desc="parallel_hf generate_until")
-        encoded: dict[Layout, object] = {}
         records = []
         start = 0
         while start < len(order):
@@ -379,15 +378,13 @@ class ParallelHFLM(HFLM):
             rows = self._rows_per_batch(first.layout.n_context, len(first.query) + jobs[order[start]][2])
             batch = order[start : start + rows]
             start += len(batch)
-            contexts = []
+            encoded: dict[Layout, object] = {}  # contexts live only as long as their batch
             for i in batch:
                 layout = jobs[i][0].layout
                 if layout not in encoded:
-                    if len(encoded) >= 64:
-                        encoded.clear()
                     encoded[layout] = self.engine.encode(layout, reserve=len(jobs[i][0].query) + jobs[i][2] + 1,
                                                          oracle_keys=self.pce.oracle_keys)
-                contexts.append(encoded[layout])
+            contexts = [encoded[jobs[i][0].layout] for i in batch]
             stops = [jobs[i][1] for i in batch]
             limits = [jobs[i][2] for i in batch]
 
