@@ -15,12 +15,8 @@ import statistics
 import pytest
 
 from lm_eval_parallel.leaderboard import (
-    build_leaderboard,
     choose_score_metric,
-    compare,
-    is_regression,
     load_board_json,
-    main_check,
     main_leaderboard,
     parse_model_args,
     parse_task_name,

@@ -6,7 +6,7 @@ import json
 import pytest
 
 from lm_eval_parallel.leaderboard import compare, is_regression, load_board_json, main_check, main_leaderboard
-from test_leaderboard import BASE_SCORES, MODEL, SWEEP, T0, is_ppl, write_run, write_sweep
+from test_leaderboard import BASE_SCORES, SWEEP, T0, is_ppl, write_run, write_sweep
 
 
 @pytest.fixture
