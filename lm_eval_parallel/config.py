@@ -7,6 +7,7 @@ METHODS = ("full", "naive", "parallel", "sink", "sel", "sink+sel")
 POSITIONS = ("even", "left", "right", "harmonic", "serial")
 POS_ROUNDS = ("none", "floor")
 AGGRS = ("auto", "none", "H", "T", "HT", "LHT")
+TOKENIZE = ("items", "joint")
 
 SINK_GENERATE = "Given the following contexts, answer the final question accordingly:\n\n"
 SINK_LOGLIKELIHOOD = "Given the following partial context, predicting the next sequence of words:\n\n"
@@ -66,6 +67,7 @@ class PCEConfig:
     analysis_path: str | None = None
     rolling_score_len: int = 1024
     context_cache_mb: int = 0
+    tokenize: str = "items"
 
     @classmethod
     def from_args(cls, **kw) -> "PCEConfig":
@@ -98,6 +100,7 @@ class PCEConfig:
             analysis_path=None if analysis_path in (None, "") else str(analysis_path),
             rolling_score_len=_as_positive_int("rolling_score_len", kw.get("rolling_score_len", cls.rolling_score_len)),
             context_cache_mb=_as_non_negative_int("context_cache_mb", kw.get("context_cache_mb", cls.context_cache_mb)),
+            tokenize=_choice("tokenize", kw.get("tokenize", cls.tokenize), TOKENIZE),
         )
 
     @property

@@ -6,6 +6,7 @@ context once and scores / generates from it.
 """
 from __future__ import annotations
 
+import bisect
 import difflib
 import inspect
 import json
@@ -130,9 +131,40 @@ class ParallelHFLM(HFLM):
     def _bos(self) -> list[int]:
         return [self.tokenizer.bos_token_id] if self.add_bos_token and self.tokenizer.bos_token_id is not None else []
 
-    def _prefix(self, request_type: str, task_sink: str | None, preamble: str = "") -> tuple[int, ...]:
+    def _prefix(self, request_type: str, task_sink: str | None, preamble: list[int] = ()) -> tuple[int, ...]:
         sink = self.pce.sink_for(request_type, task_sink)
-        return tuple(self._bos() + self._ids(sink or "") + self._ids(preamble))
+        return tuple(self._bos() + self._ids(sink or "") + list(preamble))
+
+    def _segments(self, parts, continuation: str | None):
+        """Token ids of (preamble, each item, query, continuation) of a marked prompt.
+
+        ``tokenize=items`` (SPEC §2): every part on its own. ``tokenize=joint``: the plain prompt tokenized
+        whole, as lm-eval's ``hf`` does, and cut where the items start (a token belongs to the part its first
+        character is in), so ``full`` reads exactly ``hf``'s ids.
+        """
+        if self.pce.tokenize == "items":
+            units = [self._ids(item) for item in parts.items]
+            if continuation is None:
+                return self._ids(parts.preamble), units, self._ids(parts.query), []
+            q_ids, c_ids = self._split_query_continuation(parts.query, continuation)
+            return self._ids(parts.preamble), units, q_ids, c_ids
+        plain = parts.preamble + "".join(parts.items) + parts.query
+        c_ids: list[int] = []
+        if continuation is not None:
+            n_spaces = len(plain) - len(plain.rstrip())
+            if n_spaces:
+                continuation, plain = plain[-n_spaces:] + continuation, plain[:-n_spaces]
+        enc = self.tokenizer(plain, add_special_tokens=False, return_offsets_mapping=True)
+        ids = enc["input_ids"]
+        if continuation is not None:
+            c_ids = self._ids(plain + continuation)[len(ids):]
+        starts = [len(parts.preamble)]
+        for item in parts.items:
+            starts.append(starts[-1] + len(item))  # starts[i+1]: where item i ends; the last one: the query
+        segments: list[list[int]] = [[] for _ in range(len(parts.items) + 2)]
+        for token, (first, _) in zip(ids, enc["offset_mapping"]):
+            segments[bisect.bisect_right(starts, first)].append(token)
+        return segments[0], segments[1:-1], segments[-1], c_ids
 
     def _pieces(self, units: list[list[int]]) -> tuple[tuple[int, ...], ...]:
         n_pieces = self.pce.n_pieces_for()
@@ -166,9 +198,10 @@ class ParallelHFLM(HFLM):
             items, query, sink = parts
             if not query.strip():
                 raise ValueError("empty query after the items: the query marker must be followed by text")
-            q_ids, c_ids = self._split_query_continuation(query, continuation)
-            units = [self._ids(item) for item in items]
-            layout = Layout(self._prefix("loglikelihood", sink, parts.preamble), self._pieces(units))
+            preamble, units, q_ids, c_ids = self._segments(parts, continuation)
+            if not q_ids:
+                raise ValueError("the query has no token of its own (it merged into the last item); tokenize=items avoids this")
+            layout = Layout(self._prefix("loglikelihood", sink, preamble), self._pieces(units))
             return Prepared(layout, q_ids, c_ids, len(items))
         if context == "":
             c_ids = self._ids(continuation)
@@ -193,11 +226,12 @@ class ParallelHFLM(HFLM):
         parts = split_prompt(context)
         if parts is not None:
             items, query, sink = parts
-            q_ids = self._ids(query)
-            if not q_ids:
+            if not query:
                 raise ValueError("empty query after the items: the query marker must be followed by text")
-            units = [self._ids(item) for item in items]
-            layout = Layout(self._prefix("generate_until", sink, parts.preamble), self._pieces(units))
+            preamble, units, q_ids, _ = self._segments(parts, None)
+            if not q_ids:
+                raise ValueError("the query has no token of its own (it merged into the last item); tokenize=items avoids this")
+            layout = Layout(self._prefix("generate_until", sink, preamble), self._pieces(units))
             return Prepared(layout, q_ids, [], len(items))
         enc = self.tokenizer(context, add_special_tokens=False, return_offsets_mapping=True)
         ids = enc["input_ids"]

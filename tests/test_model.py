@@ -6,7 +6,7 @@ import math
 import pytest
 from lm_eval.api.instance import Instance
 
-from lm_eval_parallel import parallel_prompt
+from lm_eval_parallel import parallel_prompt, plain_prompt
 from lm_eval_parallel.config import SINK_GENERATE
 
 KW = dict(dtype="float32", device="cpu")
@@ -170,6 +170,7 @@ def test_analysis_path_writes_per_layer_per_head_records(tiny_llama_dir, tmp_pat
     (dict(score_topn=-1), "score_topn=-1"),
     (dict(method="full", P=4), "P=4 with method=full"),
     (dict(oracle_keys="maybe"), "oracle_keys='maybe' is not a boolean"),
+    (dict(tokenize="bpe"), "tokenize='bpe' is not allowed; choose one of items, joint"),
 ])
 def test_bad_model_args_fail_before_loading(args, message):
     from lm_eval_parallel.model import ParallelHFLM
@@ -253,3 +254,26 @@ def test_loglikelihood_rolling(tiny_llama_dir, models):
     (o,), (p,) = overlap.loglikelihood_rolling(reqs), par.loglikelihood_rolling(reqs)
     assert abs(float(o) - float(want)) > 1e-3  # overlapping windows condition on more context
     assert abs(float(p) - float(o)) > 1e-4  # and the parallel split changes the score
+
+
+def test_joint_tokenization_makes_full_equal_hf_on_any_prompt(tiny_llama_dir, models):
+    """Items ending in a blank line tokenize differently alone and inside the whole prompt: `items` then
+    differs from hf, `tokenize=joint` reads hf's exact ids."""
+    from lm_eval_parallel.model import ParallelHFLM
+
+    hf, items_full = models
+    docs = [d.replace(".\n", ".\n\n") for d in DOCS]
+    prompt = parallel_prompt(docs, QUERY)
+    pairs = [(prompt, " w3"), (parallel_prompt(docs, QUERY + " "), "w5")]
+    joint = ParallelHFLM(pretrained=tiny_llama_dir, method="full", P=1, tokenize="joint", **KW)
+    want = hf.loglikelihood(ll_requests(pairs))
+    got = joint.loglikelihood(ll_requests(pairs))
+    for (w, wg), g in zip(want, got):
+        assert g[0] == pytest.approx(w, rel=1e-5) and g[1] == wg
+    assert abs(items_full.loglikelihood(ll_requests(pairs[:1]))[0][0] - want[0][0]) > 1e-4
+    assert joint.generate_until(gen_requests([prompt])) == hf.generate_until(gen_requests([prompt]))
+    p4 = ParallelHFLM(pretrained=tiny_llama_dir, method="naive", P=4, tokenize="joint", **KW)
+    prepared = p4.prepare_loglikelihood(prompt, " w3")
+    whole = p4.tokenizer.encode(plain_prompt(prompt), add_special_tokens=False)
+    assert list(prepared.layout.flat_ids()) + prepared.query == whole
+    assert len(prepared.layout.pieces) == 4
