@@ -24,7 +24,7 @@ from tqdm import tqdm
 from . import attention
 from .config import OWN_ARGS, PCEConfig
 from .engine import ContextCache, ParallelEngine
-from .layout import Layout, group_items, split_evenly
+from .layout import Layout, group_items
 from .resolve import DEFAULT_ALIAS, resolve_pretrained
 from .response import GenerationResult, LoglikelihoodResult, RollingResult
 from .selection import Selection
@@ -146,14 +146,12 @@ class ParallelHFLM(HFLM):
             units = [self._ids(item) for item in parts.items]
             if continuation is None:
                 return self._ids(parts.preamble), units, self._ids(parts.query), []
-            q_ids, c_ids = self._split_query_continuation(parts.query, continuation)
+            q_ids, c_ids = self._encode_pair(parts.query, continuation)
             return self._ids(parts.preamble), units, q_ids, c_ids
         plain = parts.preamble + "".join(parts.items) + parts.query
         c_ids: list[int] = []
         if continuation is not None:
-            n_spaces = len(plain) - len(plain.rstrip())
-            if n_spaces:
-                continuation, plain = plain[-n_spaces:] + continuation, plain[:-n_spaces]
+            plain, continuation = self._move_trailing_spaces(plain, continuation)
         enc = self.tokenizer(plain, add_special_tokens=False, return_offsets_mapping=True)
         ids = enc["input_ids"]
         if continuation is not None:
@@ -173,24 +171,23 @@ class ParallelHFLM(HFLM):
                               f"its own piece (SPEC §3); logged once")
         return tuple(tuple(t for unit in group for t in unit) for group in group_items(units, n_pieces))
 
-    def _split_query_continuation(self, query: str, continuation: str) -> tuple[list[int], list[int]]:
-        """HFLM's ``_encode_pair`` on the query part: trailing spaces move to the continuation."""
-        n_spaces = len(query) - len(query.rstrip())
+    @staticmethod
+    def _move_trailing_spaces(text: str, continuation: str) -> tuple[str, str]:
+        """As HFLM's ``_encode_pair``: trailing spaces of the context belong to the continuation."""
+        n_spaces = len(text) - len(text.rstrip())
         if n_spaces:
-            continuation = query[-n_spaces:] + continuation
-            query = query[:-n_spaces]
-        q_ids = self._ids(query)
-        whole = self._ids(query + continuation)
-        return q_ids, whole[len(q_ids):]
+            return text[:-n_spaces], text[-n_spaces:] + continuation
+        return text, continuation
+
+    def _encode_pair(self, text: str, continuation: str) -> tuple[list[int], list[int]]:
+        """HFLM's ``_encode_pair`` without special tokens: encode both together, split after ``text``."""
+        text, continuation = self._move_trailing_spaces(text, continuation)
+        ids = self._ids(text)
+        return ids, self._ids(text + continuation)[len(ids):]
 
     def _chunks(self, tokens: list[int]) -> list[list[int]]:
-        """Unmarked context: contiguous chunks of near-equal token count (SPEC §1)."""
-        n = self.pce.n_pieces_for()
-        out, start = [], 0
-        for size in split_evenly(len(tokens), n):
-            out.append(tokens[start : start + size])
-            start += size
-        return [c for c in out if c]
+        """Unmarked context: contiguous chunks of near-equal token count (SPEC §1, the rule of §3 on tokens)."""
+        return [chunk for chunk in group_items(tokens, self.pce.n_pieces_for()) if chunk]
 
     def prepare_loglikelihood(self, context: str, continuation: str) -> Prepared:
         parts = split_prompt(context)
@@ -210,13 +207,7 @@ class ParallelHFLM(HFLM):
             else:
                 q_ids = [self.prefix_token_id]
             return Prepared(Layout(self._prefix("loglikelihood", None), ()), q_ids, c_ids, 0)
-        n_spaces = len(context) - len(context.rstrip())
-        if n_spaces:
-            continuation = context[-n_spaces:] + continuation
-            context = context[:-n_spaces]
-        ctx_ids = self._ids(context)
-        whole = self._ids(context + continuation)
-        c_ids = whole[len(ctx_ids):]
+        ctx_ids, c_ids = self._encode_pair(context, continuation)
         rest, q_ids = ctx_ids[:-1], ctx_ids[-1:]
         chunks = self._chunks(rest)
         layout = Layout(self._prefix("loglikelihood", None), tuple(tuple(c) for c in chunks))
