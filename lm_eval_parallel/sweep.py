@@ -42,6 +42,20 @@ def is_done(folder: str) -> bool:
     return bool(glob.glob(os.path.join(folder, "**", "results_*.json"), recursive=True))
 
 
+def build_tasks(task_manager, names: list[str]) -> list:
+    """Task and Group objects built once and handed to every configuration: documents are loaded,
+    generated and sized once per sweep, not once per configuration (lm-eval rebuilds the requests of a
+    prebuilt task on every evaluate call)."""
+    built = []
+    for name in names:
+        loaded = task_manager.load([name])
+        if name in loaded["groups"]:
+            built.append(loaded["groups"][name])
+        else:  # a task, or a tag that expands to tasks
+            built.extend(loaded["tasks"].values())
+    return built
+
+
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="lm-eval-parallel sweep", description=__doc__.split("\n\n")[0])
     ap.add_argument("--model_args", required=True, help="pretrained=M[,dtype=...]; P/method come from the grid")
@@ -100,7 +114,7 @@ def main_sweep(argv: list[str]) -> int:
     device_kw = {"device": args.device} if args.device else {}
     lm = ParallelHFLM(**hf_args, **own, P=first_P, method=first_method, batch_size=args.batch_size, **device_kw)
     task_manager = TaskManager(include_path=args.include_path, metadata=dict(base_args))
-    tasks = _csv(args.tasks)
+    tasks = build_tasks(task_manager, _csv(args.tasks))
     for P, method in todo:
         lm.configure(PCEConfig.from_args(**own, P=P, method=method))
         model_args = {**base_args, "P": P, "method": method}

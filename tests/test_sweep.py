@@ -32,6 +32,7 @@ def test_sweep_writes_one_results_file_per_configuration_and_resumes(tiny_llama_
         task_rows = {t: r for t, r in data["results"].items() if t.startswith("pce_ruler") or t.startswith("pce_json")}
         assert task_rows and all(r["attn_entropy,none"] > 0 for r in task_rows.values())
         first[folder] = (path, os.path.getmtime(path))
+    _assert_equals_independent_run(first["P2_sel"][0], tiny_llama_dir)
     shutil.rmtree(out / "P2_naive")
     capsys.readouterr()
     assert main_sweep(args) == 0
@@ -49,3 +50,23 @@ def test_sweep_writes_one_results_file_per_configuration_and_resumes(tiny_llama_
     rows = json.load(open(board / "board.json"))
     rows = rows["rows"] if isinstance(rows, dict) else rows
     assert {(r["P"], r["method"]) for r in rows} >= {(1, "naive"), (2, "naive"), (2, "sel")}
+
+
+def _assert_equals_independent_run(results_path, model_dir):
+    """A configuration inside the sweep (tasks built once, contexts reused from the method before it)
+    scores exactly what a run of that configuration alone scores."""
+    from lm_eval import simple_evaluate
+
+    from lm_eval_parallel.model import ParallelHFLM
+
+    lm = ParallelHFLM(pretrained=model_dir, dtype="float32", P=2, method="sel", device="cpu")
+    alone = simple_evaluate(model=lm, tasks=["pce_smoke"], limit=1, random_seed=0, numpy_random_seed=0,
+                            torch_random_seed=0, fewshot_random_seed=0, metadata={"pretrained": model_dir})
+    swept = json.load(open(results_path))["results"]
+    compared = 0
+    for task, row in alone["results"].items():
+        for key, value in row.items():
+            if isinstance(value, float) and "stderr" not in key:
+                assert swept[task][key] == value, (task, key, swept[task][key], value)
+                compared += 1
+    assert compared >= 4
