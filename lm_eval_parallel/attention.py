@@ -4,9 +4,9 @@ Registered in transformers' ``AttentionInterface`` as ``"pce"`` with *no* mask f
 model never builds a mask: each forward runs inside one of two call states that say what to attend
 to, set by the engine through a context variable.
 
-* ``EncodeCall``: prefix or piece rows. Every row attends causally to itself and to the shared
-  prefix keys (one square causal SDPA call, zero query rows standing in for the prefix: no L x L
-  tensor, GQA without copies). New keys/values are captured.
+* ``EncodeCall``: prefix or piece rows. Every row attends causally to itself (the shared prefix at
+  its head) or also to cached prefix keys (zero query rows stand in for them, so it is still one
+  square causal SDPA call: no L x L tensor, GQA without copies). New keys/values go to the store.
 * ``QueryCall``: query rows over the flat KV store (prefix + every piece + earlier query tokens).
   Rows that need probabilities (selection, entropy) are computed eagerly in chunks of rows;
   otherwise SDPA with a padding/causal mask of size query x keys.
@@ -31,9 +31,17 @@ _CALL: contextvars.ContextVar = contextvars.ContextVar("lm_eval_parallel_call", 
 
 @dataclass
 class EncodeCall:
-    """Prefix or piece encoding: per layer ``prefix_kv[layer] = (k, v)`` of shape [1, Hkv, s, D] or None."""
+    """Prefix or piece encoding.
+
+    ``prefix_kv[layer] = (k, v)`` [1, Hkv, s, D]: keys prepended to every row (None: rows attend to
+    themselves only). With a ``store``, each layer writes its new keys/values there as it runs, by
+    ``writes`` = (first row, n rows, source start, length, store position) runs; without one they are
+    kept in ``captured``.
+    """
 
     prefix_kv: list | None = None
+    store: object = None
+    writes: list = field(default_factory=list)
     captured: dict = field(default_factory=dict)  # layer -> (k, v) [N, Hkv, M, D]
 
 
@@ -238,7 +246,11 @@ def pce_attention(module, query, key, value, attention_mask=None, scaling=None, 
         k, v = call.store.write(module.layer_idx, key, value)
         return _query_attention(module, query, k, v, call, scaling, softcap), None
     if isinstance(call, EncodeCall):
-        call.captured[module.layer_idx] = (key, value)
+        if call.store is None:
+            call.captured[module.layer_idx] = (key, value)
+        for r0, m, src, n, dest in call.writes:
+            call.store.put_rows(module.layer_idx, dest, key[r0 : r0 + m, :, src : src + n],
+                                value[r0 : r0 + m, :, src : src + n])
         if call.prefix_kv is not None:
             pk, pv = call.prefix_kv[module.layer_idx]
             n = key.shape[0]

@@ -1,10 +1,10 @@
 """Parallel context encoding engine: prefill, flat KV store, scoring and greedy generation.
 
-    prefix  --(one forward, cached)------------------------------+
-    pieces  --(one batched forward, each row: prefix + itself)---+--> KVStore --> query forward(s)
+    pieces --(batched forwards, each row: prefix + piece, causal)--> KVStore --> query forward(s)
 
-No forward ever sees an L x L mask: pieces are rows of a batch (causal SDPA with the prefix keys
-prepended), and query rows attend over the flat store. Numbers are per SPEC §5-§9.
+No forward ever sees an L x L mask: pieces are rows of a batch (square causal SDPA, the shared
+prefix at the head of every row, or its cached keys prepended when it is long), and query rows
+attend over the flat store. Numbers are per SPEC §5-§9.
 """
 from __future__ import annotations
 
@@ -18,6 +18,29 @@ from .attention import EncodeCall, QueryCall, use_call
 from .kvstore import KVStore
 from .layout import Layout, piece_positions
 from .selection import Selection, select_pieces, topn_sum_layers
+
+
+INLINE_PREFIX_RATIO = 16  # recompute the prefix in every piece row while it is <= 1/16 of the longest piece
+
+
+def _to_device(t: torch.Tensor, device) -> torch.Tensor:
+    """Host -> device without a stream sync (pinned source, asynchronous copy)."""
+    if torch.device(device).type == "cuda":
+        return t.pin_memory().to(device, non_blocking=True)
+    return t.to(device)
+
+
+def _row_runs(lengths: list[int], offsets: list[int], src: int) -> list[tuple[int, int, int, int, int]]:
+    """Store writes for one batch as runs (first row, n rows, source start, length, destination):
+    consecutive rows of equal length that sit back to back in the store become one strided copy."""
+    runs: list[list[int]] = []
+    for r, (n, dest) in enumerate(zip(lengths, offsets)):
+        last = runs[-1] if runs else None
+        if last and last[3] == n and last[4] + last[1] * n == dest:
+            last[1] += 1
+        else:
+            runs.append([r, 1, src, n, dest])
+    return [tuple(run) for run in runs]
 
 
 @dataclass
@@ -160,28 +183,43 @@ class ParallelEngine:
             self._prefix_cache.popitem(last=False)
         return kv
 
-    def _encode_pieces(self, layout: Layout, positions: list[list[float]], prefix_kv, store: KVStore, offsets):
-        """Encode pieces as right-padded batch rows (in groups of <= max_batch_tokens); write into ``store``."""
+    def _encode_pieces(self, layout: Layout, positions: list[list[float]], store: KVStore, offsets: list[int]):
+        """Encode the pieces as right-padded batch rows (groups of <= max_batch_tokens) into ``store``.
+
+        A short prefix (BOS + sink, the usual case) is recomputed at the head of every row: each batch is
+        then one plain square causal call and the prefix's keys come from the first row. A long prefix is
+        encoded once (cached) and its keys are prepended to every row's keys instead.
+        """
+        s = len(layout.prefix)
         order = [i for i, p in enumerate(layout.pieces) if len(p) > 0]
         longest = max(len(layout.pieces[i]) for i in order)
-        rows_per_batch = max(1, self.max_batch_tokens // longest)
+        inline = s * INLINE_PREFIX_RATIO <= longest
+        prefix_kv = None if inline else self._encode_prefix(layout.prefix)
+        if prefix_kv is not None:
+            for layer, (k, v) in enumerate(prefix_kv):
+                store.put(layer, 0, k[0], v[0])
+        head = s if inline else 0
+        width = head + longest
+        ids = torch.zeros(len(order), width, dtype=torch.long)  # [R, head + longest]
+        pos = torch.zeros(len(order), width, dtype=torch.float32)  # [R, head + longest]
+        for r, i in enumerate(order):
+            n = len(layout.pieces[i])
+            if head:
+                ids[r, :head] = torch.tensor(layout.prefix)
+                pos[r, :head] = torch.arange(head, dtype=torch.float32)
+            ids[r, head : head + n] = torch.tensor(layout.pieces[i])
+            pos[r, head : head + n] = torch.tensor(positions[i], dtype=torch.float32)
+            pos[r, head + n :] = pos[r, head + n - 1]  # right padding: never seen by real tokens
+        ids, pos = _to_device(ids, self.device), _to_device(pos, self.device)  # one transfer, no stream sync
+        rows_per_batch = max(1, self.max_batch_tokens // width)
         for start in range(0, len(order), rows_per_batch):
             rows = order[start : start + rows_per_batch]
-            ids = torch.zeros(len(rows), longest, dtype=torch.long)
-            pos = torch.zeros(len(rows), longest, dtype=torch.float32)
-            for r, i in enumerate(rows):
-                n = len(layout.pieces[i])
-                ids[r, :n] = torch.tensor(layout.pieces[i])
-                pos[r, :n] = torch.tensor(positions[i], dtype=torch.float32)
-                pos[r, n:] = pos[r, n - 1]  # right padding: never seen by real tokens
-            call = EncodeCall(prefix_kv=prefix_kv)
+            writes = _row_runs([len(layout.pieces[i]) for i in rows], [offsets[i] for i in rows], head)
+            if head and start == 0:
+                writes.append((0, 1, 0, s, 0))  # the prefix's keys, from the first row
+            call = EncodeCall(prefix_kv=prefix_kv, store=store, writes=writes)
             with use_call(call):
-                self._forward(ids, pos)
-            for layer in range(self.n_layers):
-                k, v = call.captured[layer]
-                for r, i in enumerate(rows):
-                    n = len(layout.pieces[i])
-                    store.put(layer, offsets[i], k[r, :, :n], v[r, :, :n])
+                self._forward(ids[start : start + len(rows)], pos[start : start + len(rows)])
 
     @torch.no_grad()
     def encode(self, layout: Layout, reserve: int = 0, oracle_keys: bool = False) -> EncodedContext:
@@ -218,19 +256,18 @@ class ParallelEngine:
             piece_index[0, i, :n] = torch.arange(o, o + n)
         store = KVStore(self.n_layers, key_valid, key_group, torch.tensor([n_pieces]), piece_index, n_ctx)
 
-        prefix_kv = self._encode_prefix(layout.prefix)
-        if prefix_kv is not None:
-            for layer, (k, v) in enumerate(prefix_kv):
-                store.put(layer, 0, k[0], v[0])
         per_piece, query_start = piece_positions(s, lengths, self.pos, self.pos_round)
         if n_pieces:
-            self._encode_pieces(layout, per_piece, prefix_kv, store, offsets)
+            self._encode_pieces(layout, per_piece, store, offsets)
+        elif s:  # no piece: the prefix alone is the context
+            for layer, (k, v) in enumerate(self._encode_prefix(layout.prefix)):
+                store.put(layer, 0, k[0], v[0])
         if oracle_keys and n_pieces:
             # SPEC / paper §4.3.2: keys from full-attention encoding, values stay parallel.
             full = Layout(layout.prefix, (tuple(layout.flat_ids()[s:]),))
             full_pos, query_start = piece_positions(s, [n_ctx - s], "serial", "none")
             values = [store.v[layer].clone() for layer in range(self.n_layers)]
-            self._encode_pieces(full, full_pos, prefix_kv, store, [s])
+            self._encode_pieces(full, full_pos, store, [s])
             for layer in range(self.n_layers):
                 store.v[layer] = values[layer]
         return EncodedContext(store, n_ctx, query_start, n_pieces)

@@ -72,6 +72,13 @@ class KVStore:
         kb[row, :, start : start + k.shape[1]] = k
         vb[row, :, start : start + v.shape[1]] = v
 
+    def put_rows(self, layer: int, start: int, k: torch.Tensor, v: torch.Tensor, row: int = 0) -> None:
+        """Write m rows k, v [m, Hkv, n, D] back to back at positions [start, start + m * n)."""
+        m, hkv, n, d = k.shape
+        kb, vb = self._buffers(layer, k)
+        kb[row, :, start : start + m * n].view(hkv, m, n, d).copy_(k.transpose(0, 1))
+        vb[row, :, start : start + m * n].view(hkv, m, n, d).copy_(v.transpose(0, 1))
+
     def write(self, layer: int, k: torch.Tensor, v: torch.Tensor):
         """Write this forward's k, v [B, Hkv, Q, D] at ``length``; return views of everything so far."""
         end = self.length + k.shape[2]

@@ -9,6 +9,7 @@ import itertools
 import pytest
 import torch
 
+from lm_eval_parallel import engine as engine_module
 from lm_eval_parallel.attention import register
 from lm_eval_parallel.engine import ParallelEngine
 from lm_eval_parallel.layout import Layout, group_items
@@ -83,6 +84,23 @@ def test_generation_matches_dense_reference(model, method):
         ref_tokens = logits[n - 1 :].argmax(-1).tolist()
         assert tokens == ref_tokens, aggr
         assert stats.attn_entropy == pytest.approx(ref_entropy, rel=REL), aggr
+
+
+@pytest.mark.parametrize("prefix_mode", ("inline", "cached"))
+@pytest.mark.parametrize("method", ("naive", "sink", "sink+sel"))
+def test_prefix_inline_or_cached_matches_dense_reference(model, method, prefix_mode, monkeypatch):
+    """Both ways of giving pieces the shared prefix (recomputed at the head of every row, or its cached
+    keys prepended) equal the reference, with several rows per batch and one row per batch."""
+    monkeypatch.setattr(engine_module, "INLINE_PREFIX_RATIO", 0 if prefix_mode == "inline" else 10**9)
+    layout, query, cont = make_request(method, seed=5)
+    sel = Selection(top_k=2, score_topn=3, aggr="HT") if method == "sink+sel" else None
+    ref_sel = None if sel is None else dict(top_k=2, score_topn=3, aggr="HT", aggr_topn=5)
+    ref_ll, ref_entropy = _ref_loglik(model, layout, query, cont, "harmonic", "none", ref_sel)
+    for max_batch_tokens in (16384, 1):
+        engine = ParallelEngine(model, "cpu", pos="harmonic", max_batch_tokens=max_batch_tokens)
+        (ll, _, stats), = engine.score([engine.encode(layout, reserve=8)], [query], [cont], sel)
+        assert ll == pytest.approx(ref_ll, rel=REL), max_batch_tokens
+        assert stats.attn_entropy == pytest.approx(ref_entropy, rel=REL), max_batch_tokens
 
 
 def test_selection_changes_scores(model):
