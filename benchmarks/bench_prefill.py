@@ -44,9 +44,14 @@ def build_model(layers: int, device: str, dtype, tiny: bool):
                           rope_scaling={"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0,
                                         "high_freq_factor": 4.0, "original_max_position_embeddings": 8192})
     cfg._attn_implementation = "sdpa"
-    with torch.device(device):
-        torch.manual_seed(0)
-        model = LlamaForCausalLM(cfg).to(dtype)
+    default = torch.get_default_dtype()
+    torch.set_default_dtype(dtype)  # built in the target dtype: no float32 copy of the weights
+    try:
+        with torch.device(device):
+            torch.manual_seed(0)
+            model = LlamaForCausalLM(cfg)
+    finally:
+        torch.set_default_dtype(default)
     model.eval()
     return model, cfg
 
@@ -94,6 +99,49 @@ def measure(fn, repeats: int, device: str):
     return statistics.median(times), times, peak
 
 
+def kernel_kind(name: str) -> str:
+    """Coarse class of a CUDA kernel, from its name."""
+    low = name.lower()
+    if any(k in low for k in ("flash", "fmha", "attention", "sdpa", "cudnn_generated_fort_native_sdpa")):
+        return "attention"
+    if any(k in low for k in ("gemm", "cutlass", "xmma", "nvjet", "cublas", "matmul")):
+        return "matmul"
+    if "memcpy" in low or "copy" in low or "cat" in low:
+        return "copy"
+    return "elementwise/norm/other"
+
+
+def profile(fn, device: str) -> dict:
+    """One run under torch.profiler: wall time, GPU busy time and kernel time per class (ms)."""
+    from torch.profiler import ProfilerActivity
+    from torch.profiler import profile as torch_profile
+
+    fn()
+    sync()
+    with torch_profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+        t0 = time.perf_counter()
+        fn()
+        sync()
+        wall = time.perf_counter() - t0
+    kinds, top = {}, []
+    for ev in prof.key_averages():
+        if ev.device_type != torch.autograd.DeviceType.CUDA:
+            continue
+        us = getattr(ev, "self_device_time_total", None) or getattr(ev, "self_cuda_time_total", 0)
+        kinds[kernel_kind(ev.key)] = kinds.get(kernel_kind(ev.key), 0.0) + us / 1e3
+        top.append((us / 1e3, ev.count, ev.key[:110]))
+    top.sort(reverse=True)
+    # Idle GPU time: the gap before the first kernel and every gap > 0.2 ms between kernels.
+    events = prof.events()
+    kernels = sorted((e.time_range.start, e.time_range.end, e.name[:60]) for e in events
+                     if e.device_type == torch.autograd.DeviceType.CUDA)
+    cpu_start = min((e.time_range.start for e in events if e.device_type != torch.autograd.DeviceType.CUDA), default=0)
+    gaps = [((b[0] - a[1]) / 1e3, a[2], b[2]) for a, b in zip(kernels, kernels[1:]) if b[0] - a[1] > 200]
+    lead = (kernels[0][0] - cpu_start) / 1e3 if kernels else 0.0
+    return dict(wall_ms=wall * 1e3, gpu_busy_ms=sum(kinds.values()), kinds_ms=kinds, top=top[:12],
+                lead_ms=lead, gaps_ms=sum(g for g, _, _ in gaps), n_gaps=len(gaps), worst_gaps=sorted(gaps, reverse=True)[:8])
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--lengths", default="8192,16384,32768,65536,131072")
@@ -104,6 +152,8 @@ def main(argv=None) -> int:
     ap.add_argument("--max_batch_tokens", type=int, default=16384)
     ap.add_argument("--tiny", action="store_true", help="toy sizes (CPU dry run)")
     ap.add_argument("--json", default=None, help="write raw rows here")
+    ap.add_argument("--profile", action="store_true",
+                    help="also take one torch.profiler run of each cell: kernel time per class, GPU busy vs wall")
     ap.add_argument("--append", default=None, help="append the table to this markdown file")
     args = ap.parse_args(argv)
 
@@ -132,6 +182,8 @@ def main(argv=None) -> int:
         f_full = flops(cfg, [(0, L)])
         row = dict(L=L, P=1, method="full", time_s=t_full, times=ts_full, peak_bytes=m_full, flops=f_full,
                    bound=1.0, speedup=1.0, of_bound=1.0, mem_ratio=1.0)
+        if args.profile:
+            row["profile"] = profile(full, device)
         rows.append(row)
         print(json.dumps(row), flush=True)
         for P in [int(x) for x in args.P.split(",")]:
@@ -157,6 +209,8 @@ def main(argv=None) -> int:
                 row = dict(L=L, P=P, method=method, time_s=t, times=ts, peak_bytes=m, flops=f, bound=bound,
                            speedup=t_full / t, of_bound=(t_full / t) / bound,
                            mem_ratio=(m / m_full) if m_full else float("nan"))
+                if args.profile:
+                    row["profile"] = profile(par, device)
                 rows.append(row)
                 print(json.dumps(row), flush=True)
         model.set_attn_implementation("sdpa")
@@ -170,6 +224,15 @@ def main(argv=None) -> int:
     lines = [f"| {r['L']} | {r['P']} | {r['method']} | {r['time_s']:.3f} | {r['bound']:.2f} | {r['speedup']:.2f} | "
              f"{100 * r['of_bound']:.0f} % | {r['peak_bytes'] / 2**30:.2f} | {r['mem_ratio']:.2f} |" for r in rows]
     table = head + "\n".join(lines) + "\n"
+    if args.profile:
+        kinds = ["matmul", "attention", "elementwise/norm/other", "copy"]
+        table += ("\nOne profiled run per cell (torch.profiler, CUDA kernel self time, ms):\n\n"
+                  "| L | P | method | wall | GPU busy | " + " | ".join(kinds) + " |\n|---|---|---|---|---|"
+                  + "---|" * len(kinds) + "\n")
+        for r in rows:
+            pr = r["profile"]
+            table += (f"| {r['L']} | {r['P']} | {r['method']} | {pr['wall_ms']:.1f} | {pr['gpu_busy_ms']:.1f} | "
+                      + " | ".join(f"{pr['kinds_ms'].get(k, 0.0):.1f}" for k in kinds) + " |\n")
     print(table)
     if args.json:
         with open(args.json, "w") as f:

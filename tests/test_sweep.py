@@ -70,3 +70,30 @@ def _assert_equals_independent_run(results_path, model_dir):
                 assert swept[task][key] == value, (task, key, swept[task][key], value)
                 compared += 1
     assert compared >= 4
+
+
+def test_context_cache_keeps_what_comes_next_when_full():
+    """The second method of a pair reads contexts in the order the first stored them: with room for
+    two of three, the first two are kept (an evict-oldest cache would keep only the last, then lose it)."""
+    import torch
+
+    from lm_eval_parallel.engine import ContextCache, EncodedContext
+    from lm_eval_parallel.kvstore import KVStore
+
+    def context(value):
+        store = KVStore(1, torch.ones(1, 4, dtype=torch.bool), torch.zeros(1, 4, dtype=torch.long),
+                        torch.tensor([1]), torch.zeros(1, 1, 4, dtype=torch.long), 4)
+        store.k[0] = torch.full((1, 1, 4, 2), float(value))
+        store.v[0] = torch.full((1, 1, 4, 2), float(value))
+        return EncodedContext(store, 4, 4.0, 1)
+
+    one = 2 * 8 * 4  # bytes of one context's k + v
+    cache = ContextCache(2 * one)
+    for key in ("a", "b", "c"):
+        cache.put(key, context(ord(key)))
+    assert [cache.get(k) is not None for k in ("a", "b", "c")] == [True, True, False]
+    assert cache.hits == 2 and cache.used == 2 * one
+    cache.clear()
+    assert cache.get("a") is None and cache.used == 0
+    cache.put("c", context(1))
+    assert cache.get("c") is not None
