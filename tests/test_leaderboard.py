@@ -314,6 +314,12 @@ def test_configs_never_merge_and_partial_runs_are_flagged(tmp_path):
     assert rows[""].score == 0.5 and not rows[""].partial
     readme = (out / "README.md").read_text()
     assert "config `top_k=3`" in readme and "Partial run (limit=5)" in readme
+    assert "every results file" not in readme  # one run is complete: the partial one is named
+
+    write_run(str(results), {"pretrained": MODEL, "P": 4, "method": "sink+sel"}, {"pce_rag_nq_8k": 0.4}, T0 + 2, limit=5)
+    assert main_leaderboard([str(results), "--out", str(out), "--no-plots"]) == 0
+    readme = (out / "README.md").read_text()
+    assert "- Partial run (limit=5): every results file of this board (2)." in readme
 
 
 def test_full_row_comes_from_the_closest_full_run(tmp_path):

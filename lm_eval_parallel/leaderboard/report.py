@@ -158,8 +158,13 @@ def notes_section(board: Board, weightings: set[str]) -> list[str]:
     lines.append("- The Full row is `method=full` (or P=1); † = fewer tasks than the category has at that length "
                  "elsewhere on this board; * = partial run (`--limit` set).")
     partial = sorted({(r.source, r.limit) for r in board.rows if r.partial})
-    for source, limit in partial:
-        lines.append(f"- Partial run (limit={limit}): `{source}`")
+    limits = {limit for _, limit in partial}
+    sources = {r.source for r in board.rows}
+    if partial and len(limits) == 1 and len(partial) == len(sources):
+        lines.append(f"- Partial run (limit={limits.pop()}): every results file of this board ({len(partial)}).")
+    else:
+        for source, limit in partial:
+            lines.append(f"- Partial run (limit={limit}): `{source}`")
     if board.superseded:
         lines.append(f"- Several results for the same run: the newest by `date` is used "
                      f"({len(board.superseded)} older result(s) dropped):")
