@@ -72,6 +72,8 @@ def plot_against_P(cells: dict[tuple, CategoryCell], model: str, config: str, pa
                 ax.set_axis_off()
                 continue
             ax.set_xscale("log", base=2)
+            if category == "LM" and not entropy:
+                ax.set_yscale("log")  # perplexity: a window overflow (full beyond the model's window) stays readable
             ax.set_xticks(sorted({k[2] for k in mine if k[2] > 1}))
             ax.get_xaxis().set_major_formatter(matplotlib.ticker.ScalarFormatter())
             ax.set_title(f"{category} {length}".strip(), fontsize=10)
