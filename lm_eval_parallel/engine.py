@@ -194,6 +194,13 @@ class ParallelEngine:
             self._prefix_cache.popitem(last=False)
         return kv
 
+    def _store_prefix(self, prefix: tuple[int, ...], store: KVStore):
+        """Encode the prefix (or take it from the prefix cache), write it at the head of ``store``; its per-layer kv."""
+        prefix_kv = self._encode_prefix(prefix)
+        for layer, (k, v) in enumerate(prefix_kv):
+            store.put(layer, 0, k[0], v[0])
+        return prefix_kv
+
     def _encode_pieces(self, layout: Layout, positions: list[list[float]], store: KVStore, offsets: list[int]):
         """Encode the pieces as right-padded batch rows (groups of <= max_batch_tokens) into ``store``.
 
@@ -205,19 +212,16 @@ class ParallelEngine:
         order = [i for i, p in enumerate(layout.pieces) if len(p) > 0]
         longest = max(len(layout.pieces[i]) for i in order)
         inline = s * INLINE_PREFIX_RATIO <= longest
-        prefix_kv = None if inline else self._encode_prefix(layout.prefix)
-        if prefix_kv is not None:
-            for layer, (k, v) in enumerate(prefix_kv):
-                store.put(layer, 0, k[0], v[0])
+        prefix_kv = None if inline else self._store_prefix(layout.prefix, store)
         head = s if inline else 0
         width = head + longest
         ids = torch.zeros(len(order), width, dtype=torch.long)  # [R, head + longest]
         pos = torch.zeros(len(order), width, dtype=torch.float32)  # [R, head + longest]
+        if head:
+            ids[:, :head] = _as_tensor(layout.prefix, torch.long)
+            pos[:, :head] = torch.arange(head, dtype=torch.float32)
         for r, i in enumerate(order):
             n = len(layout.pieces[i])
-            if head:
-                ids[r, :head] = _as_tensor(layout.prefix, torch.long)
-                pos[r, :head] = torch.arange(head, dtype=torch.float32)
             ids[r, head : head + n] = _as_tensor(layout.pieces[i], torch.long)
             pos[r, head : head + n] = _as_tensor(positions[i], torch.float32)
             pos[r, head + n :] = pos[r, head + n - 1]  # right padding: never seen by real tokens
@@ -270,8 +274,7 @@ class ParallelEngine:
         if n_pieces:
             self._encode_pieces(layout, per_piece, store, offsets)
         elif s:  # no piece: the prefix alone is the context
-            for layer, (k, v) in enumerate(self._encode_prefix(layout.prefix)):
-                store.put(layer, 0, k[0], v[0])
+            self._store_prefix(layout.prefix, store)
         if oracle_keys and n_pieces:
             # SPEC / paper §4.3.2: keys from full-attention encoding, values stay parallel.
             full = Layout(layout.prefix, (tuple(layout.flat_ids()[s:]),))

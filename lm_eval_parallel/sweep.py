@@ -115,11 +115,12 @@ def main_sweep(argv: list[str]) -> int:
     lm = ParallelHFLM(**hf_args, **own, P=first_P, method=first_method, batch_size=args.batch_size, **device_kw)
     task_manager = TaskManager(include_path=args.include_path, metadata=dict(base_args))
     tasks = build_tasks(task_manager, _csv(args.tasks))
-    shared_by = None
+    previous_contexts = None
     for P, method in todo:
-        if lm.engine.context_cache is not None and (P, _SHARING_ORDER.get(method, -1) // 2) != shared_by:
+        contexts = (P, _SHARING_ORDER.get(method, -1) // 2)  # naive/sel -> 0, sink/sink+sel -> 1: same contexts
+        if lm.engine.context_cache is not None and contexts != previous_contexts:
             lm.engine.context_cache.clear()  # no later configuration reads the contexts kept so far
-        shared_by = (P, _SHARING_ORDER.get(method, -1) // 2)
+        previous_contexts = contexts
         lm.configure(PCEConfig.from_args(**own, P=P, method=method))
         model_args = {**base_args, "P": P, "method": method}
         start = time.time()
