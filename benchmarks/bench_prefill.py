@@ -149,7 +149,7 @@ def main(argv=None) -> int:
     ap.add_argument("--methods", default="naive,sink+sel")
     ap.add_argument("--layers", type=int, default=8)
     ap.add_argument("--repeats", type=int, default=2)
-    ap.add_argument("--max_batch_tokens", type=int, default=16384)
+    ap.add_argument("--max_batch_tokens", type=int, default=None, help="tokens per prefill forward (default: the engine's)")
     ap.add_argument("--tiny", action="store_true", help="toy sizes (CPU dry run)")
     ap.add_argument("--json", default=None, help="write raw rows here")
     ap.add_argument("--profile", action="store_true",
@@ -165,6 +165,8 @@ def main(argv=None) -> int:
     dtype = torch.bfloat16 if device == "cuda" else torch.float32
     model, cfg = build_model(args.layers, device, dtype, args.tiny)
     attention.register()
+    if args.max_batch_tokens is None:
+        args.max_batch_tokens = ParallelEngine.PREFILL_BATCH_TOKENS
     engine = ParallelEngine(model, device, want_stats=False, max_batch_tokens=args.max_batch_tokens)
     weights = torch.cuda.memory_allocated() if device == "cuda" else 0
     gen = torch.Generator().manual_seed(0)

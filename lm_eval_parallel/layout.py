@@ -57,6 +57,12 @@ def piece_positions(s: int, lengths: list[int], pos: str, pos_round: str) -> tup
 
     ``s`` = prefix length, ``lengths`` = piece lengths. Returns ``(positions per piece, query_start)``.
     """
+    arrays, query_start = piece_position_arrays(s, lengths, pos, pos_round)
+    return [piece.tolist() for piece in arrays], query_start
+
+
+def piece_position_arrays(s: int, lengths: list[int], pos: str, pos_round: str) -> tuple[list[np.ndarray], float]:
+    """:func:`piece_positions` as one float64 array per piece (what the engine fills its rows from)."""
     lengths = [int(n) for n in lengths]
     nonempty = [n for n in lengths if n > 0]
     longest = max(lengths, default=0)
@@ -68,7 +74,7 @@ def piece_positions(s: int, lengths: list[int], pos: str, pos_round: str) -> tup
         for n in lengths:
             out.append(offset + np.arange(n, dtype=np.float64))  # offset + j
             offset += n
-        return [p.tolist() for p in out], float(offset)
+        return out, float(offset)
     if pos == "harmonic":
         span = len(nonempty) / sum(1.0 / n for n in nonempty) if nonempty else 0.0
         for n in lengths:
@@ -88,7 +94,7 @@ def piece_positions(s: int, lengths: list[int], pos: str, pos_round: str) -> tup
         query_start = float(s + longest)
     if pos_round == "floor":
         out = [np.floor(piece) for piece in out]
-    return [piece.tolist() for piece in out], query_start
+    return out, query_start
 
 
 def layout_positions(layout: Layout, pos: str, pos_round: str) -> tuple[list[float], float]:

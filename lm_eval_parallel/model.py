@@ -22,7 +22,7 @@ from lm_eval.utils import get_rolling_token_windows, make_disjoint_window
 from tqdm import tqdm
 
 from . import attention
-from .config import OWN_ARGS, PCEConfig
+from .config import OWN_ARGS, PCEConfig, _as_positive_int
 from .engine import ContextCache, ParallelEngine
 from .layout import Layout, group_items
 from .resolve import DEFAULT_ALIAS, resolve_pretrained
@@ -91,6 +91,9 @@ class ParallelHFLM(HFLM):
             if close and key not in _HFLM_ARGS:
                 raise ValueError(f"unknown model_arg {key!r}; did you mean {close[0]!r}? (parallel options: {', '.join(OWN_ARGS)})")
         self.pce = PCEConfig.from_args(**own)  # bad values fail here, before any model is loaded
+        self.auto_batch_tokens = _as_positive_int("auto_batch_tokens", kwargs.pop("auto_batch_tokens", 16384))
+        self.prefill_batch_tokens = _as_positive_int(
+            "prefill_batch_tokens", kwargs.pop("prefill_batch_tokens", ParallelEngine.PREFILL_BATCH_TOKENS))
         pretrained, gguf_file = resolve_pretrained(pretrained, kwargs.pop("gguf_file", None))
         if gguf_file:
             kwargs["gguf_file"] = gguf_file
@@ -98,7 +101,6 @@ class ParallelHFLM(HFLM):
             warn_once("attn", f"attn_implementation={kwargs['attn_implementation']!r} is replaced by "
                               f"{attention.ATTN_NAME!r} (parallel encoding needs its own attention function)")
         kwargs.pop("attn_implementation", None)
-        self.auto_batch_tokens = int(kwargs.pop("auto_batch_tokens", 16384))
         attention.register()
         super().__init__(pretrained=pretrained, **kwargs)
         check_model_supported(self.model, self.pce)
@@ -114,6 +116,7 @@ class ParallelHFLM(HFLM):
         self.engine = ParallelEngine(
             self.model, self.device, pos=pce.pos, pos_round=pce.pos_round,
             want_stats=pce.entropy, analysis=pce.analysis_path is not None,
+            max_batch_tokens=self.prefill_batch_tokens,
         )
         if previous is not None:  # the shared prefix KV does not depend on P, method or pos
             self.engine._prefix_cache = previous._prefix_cache

@@ -77,6 +77,17 @@ def test_batch_size_does_not_change_results(tiny_llama_dir, method):
         assert results[bs][1] == results[1][1]
 
 
+def test_prefill_batch_tokens_splits_the_prefill_without_changing_scores(tiny_llama_dir):
+    from lm_eval_parallel.model import ParallelHFLM
+
+    lm = ParallelHFLM(pretrained=tiny_llama_dir, method="sink", P=4, **KW)
+    small = ParallelHFLM(pretrained=tiny_llama_dir, method="sink", P=4, prefill_batch_tokens=8, **KW)
+    assert small.engine.max_batch_tokens == 8  # every piece row in a forward of its own
+    for a, b in zip(lm.loglikelihood(ll_requests(PAIRS)), small.loglikelihood(ll_requests(PAIRS))):
+        assert b[0] == pytest.approx(a[0], rel=1e-5) and b[1] == a[1]
+        assert b.attn_entropy == pytest.approx(a.attn_entropy, rel=1e-5)
+
+
 def test_stop_strings_cut_the_generation(models):
     _, full = models
     (free,) = full.generate_until(gen_requests(["Once upon a time"], until=[], max_gen_toks=12))
@@ -171,6 +182,8 @@ def test_analysis_path_writes_per_layer_per_head_records(tiny_llama_dir, tmp_pat
     (dict(method="full", P=4), "P=4 with method=full"),
     (dict(oracle_keys="maybe"), "oracle_keys='maybe' is not a boolean"),
     (dict(tokenize="bpe"), "tokenize='bpe' is not allowed; choose one of items, joint"),
+    (dict(prefill_batch_tokens=0), "prefill_batch_tokens=0 must be a positive integer"),
+    (dict(auto_batch_tokens="many"), "auto_batch_tokens='many' must be a positive integer"),
 ])
 def test_bad_model_args_fail_before_loading(args, message):
     from lm_eval_parallel.model import ParallelHFLM

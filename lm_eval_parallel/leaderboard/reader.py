@@ -20,6 +20,7 @@ RUNTIME_ARGS = {
     "device", "device_map", "batch_size", "max_batch_size", "parallelize", "trust_remote_code",
     "analysis_path", "entropy", "use_fast_tokenizer", "cache_dir", "max_memory_per_gpu",
     "max_cpu_memory", "offload_folder", "autogptq", "gptqmodel", "context_cache_mb", "auto_batch_tokens",
+    "prefill_batch_tokens",
 }
 # Defaults of our own options: a value equal to its default is left out of the config key.
 DEFAULT_ARGS = {f.name: f.default for f in fields(PCEConfig) if f.name not in IDENTITY_ARGS}
