@@ -24,11 +24,17 @@ from .selection import Selection, select_pieces, topn_sum_layers
 INLINE_PREFIX_RATIO = 16  # recompute the prefix in every piece row while it is <= 1/16 of the longest piece
 
 
+def _host_buffer(shape: tuple[int, ...], dtype: torch.dtype, device) -> tuple[torch.Tensor, np.ndarray]:
+    """A zeroed host tensor (pinned when bound for a GPU) and a numpy view of it to fill."""
+    t = torch.empty(shape, dtype=dtype, pin_memory=torch.device(device).type == "cuda")
+    view = t.numpy()
+    view.fill(0)
+    return t, view
+
+
 def _to_device(t: torch.Tensor, device) -> torch.Tensor:
-    """Host -> device without a stream sync (pinned source, asynchronous copy)."""
-    if torch.device(device).type == "cuda":
-        return t.pin_memory().to(device, non_blocking=True)
-    return t.to(device)
+    """Host -> device without a stream sync (a pinned source is copied asynchronously)."""
+    return t.to(device, non_blocking=t.is_pinned())
 
 
 def _row_runs(lengths: list[int], offsets: list[int], src: int) -> list[tuple[int, int, int, int, int]]:
@@ -212,19 +218,18 @@ class ParallelEngine:
         prefix_kv = None if inline else self._store_prefix(layout.prefix, store)
         head = s if inline else 0
         width = head + longest
-        ids = np.zeros((len(order), width), dtype=np.int64)  # [R, head + longest]
-        pos = np.zeros((len(order), width), dtype=np.float64)  # [R, head + longest]
+        ids, ids_host = _host_buffer((len(order), width), torch.long, self.device)  # [R, head + longest]
+        pos, pos_host = _host_buffer((len(order), width), torch.float32, self.device)  # [R, head + longest]
         if head:
-            ids[:, :head] = layout.prefix
-            pos[:, :head] = np.arange(head)
+            ids_host[:, :head] = layout.prefix
+            pos_host[:, :head] = np.arange(head)
         for r, i in enumerate(order):
             n = len(layout.pieces[i])
-            ids[r, head : head + n] = np.fromiter(layout.pieces[i], dtype=np.int64, count=n)
-            pos[r, head : head + n] = positions[i]
-            pos[r, head + n :] = pos[r, head + n - 1]  # right padding: never seen by real tokens
-        # float64 -> float32 rounds exactly as torch.tensor(list_of_floats, dtype=float32) does
-        ids = _to_device(torch.from_numpy(ids), self.device)  # one transfer each, no stream sync
-        pos = _to_device(torch.from_numpy(pos).to(torch.float32), self.device)
+            ids_host[r, head : head + n] = np.fromiter(layout.pieces[i], dtype=np.int64, count=n)
+            # float64 -> float32 rounds to nearest, as torch.tensor(list_of_floats, dtype=float32) does
+            pos_host[r, head : head + n] = positions[i]
+            pos_host[r, head + n :] = pos_host[r, head + n - 1]  # right padding: never seen by real tokens
+        ids, pos = _to_device(ids, self.device), _to_device(pos, self.device)  # one transfer each, no stream sync
         fit = max(1, self.max_batch_tokens // width)
         rows_per_batch = -(-len(order) // -(-len(order) // fit))  # as many batches as needed, evenly filled
         for start in range(0, len(order), rows_per_batch):
@@ -256,19 +261,19 @@ class ParallelEngine:
         lengths = [len(p) for p in layout.pieces]
         n_ctx = layout.n_context
         cap = n_ctx + max(reserve, 1)
-        key_valid = torch.zeros(1, cap, dtype=torch.bool)
+        # Host-side layout in numpy: torch's CPU ops would wake its thread pool for every 65K-long
+        # tensor, and that wake-up sometimes stalls for tens of ms while the GPU waits.
+        offsets = (s + np.cumsum([0, *lengths[:-1]])).tolist()
+        key_valid = np.zeros((1, cap), dtype=bool)
         key_valid[0, :n_ctx] = True
-        key_group = torch.full((1, cap), -1, dtype=torch.long)
-        key_group[0, s:n_ctx] = torch.repeat_interleave(torch.arange(len(lengths)), torch.tensor(lengths, dtype=torch.long))
+        key_group = np.full((1, cap), -1, dtype=np.int64)
+        key_group[0, s:n_ctx] = np.repeat(np.arange(len(lengths)), lengths)
         n_pieces = sum(1 for n in lengths if n > 0)
-        offsets, start = [], s
-        for n in lengths:
-            offsets.append(start)
-            start += n
-        piece_index = torch.full((1, max(1, len(lengths)), max([1, *lengths])), -1, dtype=torch.long)
+        piece_index = np.full((1, max(1, len(lengths)), max([1, *lengths])), -1, dtype=np.int64)
         for i, (o, n) in enumerate(zip(offsets, lengths)):
-            piece_index[0, i, :n] = torch.arange(o, o + n)
-        store = KVStore(self.n_layers, key_valid, key_group, torch.tensor([n_pieces]), piece_index, n_ctx)
+            piece_index[0, i, :n] = np.arange(o, o + n)
+        store = KVStore(self.n_layers, torch.from_numpy(key_valid), torch.from_numpy(key_group),
+                        torch.tensor([n_pieces]), torch.from_numpy(piece_index), n_ctx)
 
         per_piece, query_start = piece_position_arrays(s, lengths, self.pos, self.pos_round)
         if n_pieces:
