@@ -34,8 +34,10 @@ def load(run):
     for path in glob.glob(f"{out}/{run}/**/samples_*.jsonl", recursive=True):
         for line in open(path):
             s = json.loads(line)
-            # data parallel pads the shorter rank with repeats of a request: compare its first response
-            samples[(path.split("samples_")[1].rsplit("_", 1)[0], s["doc_id"])] = (s["resps"][0], round(s["attn_entropy"], 5))
+            # data parallel pads the shorter rank with repeats of a request, whose responses lm-eval appends
+            # to the same instance: compare the first response of every instance
+            first = [r[0] for r in s["resps"]]
+            samples[(path.split("samples_")[1].rsplit("_", 1)[0], s["doc_id"])] = (first, round(s["attn_entropy"], 5))
     scores = {t: {k: v for k, v in r.items() if "," in k and "stderr" not in k} for t, r in res["results"].items()}
     return scores, samples, res["config"].get("device_map") or res["config"].get("model_dtype")
 one = load("one_gpu")
