@@ -70,6 +70,21 @@ class QueryCall:
     forced_keep: torch.Tensor | None = None  # LHT pass 2: [B, 1, 1, P] kept pieces, same in every layer
     scores: dict = field(default_factory=dict)  # layer -> [B, H, Q, P]
     stats: dict = field(default_factory=dict)  # layer -> LayerStats
+    _per_device: dict = field(default_factory=dict)  # what every layer of this forward shares, per device
+
+    def masks_on(self, device, n_k: int):
+        """(key_valid [B, K], group_index [B, K], visible [B, Q, K], q_valid [B, Q], valid rows [B]) on
+        ``device``, built once per forward: the same for every layer placed there."""
+        key = (str(device), n_k)
+        if key not in self._per_device:
+            key_valid, group_index, _, _ = self.store.layout_on(device)
+            key_valid, group_index = key_valid[:, :n_k], group_index[:, :n_k]
+            n_q = self.q_valid.shape[1]
+            causal = torch.arange(n_k, device=device)[None, :] <= (torch.arange(n_q, device=device)[:, None] + n_k - n_q)
+            q_valid = self.q_valid.to(device)
+            self._per_device[key] = (key_valid, group_index, key_valid[:, None, :] & causal[None], q_valid,
+                                     q_valid.float().sum(-1))
+        return self._per_device[key]
 
     @property
     def needs_probs(self) -> bool:
@@ -167,19 +182,16 @@ def _query_attention(module, q, k, v, call: QueryCall, scaling: float, softcap: 
     n_k = k.shape[2]
     offset = n_k - n_q  # cache index of the first query row
     device = q.device
-    key_valid, group_index, piece_index, n_pieces = store.layout_on(device)
-    key_valid, group_index = key_valid[:, :n_k], group_index[:, :n_k]  # [B, K]
-    causal = torch.arange(n_k, device=device)[None, :] <= (torch.arange(n_q, device=device)[:, None] + offset)
-    visible = key_valid[:, None, :] & causal[None]  # [B, Q, K]
-
     if not call.needs_probs and softcap is None and n_q == 1 and store.dense:
         # one new token per row and no padding anywhere: it sees every key, no mask needed
         return _sdpa(q, k, v, scaling).transpose(1, 2)
+    # key_valid / group_index [B, K] (group: piece id, or P for always-kept keys), visible [B, Q, K]
+    key_valid, group_index, visible, q_valid, valid_rows = call.masks_on(device, n_k)
     if not call.needs_probs and softcap is None:
         return _sdpa(q, k, v, scaling, attn_mask=visible[:, None]).transpose(1, 2)
 
     layer = module.layer_idx
-    q_valid = call.q_valid.to(device)  # piece_index [B, P, Lmax] (-1 = none); group_index: piece id or P
+    _, _, piece_index, n_pieces = store.layout_on(device)  # piece_index [B, P, Lmax] (-1 = none)
     chunks = list(_row_chunks(b * h * (n_k + piece_index.shape[1] * piece_index.shape[2]), n_q))
 
     def probabilities(r0, r1):
@@ -203,10 +215,10 @@ def _query_attention(module, q, k, v, call: QueryCall, scaling: float, softcap: 
         else:
             keep = select_pieces(topn_sum(g, selection.aggr, selection.aggr_topn), n_pieces, selection.top_k)
 
-    out = torch.empty((b, h, n_q, v.shape[-1]), dtype=v.dtype, device=device)
+    outs = []
     stats = None
     if call.want_stats:
-        stats = LayerStats(torch.zeros(b, device=device), torch.zeros(b, device=device))
+        stats = LayerStats(None, valid_rows * h)  # entropy_sum: summed over the chunks below
         if call.analysis:
             stats.head_entropy_sum = torch.zeros(b, h, device=device)
             stats.head_abs_logit_sum = torch.zeros(b, h, device=device)
@@ -222,16 +234,17 @@ def _query_attention(module, q, k, v, call: QueryCall, scaling: float, softcap: 
         if stats is not None:
             row_valid = q_valid[:, r0:r1].float()  # [B, r]
             ent = -torch.xlogy(p, p).sum(-1)  # [B, H, r]
-            stats.entropy_sum += (ent * row_valid[:, None]).sum((1, 2))
-            stats.rows += row_valid.sum(-1) * h
+            chunk_sum = (ent * row_valid[:, None]).sum((1, 2))
+            stats.entropy_sum = chunk_sum if stats.entropy_sum is None else stats.entropy_sum + chunk_sum
             if call.analysis:
                 seen = visible[:, None, r0:r1] & (row_valid[:, None, :, None] > 0)  # [B, 1, r, K]
                 stats.head_entropy_sum += (ent * row_valid[:, None]).sum(-1)
                 stats.head_abs_logit_sum += (scores.abs() * seen).sum((-1, -2))
                 stats.head_logit_count += seen.sum((-1, -2)).float()
-        out[:, :, r0:r1] = _grouped_output(p, v)
+        outs.append(_grouped_output(p, v))  # [B, H, r, D]
     if stats is not None:
         call.stats[layer] = stats
+    out = outs[0] if len(outs) == 1 else torch.cat(outs, dim=2)
     return out.to(q.dtype).transpose(1, 2)
 
 

@@ -91,28 +91,38 @@ class RequestStats:
         }
 
 
-def _merge(into: RequestStats | None, call: QueryCall, row: int, n_layers: int) -> RequestStats:
-    """Add one forward's per-layer stats of batch row ``row`` to a request's running stats."""
-    if into is None:
-        into = RequestStats([0.0] * n_layers, [0.0] * n_layers)
-        if call.analysis:
-            into.head_entropy_sum = [None] * n_layers
-            into.head_abs_logit_sum = [None] * n_layers
-            into.head_logit_count = [None] * n_layers
-            into.key_norm = [None] * n_layers
-    for layer, st in call.stats.items():
-        into.entropy_sum[layer] += float(st.entropy_sum[row])
-        into.rows[layer] += float(st.rows[row])
-        if call.analysis:
-            def add(acc, value):
-                value = value[row].tolist()
-                return value if acc is None else [a + b for a, b in zip(acc, value)]
-            into.head_entropy_sum[layer] = add(into.head_entropy_sum[layer], st.head_entropy_sum)
-            into.head_abs_logit_sum[layer] = add(into.head_abs_logit_sum[layer], st.head_abs_logit_sum)
-            into.head_logit_count[layer] = add(into.head_logit_count[layer], st.head_logit_count)
-            if into.key_norm[layer] is None:
-                into.key_norm[layer] = st.key_norm[row].tolist()
-    return into
+_SUMMED = ("entropy_sum", "rows", "head_entropy_sum", "head_abs_logit_sum", "head_logit_count")
+
+
+def _call_stats(call: QueryCall, n_layers: int) -> dict[str, torch.Tensor]:
+    """One forward's per-layer sums, stacked on one device in float64 without leaving it:
+    entropy_sum / rows [L, B]; with analysis also head sums [L, B, H] and key_norm [L, B, Hkv]."""
+    layers = [call.stats[layer] for layer in range(n_layers)]
+    device = layers[0].entropy_sum.device
+    names = _SUMMED + ("key_norm",) if call.analysis else _SUMMED[:2]
+    return {name: torch.stack([getattr(st, name).to(device, torch.float64) for st in layers]) for name in names}
+
+
+def _add_stats(total: dict | None, step: dict) -> dict:
+    """Running sums over the forwards of a request batch; key norms are those of the context (first forward)."""
+    if total is None:
+        return dict(step)
+    return {name: value if name == "key_norm" else value + step[name] for name, value in total.items()}
+
+
+def _request_stats(total: dict) -> list[RequestStats]:
+    """Per batch row, from the running sums: one device -> host transfer for the whole batch."""
+    host = {name: value.cpu() for name, value in total.items()}
+    out = []
+    for row in range(host["rows"].shape[1]):
+        stats = RequestStats(host["entropy_sum"][:, row].tolist(), host["rows"][:, row].tolist())
+        if "key_norm" in host:
+            stats.head_entropy_sum = host["head_entropy_sum"][:, row].tolist()
+            stats.head_abs_logit_sum = host["head_abs_logit_sum"][:, row].tolist()
+            stats.head_logit_count = host["head_logit_count"][:, row].tolist()
+            stats.key_norm = host["key_norm"][:, row].tolist()
+        out.append(stats)
+    return out
 
 
 class ContextCache:
@@ -334,14 +344,14 @@ class ParallelEngine:
         ids, pos, valid = self._pad_rows(rows, [c.query_start for c in contexts])
         logits, call = self._query_forward(store, ids, pos, valid, selection, self.want_stats)
         logprobs = torch.log_softmax(logits.float(), dim=-1)
+        stats = _request_stats(_call_stats(call, self.n_layers)) if self.want_stats else [None] * len(rows)
         results = []
         for b, (q, c) in enumerate(zip(queries, continuations)):
             span = slice(len(q) - 1, len(q) + len(c) - 1)
             target = torch.tensor(c, device=logprobs.device)
             picked = logprobs[b, span].gather(-1, target[:, None]).squeeze(-1)
             greedy = bool((logprobs[b, span].argmax(-1) == target).all())
-            stats = _merge(None, call, b, self.n_layers) if self.want_stats else None
-            results.append((float(picked.sum()), greedy, stats))
+            results.append((float(picked.sum()), greedy, stats[b]))
         for c, length in zip(contexts, saved):
             c.store.length = length
         return results
@@ -357,7 +367,8 @@ class ParallelEngine:
         store.ensure_capacity(store.length + width + max_new_tokens + 1)
         ids, pos, valid = self._pad_rows(queries, [c.query_start for c in contexts])
         logits, call = self._query_forward(store, ids, pos, valid, selection, self.want_stats)
-        stats = [_merge(None, call, b, self.n_layers) if self.want_stats else None for b in range(b_size)]
+        # stats stay on the device until the end: rows that have finished add zeros (their keys are invalid)
+        total = _call_stats(call, self.n_layers) if self.want_stats else None
         store.length += width
         last = torch.tensor([len(q) - 1 for q in queries], device=logits.device)
         next_tok = logits[torch.arange(b_size, device=logits.device), last].argmax(-1).tolist()
@@ -377,11 +388,11 @@ class ParallelEngine:
             valid = torch.tensor(active, dtype=torch.bool)[:, None]
             logits, call = self._query_forward(store, ids, pos, valid, selection, self.want_stats)
             store.length += 1
-            for b in range(b_size):
-                if active[b] and self.want_stats:
-                    stats[b] = _merge(stats[b], call, b, self.n_layers)
+            if self.want_stats:
+                total = _add_stats(total, _call_stats(call, self.n_layers))
             next_tok = logits[:, -1].argmax(-1).tolist()
             next_pos = [p + 1 for p in next_pos]
         for c, length in zip(contexts, saved):
             c.store.length = length
+        stats = _request_stats(total) if self.want_stats else [None] * b_size
         return list(zip(tokens, stats))

@@ -8,7 +8,14 @@ forward writes its keys at ``[length, length + Q)`` and the engine decides wheth
 """
 from __future__ import annotations
 
+import numpy as np
 import torch
+
+
+def _first_false(valid: torch.Tensor) -> int:
+    """Index of the first column of ``valid`` [B, N] (bool) that is not all True; N if there is none."""
+    columns = valid.numpy().all(0)
+    return int(columns.argmin()) if not columns.all() else valid.shape[1]
 
 
 class KVStore:
@@ -21,8 +28,9 @@ class KVStore:
         self.n_pieces = n_pieces  # [B]
         self.piece_index = piece_index  # [B, P, Lmax] cache index of every piece token (-1 = none)
         self.length = length
-        self.dense = False
-        self._on_device: dict = {}  # device -> (key_valid, group_index, piece_index, n_pieces), until the next mark
+        self.dense = False  # no invalid key among the keys the last query forward wrote up to
+        self._dense_upto = _first_false(key_valid)  # key_valid[:, :n] is all True for n <= this
+        self._on_device: dict = {}  # device -> (key_valid, group_index, piece_index, n_pieces), kept up to date
 
     @property
     def batch(self) -> int:
@@ -32,18 +40,18 @@ class KVStore:
     def capacity(self) -> int:
         return self.key_valid.shape[1]
 
-    def group_index(self, n_keys: int) -> torch.Tensor:
-        """Per key: its piece id, or P (= number of piece slots) for always-kept keys. [B, n_keys]."""
-        groups = self.key_group[:, :n_keys]
-        n_slots = self.piece_index.shape[1]
-        return torch.where(groups < 0, n_slots, groups)
+    def group_index(self) -> torch.Tensor:
+        """Per key: its piece id, or P (= number of piece slots) for always-kept keys. [B, capacity]."""
+        groups = self.key_group.numpy()
+        return torch.from_numpy(np.where(groups < 0, self.piece_index.shape[1], groups))
 
     def layout_on(self, device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-        """(key_valid, group_index, piece_index, n_pieces) on ``device``, copied once per forward."""
+        """(key_valid, group_index, piece_index, n_pieces) on ``device``: copied at the first query forward,
+        then kept up to date by :meth:`mark` (a decode step copies one column, not the whole layout)."""
         key = str(device)
         if key not in self._on_device:
-            self._on_device[key] = (self.key_valid.to(device), self.group_index(self.capacity).to(device),
-                                    self.piece_index.to(device), self.n_pieces.to(device))
+            self._on_device[key] = tuple(t.to(device, copy=True) for t in (
+                self.key_valid, self.group_index(), self.piece_index, self.n_pieces))
         return self._on_device[key]
 
     def ensure_capacity(self, needed: int) -> None:
@@ -89,10 +97,15 @@ class KVStore:
 
     def mark(self, start: int, valid: torch.Tensor) -> None:
         """Validity of the keys written at [start, start + Q): valid [B, Q] (query padding is invalid)."""
-        self.key_valid[:, start : start + valid.shape[1]] = valid
-        self.key_group[:, start : start + valid.shape[1]] = -1
-        self.dense = bool(self.key_valid[:, : start + valid.shape[1]].all())  # no padding among the keys
-        self._on_device.clear()
+        end = start + valid.shape[1]
+        self.key_valid[:, start:end] = valid
+        self.key_group[:, start:end] = -1
+        # keys before ``start`` are untouched: [0, end) is dense iff [0, start) was and every new key is valid
+        self._dense_upto = min(self._dense_upto, start) if self._dense_upto < start else start + _first_false(valid)
+        self.dense = self._dense_upto >= end
+        for device, (key_valid, group_index, _, _) in self._on_device.items():
+            key_valid[:, start:end] = valid.to(device)
+            group_index[:, start:end] = self.piece_index.shape[1]
 
     @classmethod
     def stack(cls, stores: list["KVStore"], extra: int) -> "KVStore":

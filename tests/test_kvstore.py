@@ -1,0 +1,47 @@
+"""KVStore bookkeeping: the layout kept on the device and the dense flag follow every mark (decode steps,
+rewinds after scoring, padded and finished rows) exactly as if they were rebuilt from scratch."""
+import random
+
+import torch
+
+from lm_eval_parallel.kvstore import KVStore
+
+
+def _store(valid_prefix: list[list[bool]], cap: int) -> KVStore:
+    b, n = len(valid_prefix), len(valid_prefix[0])
+    key_valid = torch.zeros(b, cap, dtype=torch.bool)
+    key_valid[:, :n] = torch.tensor(valid_prefix)
+    key_group = torch.zeros(b, cap, dtype=torch.long)  # unused slots: a stale group a mark must overwrite
+    key_group[:, 0] = -1  # the prefix key
+    key_group[:, 1:n] = torch.arange(n - 1) % 3  # pieces 0, 1, 2, 0, ...
+    piece_index = torch.full((b, 3, n), -1, dtype=torch.long)
+    return KVStore(2, key_valid, key_group, torch.full((b,), 3), piece_index, n)
+
+
+def test_marks_keep_device_layout_and_dense_flag_exact():
+    rng = random.Random(0)
+    for trial in range(40):
+        b, n, cap = rng.choice([1, 2, 3]), rng.randint(2, 6), 40
+        prefix = [[True] * n for _ in range(b)]
+        if trial % 3 == 0:  # a left-padded row, as KVStore.stack makes
+            prefix[-1][0] = False
+        store = _store(prefix, cap)
+        store.layout_on("cpu")  # cached from here on: marks must update it in place
+        length = n
+        for _ in range(8):
+            start = rng.randint(n, length)  # scoring rewinds to the context end; generation appends
+            q = rng.randint(1, 4)
+            valid = torch.tensor([[rng.random() > 0.2 for _ in range(q)] for _ in range(b)])
+            store.mark(start, valid)
+            length = start + q
+            key_valid, group_index, _, _ = store.layout_on("cpu")
+            assert key_valid is not store.key_valid and torch.equal(key_valid, store.key_valid)
+            assert torch.equal(group_index[:, :length], store.group_index()[:, :length])
+            assert (group_index[:, n:length] == 3).all()  # query keys are always kept
+            assert store.dense == bool(store.key_valid[:, :length].all()), (trial, start, valid)
+
+
+def test_group_index_maps_always_kept_keys_to_the_extra_slot():
+    store = _store([[True] * 5], 8)
+    store.mark(5, torch.tensor([[True, False]]))
+    assert store.group_index()[0].tolist() == [3, 0, 1, 2, 0, 3, 3, 0]
