@@ -100,7 +100,7 @@ def _call_stats(call: QueryCall, n_layers: int) -> dict[str, torch.Tensor]:
     layers = [call.stats[layer] for layer in range(n_layers)]
     device = layers[0].entropy_sum.device
     names = _SUMMED + ("key_norm",) if call.analysis else _SUMMED[:2]
-    return {name: torch.stack([getattr(st, name).to(device, torch.float64) for st in layers]) for name in names}
+    return {name: torch.stack([getattr(st, name).to(device) for st in layers]).double() for name in names}
 
 
 def _add_stats(total: dict | None, step: dict) -> dict:

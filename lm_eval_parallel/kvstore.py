@@ -101,7 +101,8 @@ class KVStore:
         self.key_valid[:, start:end] = valid
         self.key_group[:, start:end] = -1
         # keys before ``start`` are untouched: [0, end) is dense iff [0, start) was and every new key is valid
-        self._dense_upto = min(self._dense_upto, start) if self._dense_upto < start else start + _first_false(valid)
+        if self._dense_upto >= start:
+            self._dense_upto = start + _first_false(valid)
         self.dense = self._dense_upto >= end
         for device, (key_valid, group_index, _, _) in self._on_device.items():
             key_valid[:, start:end] = valid.to(device)
