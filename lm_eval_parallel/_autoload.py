@@ -1,7 +1,7 @@
 """Start-up hook that plugs lm-eval-parallel into the stock lm-eval CLI (lm-eval 0.4.13 has no plugins).
 
-``lm_eval_parallel_autoload.pth`` imports this module in every interpreter of the environment. It
-only installs a post-import finder (stdlib, no lm-eval or torch import); when lm-eval itself imports
+``lm_eval_parallel_autoload.pth`` imports this module in every interpreter of the environment. It only
+installs a post-import finder (stdlib, no lm-eval or torch import); when lm-eval itself imports
 
 * ``lm_eval.api.registry``   -> the ``parallel_hf`` model is registered (lazily, as a string);
 * ``lm_eval.tasks.manager``  -> ``TaskManager`` also indexes our ``task_configs/``;
@@ -9,9 +9,10 @@ only installs a post-import finder (stdlib, no lm-eval or torch import); when lm
   so every pce task also runs on the stock ``hf`` model;
 * ``lm_eval.api.model`` -> ``--use_cache`` files are keyed by the parallel settings too.
 
-Set ``LM_EVAL_PARALLEL_AUTOLOAD=0`` to turn the hook off (the ``lm-eval-parallel`` command still
-works). Newer lm-eval releases that read the ``lm_eval.models`` / ``lm_eval.tasks`` entry points
-make the first two steps unnecessary; the hook then steps aside.
+Set ``LM_EVAL_PARALLEL_AUTOLOAD=0`` to turn the hook off (the ``lm-eval-parallel`` command still works).
+lm-eval releases that read entry points (``lm_eval.models``: lm-eval PR #4013, ``lm_eval.tasks``: PR #4015)
+make the first two steps unnecessary: each steps aside only when lm-eval's own discovery found what it
+would add, so the hook adds nothing to discovery only when both ``parallel_hf`` and our tasks were found.
 """
 from __future__ import annotations
 
@@ -19,6 +20,7 @@ import os
 import sys
 
 MODEL_ALIASES = {"parallel_hf": "lm_eval_parallel.model:ParallelHFLM"}
+MODELS_GROUP = "lm_eval.models"  # entry-point group read by lm-eval PR #4013
 _DISABLED = ("0", "false", "no", "off")
 
 
@@ -28,10 +30,38 @@ def tasks_dir() -> str:
     return TASKS_DIR
 
 
+# ---------------------------------------------------------------- discovery (models, tasks)
+
+
+def models_found_by_lm_eval(registry) -> bool:
+    """Whether lm-eval's own entry-point discovery (``load_plugins``, PR #4013) registered all our models."""
+    load_plugins = getattr(registry, "load_plugins", None)
+    if load_plugins is None:
+        return False
+    try:
+        load_plugins(MODELS_GROUP, registry.model_registry)  # once per process; later calls are no-ops
+    except Exception:  # noqa: BLE001  (another signature or a failing scan: not found, the hook registers)
+        return False
+    return all(alias in registry.model_registry for alias in MODEL_ALIASES)
+
+
+def tasks_found_by_lm_eval(manager) -> bool:
+    """Whether lm-eval's own task discovery (``discover_plugin_task_paths``, PR #4015) returns our YAML folder."""
+    discover = getattr(manager, "discover_plugin_task_paths", None)
+    if discover is None:
+        return False
+    try:
+        paths = list(discover())
+    except Exception:  # noqa: BLE001  (as above: not found, the hook indexes our folder)
+        return False
+    ours = os.path.realpath(tasks_dir())
+    return any(os.path.realpath(str(path)) == ours for path in paths)
+
+
 def _on_registry(module) -> None:
     import lm_eval.models  # noqa: F401  (fill the built-ins first: get_model() autoloads only into an empty registry)
 
-    if hasattr(module, "load_plugins"):
+    if models_found_by_lm_eval(module):
         return
     for alias, target in MODEL_ALIASES.items():
         if alias not in module.model_registry:
@@ -39,7 +69,7 @@ def _on_registry(module) -> None:
 
 
 def _on_task_manager(module) -> None:
-    if hasattr(module, "discover_plugin_task_paths"):
+    if tasks_found_by_lm_eval(module):
         return
     import functools
     import inspect
@@ -65,6 +95,9 @@ def _on_task_manager(module) -> None:
 
     __init__._lm_eval_parallel = True
     manager.__init__ = __init__
+
+
+# ---------------------------------------------------------------- runtime patches
 
 
 def _on_huggingface(module) -> None:
@@ -117,7 +150,7 @@ _HOOKS = {
 def run_hook(name: str, module) -> None:
     try:
         _HOOKS[name](module)
-    except Exception as exc:  # never break lm-eval itself
+    except Exception as exc:  # noqa: BLE001  (never break lm-eval itself)
         import warnings
 
         warnings.warn(f"lm_eval_parallel: start-up hook for {name} failed: {exc!r}")
@@ -160,4 +193,4 @@ def install(force: bool = False) -> None:
             run_hook(name, sys.modules[name])
 
 
-install()
+install()  # the .pth line only imports this module
