@@ -7,7 +7,9 @@ installs a post-import finder (stdlib, no lm-eval or torch import); when lm-eval
 * ``lm_eval.tasks.manager``  -> ``TaskManager`` also indexes our ``task_configs/``;
 * ``lm_eval.models.huggingface`` -> lm-eval's ``hf`` model reads marked prompts as plain prompts,
   so every pce task also runs on the stock ``hf`` model;
-* ``lm_eval.api.model`` -> ``--use_cache`` files are keyed by the parallel settings too.
+* ``lm_eval.api.model`` -> ``--use_cache`` files are keyed by the parallel settings too;
+* ``lm_eval.api.task`` -> ``--cache_requests`` files of pce tasks are keyed by the metadata that builds
+  their documents (``pce_seed``, ``pce_n_samples``, ``pce_source``, ``pce_fit``, the tokenizer, ...).
 
 Set ``LM_EVAL_PARALLEL_AUTOLOAD=0`` to turn the hook off (the ``lm-eval-parallel`` command still works).
 lm-eval releases that read entry points (``lm_eval.models``: lm-eval PR #4013, ``lm_eval.tasks``: PR #4015)
@@ -16,18 +18,33 @@ would add, so the hook adds nothing to discovery only when both ``parallel_hf`` 
 """
 from __future__ import annotations
 
+import contextvars
 import os
 import sys
 
 MODEL_ALIASES = {"parallel_hf": "lm_eval_parallel.model:ParallelHFLM"}
 MODELS_GROUP = "lm_eval.models"  # entry-point group read by lm-eval PR #4013
+TASK_PREFIX = "pce_"
+# Task metadata besides the pce_* keys that changes the documents our custom_dataset loaders build: the
+# tokenizer that sizes the contexts (it enters lm-eval's request-cache key only under --apply_chat_template).
+DOCUMENT_KEYS = ("pretrained", "tokenizer", "gguf_file", "version")
 _DISABLED = ("0", "false", "no", "off")
+_request_key = contextvars.ContextVar("lm_eval_parallel_request_key", default="")
+_logged: set[str] = set()
 
 
 def tasks_dir() -> str:
     from lm_eval_parallel import TASKS_DIR
 
     return TASKS_DIR
+
+
+def _log_once(message: str) -> None:
+    if message not in _logged:
+        _logged.add(message)
+        import logging
+
+        logging.getLogger(__name__).info(message)
 
 
 # ---------------------------------------------------------------- discovery (models, tasks)
@@ -139,9 +156,67 @@ def _on_api_model(module) -> None:
     caching.__init__ = __init__
 
 
+def request_cache_key(task) -> str:
+    """Suffix for the ``--cache_requests`` file of ``task``: a hash of the metadata that builds its documents.
+
+    lm-eval 0.4.13 keys the cached requests by task name, shots, rank and chat options only, while the
+    ``custom_dataset`` of a pce task builds different documents for another ``pce_seed`` or tokenizer.
+    Empty for tasks that are not ours.
+    """
+    config = getattr(task, "config", None)
+    if not str(getattr(config, "task", "")).startswith(TASK_PREFIX):
+        return ""
+    metadata = getattr(config, "metadata", None)
+    metadata = metadata if isinstance(metadata, dict) else {}
+    shaping = {k: metadata[k] for k in sorted(metadata) if k.startswith(TASK_PREFIX) or k in DOCUMENT_KEYS}
+    import hashlib
+    import json
+
+    text = json.dumps(shaping, sort_keys=True, default=repr)
+    return "-pce_docs" + hashlib.sha256(text.encode("utf-8")).hexdigest()[:16]
+
+
+def _on_api_task(module) -> None:
+    """``--cache_requests``: pce tasks' cached requests are keyed by their document metadata too.
+
+    0.4.13's ``Task.build_all_requests`` builds the key in a local variable and passes it to the module's
+    ``load_from_cache`` / ``save_to_cache``; we wrap those two names and append ``request_cache_key(task)``
+    while a task builds its requests. Left alone if the function no longer reads them.
+    """
+    build = getattr(getattr(module, "Task", None), "build_all_requests", None)
+    names = getattr(getattr(build, "__code__", None), "co_names", ())
+    load, save = getattr(module, "load_from_cache", None), getattr(module, "save_to_cache", None)
+    if getattr(build, "_lm_eval_parallel", False):
+        return
+    if not (callable(load) and callable(save) and "load_from_cache" in names and "save_to_cache" in names):
+        _log_once("lm_eval_parallel: lm_eval.api.task.Task.build_all_requests is not the one of lm-eval 0.4.13; "
+                  "--cache_requests keys of pce tasks are left as lm-eval builds them")
+        return
+
+    def build_all_requests(self, *args, **kwargs):
+        token = _request_key.set(request_cache_key(self))
+        try:
+            return build(self, *args, **kwargs)
+        finally:
+            _request_key.reset(token)
+
+    def load_from_cache(file_name, *args, **kwargs):
+        return load(file_name + _request_key.get(), *args, **kwargs)
+
+    def save_to_cache(file_name, *args, **kwargs):
+        return save(file_name + _request_key.get(), *args, **kwargs)
+
+    build_all_requests.__wrapped__ = build
+    build_all_requests.__doc__ = build.__doc__
+    build_all_requests._lm_eval_parallel = True
+    module.Task.build_all_requests = build_all_requests
+    module.load_from_cache, module.save_to_cache = load_from_cache, save_to_cache
+
+
 _HOOKS = {
     "lm_eval.api.model": _on_api_model,
     "lm_eval.api.registry": _on_registry,
+    "lm_eval.api.task": _on_api_task,
     "lm_eval.tasks.manager": _on_task_manager,
     "lm_eval.models.huggingface": _on_huggingface,
 }

@@ -3,6 +3,7 @@
 * Stand-ins of lm-eval's entry-point discovery (PR #4013: models, PR #4015: tasks) run against our
   installed entry points.
 * The hook steps aside only when that discovery found ``parallel_hf`` / our task folder.
+* ``--cache_requests``: another ``pce_seed`` gives other prompts (lm-eval's own request cache, temp dir).
 """
 import ast
 import functools
@@ -10,7 +11,11 @@ import importlib
 import importlib.metadata as md
 import importlib.resources
 import importlib.util
+import json
 import os
+import re
+import subprocess
+import sys
 import types
 from pathlib import Path
 
@@ -212,3 +217,104 @@ def test_hook_registers_and_indexes_when_lm_eval_does_not_find_them(case):
     assert manager.TaskManager(include_path="/x").include_path == [os.path.abspath(TASKS_DIR), "/x"]
 
 
+# ---------------------------------------------------------------- --cache_requests
+
+_PROBE_YAML = """\
+task: pce_cache_probe
+dataset_path: ""
+custom_dataset: !function utils.make_docs
+test_split: test
+output_type: loglikelihood
+doc_to_text: "{{context}}"
+doc_to_target: "{{target}}"
+metadata: {version: 1.0}
+"""
+
+_PROBE_UTILS = """\
+import random
+
+import datasets
+
+
+def make_docs(pce_seed=0, **kwargs):
+    rng = random.Random(pce_seed)
+    rows = [{"context": f"Number {rng.randrange(10**9)} is", "target": " even"} for _ in range(3)]
+    return {"test": datasets.Dataset.from_list(rows)}
+"""
+
+# Builds the probe's requests with lm-eval's request cache once per seed given; prints the prompts and the
+# cache files (name -> mtime) after each build.
+_BUILD = """\
+import json, os, sys
+import lm_eval_parallel._autoload as hook
+hook.install()
+from lm_eval.tasks import TaskManager
+cache, steps = os.environ["LM_HARNESS_CACHE_PATH"], []
+for seed in json.loads(sys.argv[2]):
+    manager = TaskManager(include_path=sys.argv[1], include_defaults=False, metadata={"pce_seed": seed})
+    task = manager.load(["pce_cache_probe"])["tasks"]["pce_cache_probe"]
+    task.build_all_requests(cache_requests=True, rank=0, world_size=1)
+    files = {f: os.stat(os.path.join(cache, f)).st_mtime_ns for f in os.listdir(cache)}
+    steps.append({"prompts": [inst.args[0] for inst in task.instances], "files": files})
+print(json.dumps(steps))
+"""
+
+
+@pytest.fixture(scope="module")
+def probe_dir(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("cache_probe")
+    (folder / "pce_cache_probe.yaml").write_text(_PROBE_YAML)
+    (folder / "utils.py").write_text(_PROBE_UTILS)
+    return folder
+
+
+def _build_requests(probe_dir, cache, seeds, hook_on):
+    env = {**os.environ, "LM_HARNESS_CACHE_PATH": str(cache), "LM_EVAL_PARALLEL_AUTOLOAD": "1" if hook_on else "0"}
+    proc = subprocess.run([sys.executable, "-c", _BUILD, str(probe_dir), json.dumps(seeds)], check=False, env=env,
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def test_cache_requests_builds_new_prompts_for_another_pce_seed(probe_dir, tmp_path):
+    first, other, again = _build_requests(probe_dir, tmp_path / "cache", [0, 1, 0], hook_on=True)
+    assert other["prompts"] != first["prompts"]
+    assert len(first["files"]) == 1 and len(other["files"]) == 2
+    assert again["prompts"] == first["prompts"] and again["files"] == other["files"]  # read back, not rewritten
+    # lm-eval 0.4.13 on its own: the second seed gets the first seed's prompts from the cache
+    stale_first, stale_other = _build_requests(probe_dir, tmp_path / "stale", [0, 1], hook_on=False)
+    assert stale_first["prompts"] == first["prompts"] and stale_other["prompts"] == first["prompts"]
+
+
+def _task(name, **metadata):
+    return types.SimpleNamespace(config=types.SimpleNamespace(task=name, metadata=metadata))
+
+
+def test_request_cache_key_follows_the_document_metadata_only():
+    base = _autoload.request_cache_key(_task("pce_x", pce_seed=0, pretrained="m", P=2, method="sel"))
+    assert re.fullmatch(r"-pce_docs[0-9a-f]{16}", base)
+    assert _autoload.request_cache_key(_task("pce_x", pce_seed=0, pretrained="m", P=8, method="naive")) == base
+    for change in ({"pce_seed": 1}, {"pretrained": "other"}, {"pce_n_samples": 5}, {"pce_fit": False}):
+        assert _autoload.request_cache_key(_task("pce_x", **{"pce_seed": 0, "pretrained": "m", **change})) != base
+    assert _autoload.request_cache_key(_task("hellaswag", pce_seed=0)) == ""
+
+
+def test_request_cache_patch_leaves_an_unexpected_lm_eval_alone(monkeypatch, caplog):
+    def build_all_requests(self, *, cache_requests=False):
+        return cache_requests
+
+    def load_from_cache(file_name, cache=False):
+        return None
+
+    def save_to_cache(file_name, obj):
+        return None
+
+    module = types.SimpleNamespace(Task=type("Task", (), {"build_all_requests": build_all_requests}),
+                                   load_from_cache=load_from_cache, save_to_cache=save_to_cache)
+    monkeypatch.setattr(_autoload, "_logged", set())
+    with caplog.at_level("INFO", logger=_autoload.__name__):
+        _autoload._on_api_task(module)
+        _autoload._on_api_task(module)
+    assert module.Task.build_all_requests is build_all_requests
+    assert (module.load_from_cache, module.save_to_cache) == (load_from_cache, save_to_cache)
+    assert sum("--cache_requests" in r.getMessage() for r in caplog.records) == 1
