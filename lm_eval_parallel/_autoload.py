@@ -1,7 +1,9 @@
 """Start-up hook that plugs lm-eval-parallel into the stock lm-eval CLI (lm-eval 0.4.13 has no plugins).
 
-``lm_eval_parallel_autoload.pth`` imports this module in every interpreter of the environment. It only
-installs a post-import finder (stdlib, no lm-eval or torch import); when lm-eval itself imports
+It is loaded at interpreter start-up by ``lm_eval_parallel_autoload.pth`` (an ``import`` line, Python <= 3.14)
+or by ``lm_eval_parallel_autoload.start`` (PEP 829: the entry point ``lm_eval_parallel._autoload:install``,
+Python >= 3.15, which then skips the ``import`` line of the ``.pth`` of the same name). It only installs a
+post-import finder (stdlib, no lm-eval or torch import); when lm-eval itself imports
 
 * ``lm_eval.api.registry``   -> the ``parallel_hf`` model is registered (lazily, as a string);
 * ``lm_eval.tasks.manager``  -> ``TaskManager`` also indexes our ``task_configs/``;
@@ -259,6 +261,7 @@ class _PostImportFinder:
 
 
 def install(force: bool = False) -> None:
+    """Install the hook (idempotent). The start-up entry point named in ``lm_eval_parallel_autoload.start``."""
     if not force and os.environ.get("LM_EVAL_PARALLEL_AUTOLOAD", "1").lower() in _DISABLED:
         return
     if not any(isinstance(f, _PostImportFinder) for f in sys.meta_path):

@@ -1,9 +1,10 @@
-"""How lm-eval finds us: the 0.4.13 start-up hook and the entry points newer lm-eval reads.
+"""How lm-eval finds us: the 0.4.13 start-up hook, the entry points newer lm-eval reads, the built wheels.
 
 * Stand-ins of lm-eval's entry-point discovery (PR #4013: models, PR #4015: tasks) run against our
-  installed entry points.
+  installed entry points and against a wheel and an editable install built from this tree.
 * The hook steps aside only when that discovery found ``parallel_hf`` / our task folder.
 * ``--cache_requests``: another ``pce_seed`` gives other prompts (lm-eval's own request cache, temp dir).
+* PEP 829: the ``.start`` file names an importable, idempotent entry point; the built wheels carry it.
 """
 import ast
 import functools
@@ -13,10 +14,13 @@ import importlib.resources
 import importlib.util
 import json
 import os
+import pkgutil
 import re
+import site
 import subprocess
 import sys
 import types
+import zipfile
 from pathlib import Path
 
 import pytest
@@ -25,6 +29,7 @@ from lm_eval_parallel import TASKS_DIR, _autoload
 
 ROOT = Path(__file__).resolve().parents[1]
 DIST = "lm-eval-parallel"
+START_NAME = "lm_eval_parallel_autoload"
 OUR_TASKS = sorted(p.stem for p in Path(TASKS_DIR).rglob("pce_*.yaml"))
 
 
@@ -215,6 +220,118 @@ def test_hook_registers_and_indexes_when_lm_eval_does_not_find_them(case):
     assert registry.model_registry._objs["parallel_hf"] == "lm_eval_parallel.model:ParallelHFLM"
     assert getattr(manager.TaskManager.__init__, "_lm_eval_parallel", False)
     assert manager.TaskManager(include_path="/x").include_path == [os.path.abspath(TASKS_DIR), "/x"]
+
+
+# ---------------------------------------------------------------- built wheel and editable install
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory):
+    """A wheel and an editable wheel of this tree (hatchling from PyPI), each unpacked as a site dir."""
+    root = tmp_path_factory.mktemp("build")
+    tools = root / "tools"
+    pip = subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--target", str(tools), "hatchling",
+                          "editables"], check=False, capture_output=True, text=True, timeout=300)
+    if pip.returncode != 0:
+        pytest.skip(f"cannot fetch hatchling from the package index: {pip.stderr[-300:]}")
+    out = {}
+    for kind, hook in (("wheel", "build_wheel"), ("editable", "build_editable")):
+        dist = root / f"{kind}_dist"
+        dist.mkdir()
+        proc = subprocess.run([sys.executable, "-c", f"import hatchling.build as b; print(b.{hook}({str(dist)!r}))"],
+                              check=False, cwd=ROOT, env={**os.environ, "PYTHONPATH": str(tools)},
+                              capture_output=True, text=True, timeout=300)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        (wheel,) = dist.glob("*.whl")
+        target = root / f"{kind}_site"
+        zipfile.ZipFile(wheel).extractall(target)
+        out[kind] = {"wheel": zipfile.ZipFile(wheel), "site": target}
+    return out
+
+
+def _entry_points_txt(wheel: zipfile.ZipFile) -> str:
+    (name,) = [n for n in wheel.namelist() if n.endswith(".dist-info/entry_points.txt")]
+    return wheel.read(name).decode()
+
+
+def test_wheel_ships_start_up_files_tasks_and_entry_points(built):
+    wheel = built["wheel"]["wheel"]
+    names = set(wheel.namelist())
+    assert {f"{START_NAME}.pth", f"{START_NAME}.start"} <= names
+    assert wheel.read(f"{START_NAME}.pth").decode() == "import lm_eval_parallel._autoload\n"
+    assert wheel.read(f"{START_NAME}.start") == (ROOT / f"{START_NAME}.start").read_bytes()
+    yaml = sorted(p.relative_to(ROOT).as_posix() for p in (ROOT / "task_configs").rglob("*.yaml"))
+    assert sorted(n.removeprefix("lm_eval_parallel/") for n in names if n.endswith(".yaml")) == yaml
+    assert "lm_eval_parallel/task_configs/__init__.py" in names
+    assert "lm_eval_parallel = lm_eval_parallel.task_configs\n" in _entry_points_txt(wheel)
+    assert "parallel_hf = lm_eval_parallel.model:ParallelHFLM\n" in _entry_points_txt(wheel)
+
+
+def test_editable_wheel_ships_start_up_files_and_source_entry_points(built):
+    wheel = built["editable"]["wheel"]
+    names = set(wheel.namelist())
+    assert {f"{START_NAME}.pth", f"{START_NAME}.start"} <= names
+    assert not any(n.endswith(".yaml") for n in names)  # the YAML stays in the source tree
+    (path_pth,) = [n for n in names if n.startswith("_") and n.endswith(".pth")]
+    assert wheel.read(path_pth).decode().strip() == str(ROOT)
+    assert "lm_eval_parallel = task_configs\n" in _entry_points_txt(wheel)
+
+
+def _run_in_site(site_dir: Path, code: str, extra_site: bool, env: dict) -> subprocess.CompletedProcess:
+    """Python with only ``site_dir`` (and, if ``extra_site``, this environment's packages after it) installed."""
+    dirs = [str(site_dir)] + ([p for p in site.getsitepackages() if os.path.isdir(p)] if extra_site else [])
+    boot = f"import site, sys\nfor d in {dirs!r}:\n    site.addsitedir(d)\nsys.path.insert(0, {str(ROOT / 'tests')!r})\n"
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"} | env
+    return subprocess.run([sys.executable, "-S", "-c", boot + code], check=False, cwd=site_dir.parent, env=env,
+                          capture_output=True, text=True, timeout=600)
+
+
+@pytest.mark.parametrize("kind", ["wheel", "editable"])
+def test_lm_eval_discovery_finds_model_and_every_task_in_built_install(built, kind):
+    code = ("import importlib.metadata as md, json, lm_eval_parallel, test_discovery as t\n"
+            "print(json.dumps({**t.discovery_report(md.entry_points), 'file': lm_eval_parallel.__file__}))\n")
+    proc = _run_in_site(built[kind]["site"], code, extra_site=True, env={"LM_EVAL_PARALLEL_AUTOLOAD": "0"})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    report = json.loads(proc.stdout.strip().splitlines()[-1])
+    installed_from = built["wheel"]["site"] if kind == "wheel" else ROOT
+    assert Path(report["file"]).resolve().is_relative_to(installed_from.resolve())
+    check_report(report)
+
+
+@pytest.mark.parametrize("kind", ["wheel", "editable"])
+def test_start_up_files_install_the_hook(built, kind):
+    """Whichever this Python reads (``.pth`` import line up to 3.14, the ``.start`` entry point from 3.15)."""
+    code = "print(sum(type(f).__name__ == '_PostImportFinder' for f in sys.meta_path))\n"
+    on = _run_in_site(built[kind]["site"], code, extra_site=False, env={})
+    off = _run_in_site(built[kind]["site"], code, extra_site=False, env={"LM_EVAL_PARALLEL_AUTOLOAD": "0"})
+    assert on.returncode == 0 and off.returncode == 0, on.stderr[-2000:] + off.stderr[-2000:]
+    assert on.stdout.split() == ["1"] and off.stdout.split() == ["0"]
+
+
+# ---------------------------------------------------------------- PEP 829 .start file
+
+
+def test_start_file_names_the_hook_entry_point():
+    """PEP 829: one ``pkg.mod:callable`` per non-blank, non-``#`` line, called with no arguments."""
+    lines = (ROOT / f"{START_NAME}.start").read_text(encoding="utf-8").splitlines()
+    entries = [line.strip() for line in lines if line.strip() and not line.startswith("#")]
+    assert entries == ["lm_eval_parallel._autoload:install"]
+    assert re.fullmatch(r"[A-Za-z_][\w.]*:[A-Za-z_][\w.]*", entries[0])
+    resolve = functools.partial(pkgutil.resolve_name, strict=True) if sys.version_info >= (3, 15) \
+        else pkgutil.resolve_name
+    assert resolve(entries[0]) is _autoload.install
+    assert (ROOT / f"{START_NAME}.pth").read_text() == "import lm_eval_parallel._autoload\n"  # same base name
+
+
+def test_install_is_idempotent(monkeypatch):
+    monkeypatch.setattr(sys, "meta_path", [f for f in sys.meta_path if not isinstance(f, _autoload._PostImportFinder)])
+    monkeypatch.setenv("LM_EVAL_PARALLEL_AUTOLOAD", "0")
+    _autoload.install()
+    assert not any(isinstance(f, _autoload._PostImportFinder) for f in sys.meta_path)
+    monkeypatch.delenv("LM_EVAL_PARALLEL_AUTOLOAD")
+    _autoload.install()
+    _autoload.install()
+    assert sum(isinstance(f, _autoload._PostImportFinder) for f in sys.meta_path) == 1
 
 
 # ---------------------------------------------------------------- --cache_requests
