@@ -280,7 +280,8 @@ def test_editable_wheel_ships_start_up_files_and_source_entry_points(built):
 def _run_in_site(site_dir: Path, code: str, extra_site: bool, env: dict) -> subprocess.CompletedProcess:
     """Python with only ``site_dir`` (and, if ``extra_site``, this environment's packages after it) installed."""
     dirs = [str(site_dir)] + ([p for p in site.getsitepackages() if os.path.isdir(p)] if extra_site else [])
-    boot = f"import site, sys\nfor d in {dirs!r}:\n    site.addsitedir(d)\nsys.path.insert(0, {str(ROOT / 'tests')!r})\n"
+    boot = (f"import site, sys\nfor d in {dirs!r}:\n    site.addsitedir(d)\n"
+            f"sys.path.insert(0, {str(ROOT / 'tests')!r})\n")
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"} | env
     return subprocess.run([sys.executable, "-S", "-c", boot + code], check=False, cwd=site_dir.parent, env=env,
                           capture_output=True, text=True, timeout=600)
