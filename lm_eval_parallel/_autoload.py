@@ -1,25 +1,38 @@
 """Start-up hook that plugs lm-eval-parallel into the stock lm-eval CLI (lm-eval 0.4.13 has no plugins).
 
-``lm_eval_parallel_autoload.pth`` imports this module in every interpreter of the environment. It
-only installs a post-import finder (stdlib, no lm-eval or torch import); when lm-eval itself imports
+It is loaded at interpreter start-up by ``lm_eval_parallel_autoload.pth`` (an ``import`` line, Python <= 3.14)
+or by ``lm_eval_parallel_autoload.start`` (PEP 829: the entry point ``lm_eval_parallel._autoload:install``,
+Python >= 3.15, which then skips the ``import`` line of the ``.pth`` of the same name). It only installs a
+post-import finder (stdlib, no lm-eval or torch import); when lm-eval itself imports
 
 * ``lm_eval.api.registry``   -> the ``parallel_hf`` model is registered (lazily, as a string);
 * ``lm_eval.tasks.manager``  -> ``TaskManager`` also indexes our ``task_configs/``;
 * ``lm_eval.models.huggingface`` -> lm-eval's ``hf`` model reads marked prompts as plain prompts,
   so every pce task also runs on the stock ``hf`` model;
-* ``lm_eval.api.model`` -> ``--use_cache`` files are keyed by the parallel settings too.
+* ``lm_eval.api.model`` -> ``--use_cache`` files are keyed by the parallel settings too;
+* ``lm_eval.api.task`` -> ``--cache_requests`` files of pce tasks are keyed by the metadata that builds
+  their documents (``pce_seed``, ``pce_n_samples``, ``pce_source``, ``pce_fit``, the tokenizer, ...).
 
-Set ``LM_EVAL_PARALLEL_AUTOLOAD=0`` to turn the hook off (the ``lm-eval-parallel`` command still
-works). Newer lm-eval releases that read the ``lm_eval.models`` / ``lm_eval.tasks`` entry points
-make the first two steps unnecessary; the hook then steps aside.
+Set ``LM_EVAL_PARALLEL_AUTOLOAD=0`` to turn the hook off (the ``lm-eval-parallel`` command still works).
+lm-eval releases that read entry points (``lm_eval.models``: lm-eval PR #4013, ``lm_eval.tasks``: PR #4015)
+make the first two steps unnecessary: each steps aside only when lm-eval's own discovery found what it
+would add, so the hook adds nothing to discovery only when both ``parallel_hf`` and our tasks were found.
 """
 from __future__ import annotations
 
+import contextvars
 import os
 import sys
 
 MODEL_ALIASES = {"parallel_hf": "lm_eval_parallel.model:ParallelHFLM"}
+MODELS_GROUP = "lm_eval.models"  # entry-point group read by lm-eval PR #4013
+TASK_PREFIX = "pce_"
+# Task metadata besides the pce_* keys that changes the documents our custom_dataset loaders build: the
+# tokenizer that sizes the contexts (it enters lm-eval's request-cache key only under --apply_chat_template).
+DOCUMENT_KEYS = ("pretrained", "tokenizer", "gguf_file", "version")
 _DISABLED = ("0", "false", "no", "off")
+_request_key = contextvars.ContextVar("lm_eval_parallel_request_key", default="")
+_logged: set[str] = set()
 
 
 def tasks_dir() -> str:
@@ -28,10 +41,46 @@ def tasks_dir() -> str:
     return TASKS_DIR
 
 
+def _log_once(message: str) -> None:
+    if message not in _logged:
+        _logged.add(message)
+        import logging
+
+        logging.getLogger(__name__).info(message)
+
+
+# ---------------------------------------------------------------- discovery (models, tasks)
+
+
+def models_found_by_lm_eval(registry) -> bool:
+    """Whether lm-eval's own entry-point discovery (``load_plugins``, PR #4013) registered all our models."""
+    load_plugins = getattr(registry, "load_plugins", None)
+    if load_plugins is None:
+        return False
+    try:
+        load_plugins(MODELS_GROUP, registry.model_registry)  # once per process; later calls are no-ops
+    except Exception:  # noqa: BLE001  (another signature or a failing scan: not found, the hook registers)
+        return False
+    return all(alias in registry.model_registry for alias in MODEL_ALIASES)
+
+
+def tasks_found_by_lm_eval(manager) -> bool:
+    """Whether lm-eval's own task discovery (``discover_plugin_task_paths``, PR #4015) returns our YAML folder."""
+    discover = getattr(manager, "discover_plugin_task_paths", None)
+    if discover is None:
+        return False
+    try:
+        paths = list(discover())
+    except Exception:  # noqa: BLE001  (as above: not found, the hook indexes our folder)
+        return False
+    ours = os.path.realpath(tasks_dir())
+    return any(os.path.realpath(str(path)) == ours for path in paths)
+
+
 def _on_registry(module) -> None:
     import lm_eval.models  # noqa: F401  (fill the built-ins first: get_model() autoloads only into an empty registry)
 
-    if hasattr(module, "load_plugins"):
+    if models_found_by_lm_eval(module):
         return
     for alias, target in MODEL_ALIASES.items():
         if alias not in module.model_registry:
@@ -39,7 +88,7 @@ def _on_registry(module) -> None:
 
 
 def _on_task_manager(module) -> None:
-    if hasattr(module, "discover_plugin_task_paths"):
+    if tasks_found_by_lm_eval(module):
         return
     import functools
     import inspect
@@ -65,6 +114,9 @@ def _on_task_manager(module) -> None:
 
     __init__._lm_eval_parallel = True
     manager.__init__ = __init__
+
+
+# ---------------------------------------------------------------- runtime patches
 
 
 def _on_huggingface(module) -> None:
@@ -106,9 +158,67 @@ def _on_api_model(module) -> None:
     caching.__init__ = __init__
 
 
+def request_cache_key(task) -> str:
+    """Suffix for the ``--cache_requests`` file of ``task``: a hash of the metadata that builds its documents.
+
+    lm-eval 0.4.13 keys the cached requests by task name, shots, rank and chat options only, while the
+    ``custom_dataset`` of a pce task builds different documents for another ``pce_seed`` or tokenizer.
+    Empty for tasks that are not ours.
+    """
+    config = getattr(task, "config", None)
+    if not str(getattr(config, "task", "")).startswith(TASK_PREFIX):
+        return ""
+    metadata = getattr(config, "metadata", None)
+    metadata = metadata if isinstance(metadata, dict) else {}
+    shaping = {k: metadata[k] for k in sorted(metadata) if k.startswith(TASK_PREFIX) or k in DOCUMENT_KEYS}
+    import hashlib
+    import json
+
+    text = json.dumps(shaping, sort_keys=True, default=repr)
+    return "-pce_docs" + hashlib.sha256(text.encode("utf-8")).hexdigest()[:16]
+
+
+def _on_api_task(module) -> None:
+    """``--cache_requests``: pce tasks' cached requests are keyed by their document metadata too.
+
+    0.4.13's ``Task.build_all_requests`` builds the key in a local variable and passes it to the module's
+    ``load_from_cache`` / ``save_to_cache``; we wrap those two names and append ``request_cache_key(task)``
+    while a task builds its requests. Left alone if the function no longer reads them.
+    """
+    build = getattr(getattr(module, "Task", None), "build_all_requests", None)
+    names = getattr(getattr(build, "__code__", None), "co_names", ())
+    load, save = getattr(module, "load_from_cache", None), getattr(module, "save_to_cache", None)
+    if getattr(build, "_lm_eval_parallel", False):
+        return
+    if not (callable(load) and callable(save) and "load_from_cache" in names and "save_to_cache" in names):
+        _log_once("lm_eval_parallel: lm_eval.api.task.Task.build_all_requests is not the one of lm-eval 0.4.13; "
+                  "--cache_requests keys of pce tasks are left as lm-eval builds them")
+        return
+
+    def build_all_requests(self, *args, **kwargs):
+        token = _request_key.set(request_cache_key(self))
+        try:
+            return build(self, *args, **kwargs)
+        finally:
+            _request_key.reset(token)
+
+    def load_from_cache(file_name, *args, **kwargs):
+        return load(file_name + _request_key.get(), *args, **kwargs)
+
+    def save_to_cache(file_name, *args, **kwargs):
+        return save(file_name + _request_key.get(), *args, **kwargs)
+
+    build_all_requests.__wrapped__ = build
+    build_all_requests.__doc__ = build.__doc__
+    build_all_requests._lm_eval_parallel = True
+    module.Task.build_all_requests = build_all_requests
+    module.load_from_cache, module.save_to_cache = load_from_cache, save_to_cache
+
+
 _HOOKS = {
     "lm_eval.api.model": _on_api_model,
     "lm_eval.api.registry": _on_registry,
+    "lm_eval.api.task": _on_api_task,
     "lm_eval.tasks.manager": _on_task_manager,
     "lm_eval.models.huggingface": _on_huggingface,
 }
@@ -117,7 +227,7 @@ _HOOKS = {
 def run_hook(name: str, module) -> None:
     try:
         _HOOKS[name](module)
-    except Exception as exc:  # never break lm-eval itself
+    except Exception as exc:  # noqa: BLE001  (never break lm-eval itself)
         import warnings
 
         warnings.warn(f"lm_eval_parallel: start-up hook for {name} failed: {exc!r}")
@@ -151,6 +261,7 @@ class _PostImportFinder:
 
 
 def install(force: bool = False) -> None:
+    """Install the hook (idempotent). The start-up entry point named in ``lm_eval_parallel_autoload.start``."""
     if not force and os.environ.get("LM_EVAL_PARALLEL_AUTOLOAD", "1").lower() in _DISABLED:
         return
     if not any(isinstance(f, _PostImportFinder) for f in sys.meta_path):
@@ -160,4 +271,4 @@ def install(force: bool = False) -> None:
             run_hook(name, sys.modules[name])
 
 
-install()
+install()  # the .pth line only imports this module
