@@ -117,7 +117,7 @@ _HOOKS = {
 def run_hook(name: str, module) -> None:
     try:
         _HOOKS[name](module)
-    except Exception as exc:  # never break lm-eval itself
+    except Exception as exc:  # noqa: BLE001  (never break lm-eval itself)
         import warnings
 
         warnings.warn(f"lm_eval_parallel: start-up hook for {name} failed: {exc!r}")
@@ -148,6 +148,17 @@ class _PostImportFinder:
 
         loader.exec_module = exec_then_hook
         return spec
+
+
+def register() -> None:
+    """Register the model and tasks now, even with the start-up hook off (the ``lm-eval-parallel`` command)."""
+    import importlib
+
+    install(force=True)
+    names = ("lm_eval.api.model", "lm_eval.api.registry", "lm_eval.tasks.manager")
+    modules = [importlib.import_module(name) for name in names]  # a first import runs the hook already
+    for name, module in zip(names, modules):
+        run_hook(name, module)
 
 
 def install(force: bool = False) -> None:

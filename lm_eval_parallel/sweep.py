@@ -105,10 +105,10 @@ def main_sweep(argv: list[str]) -> int:
     from lm_eval.loggers import EvaluationTracker
     from lm_eval.tasks import TaskManager
 
-    from .cli import _register
+    from ._autoload import register
     from .model import ParallelHFLM
 
-    _register()
+    register()
     first_P, first_method = todo[0]
     hf_args = {k: v for k, v in base_args.items() if k not in OWN_ARGS}
     device_kw = {"device": args.device} if args.device else {}
