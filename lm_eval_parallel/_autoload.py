@@ -260,6 +260,17 @@ class _PostImportFinder:
         return spec
 
 
+def register() -> None:
+    """Register the model and tasks now, even with the start-up hook off (the ``lm-eval-parallel`` command)."""
+    import importlib
+
+    install(force=True)
+    names = ("lm_eval.api.model", "lm_eval.api.registry", "lm_eval.tasks.manager")
+    modules = [importlib.import_module(name) for name in names]  # a first import runs the hook already
+    for name, module in zip(names, modules):
+        run_hook(name, module)
+
+
 def install(force: bool = False) -> None:
     """Install the hook (idempotent). The start-up entry point named in ``lm_eval_parallel_autoload.start``."""
     if not force and os.environ.get("LM_EVAL_PARALLEL_AUTOLOAD", "1").lower() in _DISABLED:

@@ -10,18 +10,6 @@ from __future__ import annotations
 import sys
 
 
-def _register() -> None:
-    from . import _autoload
-
-    _autoload.install(force=True)
-    import lm_eval.api.model  # noqa: F401  (runs the hooks)
-    import lm_eval.api.registry  # noqa: F401
-    import lm_eval.tasks.manager  # noqa: F401
-
-    for name in ("lm_eval.api.model", "lm_eval.api.registry", "lm_eval.tasks.manager"):
-        _autoload.run_hook(name, sys.modules[name])
-
-
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if argv and argv[0] == "sweep":
@@ -36,7 +24,9 @@ def main(argv: list[str] | None = None) -> int:
         from .leaderboard import main_check
 
         return main_check(argv[1:])
-    _register()
+    from ._autoload import register
+
+    register()
     from lm_eval.__main__ import cli_evaluate
 
     sys.argv = ["lm_eval", *argv]

@@ -1,19 +1,74 @@
-"""Our model_args (everything HFLM does not know), validated before any model is loaded."""
+"""The methods and settings of parallel encoding: the one table the model, sweep, leaderboard and cache read.
+
+A method (``METHODS``) declares what it does to a request and which methods encode the same contexts. A
+setting is a field of :class:`PCEConfig`; it declares how its model_arg is parsed and what it changes:
+
+    SCORES    the scores: part of a run's identity (the board's config key, the ``--use_cache`` file)
+    REPORTED  not the scores but what is reported with them (``entropy``: no ``attn_entropy`` when off):
+              part of the ``--use_cache`` file, whose responses carry it, not of the board's config key
+    RUNTIME   neither: memory, speed, side files
+
+"Not the scores" means: equal up to float rounding (other batch shapes, or eager instead of fused attention).
+
+Adding a method is one line in ``METHODS`` plus its rule in the attention; adding a setting is one field.
+Stdlib only: the leaderboard reads this module without torch.
+"""
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, fields
-
-METHODS = ("full", "naive", "parallel", "sink", "sel", "sink+sel")
-POSITIONS = ("even", "left", "right", "harmonic", "serial")
-POS_ROUNDS = ("none", "floor")
-AGGRS = ("auto", "none", "H", "T", "HT", "LHT")
-TOKENIZE = ("items", "joint")
+import difflib
+import hashlib
+import json
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field, fields
 
 SINK_GENERATE = "Given the following contexts, answer the final question accordingly:\n\n"
 SINK_LOGLIKELIHOOD = "Given the following partial context, predicting the next sequence of words:\n\n"
 
 
-def _as_bool(name: str, value) -> bool:
+# ---------------------------------------------------------------------------------------------- methods
+
+@dataclass(frozen=True)
+class Method:
+    """One ``method=`` (SPEC §4)."""
+
+    name: str
+    parallel: bool        # P pieces; False: one piece holding every item, and P must be 1
+    uses_sink: bool       # the sink text joins the shared prefix
+    uses_selection: bool  # selective attention on query rows (SPEC §7)
+    contexts: str         # methods with the same value encode identical contexts at one P
+    color: str            # plots
+    marker: str
+
+
+# Board and plot order. A sweep runs, at each P, the methods of one `contexts` family back to back, so the
+# second one finds the first one's encoded contexts in the context cache (keyed by what was encoded).
+# fmt: off
+METHODS = (
+    #      name        parallel  sink   selection  contexts  color         marker
+    Method("full",     False,    False, False,     "full",   "black",      "*"),
+    Method("naive",    True,     False, False,     "plain",  "tab:blue",   "o"),
+    Method("sink",     True,     True,  False,     "sink",   "tab:orange", "s"),
+    Method("sel",      True,     False, True,      "plain",  "tab:green",  "^"),
+    Method("sink+sel", True,     True,  True,      "sink",   "tab:red",    "D"),
+)
+# fmt: on
+METHOD_ALIASES = {"parallel": "naive"}
+
+
+def get_method(name: str) -> Method | None:
+    """The method called ``name`` (an alias gives its method); None when there is none."""
+    name = METHOD_ALIASES.get(name, name)
+    return next((m for m in METHODS if m.name == name), None)
+
+
+def method_names() -> tuple[str, ...]:
+    return tuple(m.name for m in METHODS)
+
+
+# ---------------------------------------------------------------------------------------------- parsers
+# Each takes (model_arg name, raw value) and returns the value, or raises a one-line ValueError naming both.
+
+def as_bool(name: str, value) -> bool:
     if isinstance(value, bool):
         return value
     if isinstance(value, (int, float)) and value in (0, 1):
@@ -23,9 +78,9 @@ def _as_bool(name: str, value) -> bool:
     raise ValueError(f"{name}={value!r} is not a boolean; use true or false")
 
 
-def _as_positive_int(name: str, value) -> int:
+def as_positive_int(name: str, value) -> int:
     if isinstance(value, bool) or not isinstance(value, (int, float, str)):
-        raise ValueError(f"{name}={value!r} must be a positive integer")
+        raise ValueError(f"{name}={value!r} must be a positive integer")  # noqa: TRY004 (one error type per bad arg)
     try:
         as_float = float(value)
     except ValueError:
@@ -37,82 +92,105 @@ def _as_positive_int(name: str, value) -> int:
     return int(as_float)
 
 
-def _as_non_negative_int(name: str, value) -> int:
+def as_non_negative_int(name: str, value) -> int:
     if value in (0, "0"):
         return 0
-    return _as_positive_int(name, value)
+    return as_positive_int(name, value)
 
 
-def _choice(name: str, value, allowed: tuple[str, ...]) -> str:
-    if not isinstance(value, str) or value not in allowed:
-        raise ValueError(f"{name}={value!r} is not allowed; choose one of {', '.join(allowed)}")
-    return value
+def one_of(*allowed: str):
+    def parse(name: str, value) -> str:
+        if not isinstance(value, str) or value not in allowed:
+            raise ValueError(f"{name}={value!r} is not allowed; choose one of {', '.join(allowed)}")
+        return value
+
+    return parse
+
+
+def as_method(name: str, value) -> str:
+    one_of(*method_names(), *METHOD_ALIASES)(name, value)
+    return get_method(value).name
+
+
+def as_optional_text(name: str, value) -> str | None:
+    return None if value is None else str(value)
+
+
+def as_optional_path(name: str, value) -> str | None:
+    return None if value in (None, "") else str(value)
+
+
+# ---------------------------------------------------------------------------------------------- settings
+
+SCORES, REPORTED, RUNTIME = "scores", "reported", "runtime"
+
+
+@dataclass(frozen=True)
+class Setting:
+    name: str
+    default: object
+    parse: Callable[[str, object], object]  # (model_arg name, raw value) -> value
+    effect: str    # SCORES, REPORTED or RUNTIME
+    doc: str
+
+
+def setting(default, parse, effect: str, doc: str):
+    """A PCEConfig field with what the registry needs to know about it."""
+    return field(default=default, metadata={"parse": parse, "effect": effect, "doc": doc})
+
+
+PREFILL_BATCH_TOKENS = 32768  # = ParallelEngine.PREFILL_BATCH_TOKENS, the default of callers without a config
 
 
 @dataclass(frozen=True)
 class PCEConfig:
-    """Parallel-encoding settings: one per model instance, recorded in every results file."""
+    """Parallel-encoding settings: one per model instance, recorded in every results file (``config.pce``)."""
 
-    P: int = 1
-    method: str = "naive"
-    pos: str = "even"
-    pos_round: str = "none"
-    top_k: int = 2
-    score_topn: int = 5
-    aggr: str = "auto"
-    aggr_topn: int = 5
-    sink_text: str | None = None
-    oracle_keys: bool = False
-    entropy: bool = True
-    analysis_path: str | None = None
-    rolling_score_len: int = 1024
-    context_cache_mb: int = 0
-    tokenize: str = "items"
+    P: int = setting(1, as_positive_int, SCORES, "pieces per request (SPEC §3)")
+    method: str = setting("naive", as_method, SCORES, "one of METHODS (SPEC §4)")
+    pos: str = setting("even", one_of("even", "left", "right", "harmonic", "serial"), SCORES,
+                       "piece positions (SPEC §6)")
+    pos_round: str = setting("none", one_of("none", "floor"), SCORES, "floor: the released code's integer cast")
+    top_k: int = setting(2, as_positive_int, SCORES, "pieces kept by selection (SPEC §7)")
+    score_topn: int = setting(5, as_positive_int, SCORES, "piece score = sum of its top-n probabilities")
+    aggr: str = setting("auto", one_of("auto", "none", "H", "T", "HT", "LHT"), SCORES,
+                        "aggregation of piece scores over heads / query rows / layers")
+    aggr_topn: int = setting(5, as_positive_int, SCORES, "aggregation = sum of the top-n values")
+    sink_text: str | None = setting(None, as_optional_text, SCORES, "sink when the task gives none")
+    oracle_keys: bool = setting(False, as_bool, SCORES, "context keys from full attention (paper §4.3.2)")
+    entropy: bool = setting(True, as_bool, REPORTED, "compute attn_entropy (SPEC §8)")
+    analysis_path: str | None = setting(None, as_optional_path, RUNTIME, "JSON lines of per-layer statistics")
+    rolling_score_len: int = setting(1024, as_positive_int, SCORES, "loglikelihood_rolling: tokens per window")
+    context_cache_mb: int = setting(0, as_non_negative_int, RUNTIME, "MiB of encoded contexts kept for reuse")
+    tokenize: str = setting("items", one_of("items", "joint"), SCORES, "items on their own, or the prompt whole")
+    prefill_batch_tokens: int = setting(PREFILL_BATCH_TOKENS, as_positive_int, RUNTIME,
+                                        "tokens per prefill forward")
+    auto_batch_tokens: int = setting(16384, as_positive_int, RUNTIME,
+                                     "batch_size=auto: query rows per batch = this / row length")
 
     @classmethod
-    def from_args(cls, **kw) -> "PCEConfig":
-        known = {f.name for f in fields(cls)}
-        unknown = set(kw) - known
+    def from_args(cls, **args) -> PCEConfig:
+        unknown = set(args) - set(SETTINGS)
         if unknown:
-            raise ValueError(f"unknown parallel option(s) {sorted(unknown)}; known: {sorted(known)}")
-        method = _choice("method", kw.get("method", cls.method), METHODS)
-        if method == "parallel":
-            method = "naive"
-        P = _as_positive_int("P", kw.get("P", cls.P))
-        if method == "full" and P != 1:
-            raise ValueError(f"P={P} with method=full: full attention has one piece; use P=1, or method=naive/sink/sel/sink+sel")
-        sink_text = kw.get("sink_text", None)
-        if sink_text is not None and not isinstance(sink_text, str):
-            sink_text = str(sink_text)
-        analysis_path = kw.get("analysis_path")
-        return cls(
-            P=P,
-            method=method,
-            pos=_choice("pos", kw.get("pos", cls.pos), POSITIONS),
-            pos_round=_choice("pos_round", kw.get("pos_round", cls.pos_round), POS_ROUNDS),
-            top_k=_as_positive_int("top_k", kw.get("top_k", cls.top_k)),
-            score_topn=_as_positive_int("score_topn", kw.get("score_topn", cls.score_topn)),
-            aggr=_choice("aggr", kw.get("aggr", cls.aggr), AGGRS),
-            aggr_topn=_as_positive_int("aggr_topn", kw.get("aggr_topn", cls.aggr_topn)),
-            sink_text=sink_text,
-            oracle_keys=_as_bool("oracle_keys", kw.get("oracle_keys", cls.oracle_keys)),
-            entropy=_as_bool("entropy", kw.get("entropy", cls.entropy)),
-            analysis_path=None if analysis_path in (None, "") else str(analysis_path),
-            rolling_score_len=_as_positive_int("rolling_score_len", kw.get("rolling_score_len", cls.rolling_score_len)),
-            context_cache_mb=_as_non_negative_int("context_cache_mb", kw.get("context_cache_mb", cls.context_cache_mb)),
-            tokenize=_choice("tokenize", kw.get("tokenize", cls.tokenize), TOKENIZE),
-        )
+            raise ValueError(f"unknown parallel option(s) {sorted(unknown)}; known: {sorted(SETTINGS)}")
+        values = {name: s.parse(name, args.get(name, s.default)) for name, s in SETTINGS.items()}
+        if not get_method(values["method"]).parallel and values["P"] != 1:
+            parallel = "/".join(m.name for m in METHODS if m.parallel)
+            raise ValueError(f"P={values['P']} with method={values['method']}: it encodes one piece; use P=1, "
+                             f"or method={parallel}")
+        return cls(**values)
 
     @property
     def uses_sink(self) -> bool:
-        return self.method in ("sink", "sink+sel")
+        return get_method(self.method).uses_sink
 
     @property
     def uses_selection(self) -> bool:
-        return self.method in ("sel", "sink+sel")
+        return get_method(self.method).uses_selection
 
-    def n_pieces_for(self) -> int:
-        return 1 if self.method == "full" else self.P
+    @property
+    def n_pieces(self) -> int:
+        return self.P if get_method(self.method).parallel else 1
 
     def aggr_for(self, request_type: str) -> str:
         """`auto`: none for loglikelihood, HT for generation (the paper's defaults)."""
@@ -132,5 +210,32 @@ class PCEConfig:
     def as_dict(self) -> dict:
         return asdict(self)
 
+    def fingerprint(self) -> str:
+        """Short hash of every setting that changes the responses (SCORES and REPORTED): names the
+        ``--use_cache`` file, so that two configurations never share cached responses."""
+        kept = {k: v for k, v in self.as_dict().items() if SETTINGS[k].effect != RUNTIME}
+        return hashlib.sha256(json.dumps(kept, sort_keys=True).encode()).hexdigest()[:12]
 
-OWN_ARGS = tuple(f.name for f in fields(PCEConfig))
+
+SETTINGS = {f.name: Setting(f.name, f.default, **f.metadata) for f in fields(PCEConfig)}
+
+# lm-eval `hf` model_args that do not change scores (hardware, batching, loading).
+HF_RUNTIME_ARGS = frozenset({
+    "device", "device_map", "batch_size", "max_batch_size", "parallelize", "trust_remote_code",
+    "use_fast_tokenizer", "cache_dir", "max_memory_per_gpu", "max_cpu_memory", "offload_folder", "autogptq",
+    "gptqmodel",
+})
+# Every model_arg that does not change scores: left out of a run's identity on the board.
+NON_SCORE_ARGS = HF_RUNTIME_ARGS | {name for name, s in SETTINGS.items() if s.effect != SCORES}
+
+
+def take_own_args(kwargs: dict, other_args: set[str]) -> dict:
+    """Pop our settings out of ``kwargs``; a misspelt one (close to ours, unknown to ``other_args``, the
+    model's own arguments) is refused instead of reaching ``from_pretrained``."""
+    own = {k: kwargs.pop(k) for k in list(kwargs) if k in SETTINGS}
+    for key in kwargs:
+        close = difflib.get_close_matches(key, SETTINGS, n=1, cutoff=0.75)
+        if close and key not in other_args:
+            raise ValueError(f"unknown model_arg {key!r}; did you mean {close[0]!r}? "
+                             f"(parallel options: {', '.join(SETTINGS)})")
+    return own

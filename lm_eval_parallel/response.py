@@ -47,8 +47,10 @@ class RollingResult(float):
 
 def attn_entropy_of(response) -> float:
     """Entropy carried by one response (or the mean over a list of responses); NaN if none."""
-    if isinstance(response, (list,)) or (isinstance(response, tuple) and not isinstance(response, LoglikelihoodResult)
-                                          and response and isinstance(response[0], (GenerationResult, LoglikelihoodResult))):
+    carried = (GenerationResult, LoglikelihoodResult)
+    is_tuple_of_results = (isinstance(response, tuple) and not isinstance(response, LoglikelihoodResult)
+                           and response and isinstance(response[0], carried))
+    if isinstance(response, list) or is_tuple_of_results:
         values = [attn_entropy_of(r) for r in response]
         values = [v for v in values if not math.isnan(v)]
         return sum(values) / len(values) if values else math.nan

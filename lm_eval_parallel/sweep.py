@@ -9,26 +9,33 @@ from __future__ import annotations
 import argparse
 import glob
 import json
-import logging
 import os
 import time
 
-log = logging.getLogger("lm_eval_parallel")
+from . import config
+from .config import SETTINGS, PCEConfig, get_method
 
 
 def _csv(text: str) -> list[str]:
     return [t.strip() for t in text.split(",") if t.strip()]
 
 
-# Methods that encode identical contexts run back to back, so the second one finds them in the cache.
-_SHARING_ORDER = {"naive": 0, "parallel": 0, "sel": 1, "sink": 2, "sink+sel": 3}
+def _run_rank(name: str) -> tuple[int, int]:
+    """Methods of one `contexts` family (METHODS) run back to back, so the second finds the first one's
+    encoded contexts in the cache; families and methods in METHODS order, unknown names last."""
+    method = get_method(name)
+    if method is None:
+        return (len(config.METHODS), 0)
+    families = list(dict.fromkeys(m.contexts for m in config.METHODS))
+    return (families.index(method.contexts), config.METHODS.index(method))
 
 
 def grid(p_values: list[int], methods: list[str]) -> list[tuple[int, str]]:
-    """Configurations in run order: P by P, naive then sel, sink then sink+sel (they share encoded
-    contexts); `full` runs once (P=1) whatever P values are given."""
-    out = [(1, "full")] if "full" in methods else []
-    ordered = sorted((m for m in methods if m != "full"), key=lambda m: _SHARING_ORDER.get(m, len(_SHARING_ORDER)))
+    """Configurations in run order: a one-piece method (`full`) once at P=1 whatever P values are given,
+    then P by P the other methods, those sharing encoded contexts back to back (naive, sel, sink, sink+sel)."""
+    one_piece = [m for m in methods if getattr(get_method(m), "parallel", True) is False]
+    out = [(1, m) for m in one_piece]
+    ordered = sorted((m for m in methods if m not in one_piece), key=_run_rank)
     for p in p_values:
         out.extend((p, m) for m in ordered)
     return list(dict.fromkeys(out))
@@ -60,7 +67,8 @@ def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="lm-eval-parallel sweep", description=__doc__.split("\n\n")[0])
     ap.add_argument("--model_args", required=True, help="pretrained=M[,dtype=...]; P/method come from the grid")
     ap.add_argument("--P", default="1,2,4,8,16,32,64", help="comma-separated P values")
-    ap.add_argument("--methods", default="naive,sink,sel,sink+sel", help="comma-separated methods (full adds one P=1 run)")
+    ap.add_argument("--methods", default="naive,sink,sel,sink+sel",
+                    help="comma-separated methods (full adds one P=1 run)")
     ap.add_argument("--tasks", required=True)
     ap.add_argument("--output_path", required=True)
     ap.add_argument("--limit", type=float, default=None)
@@ -80,8 +88,6 @@ def main_sweep(argv: list[str]) -> int:
     args = build_parser().parse_args(argv)
     from lm_eval.utils import simple_parse_args_string
 
-    from .config import OWN_ARGS, PCEConfig
-
     base_args = simple_parse_args_string(args.model_args)
     clash = [k for k in ("P", "method") if k in base_args]
     if clash:
@@ -89,7 +95,7 @@ def main_sweep(argv: list[str]) -> int:
     p_values = [int(p) for p in _csv(args.P)]
     methods = _csv(args.methods)
     configs = grid(p_values, methods)
-    own = {k: v for k, v in base_args.items() if k in OWN_ARGS}
+    own = {k: v for k, v in base_args.items() if k in SETTINGS}
     own.setdefault("context_cache_mb", args.context_cache_mb)
     for P, method in configs:  # validate the whole grid before loading anything
         PCEConfig.from_args(**own, P=P, method=method)
@@ -105,19 +111,19 @@ def main_sweep(argv: list[str]) -> int:
     from lm_eval.loggers import EvaluationTracker
     from lm_eval.tasks import TaskManager
 
-    from .cli import _register
+    from ._autoload import register
     from .model import ParallelHFLM
 
-    _register()
+    register()
     first_P, first_method = todo[0]
-    hf_args = {k: v for k, v in base_args.items() if k not in OWN_ARGS}
+    hf_args = {k: v for k, v in base_args.items() if k not in SETTINGS}
     device_kw = {"device": args.device} if args.device else {}
     lm = ParallelHFLM(**hf_args, **own, P=first_P, method=first_method, batch_size=args.batch_size, **device_kw)
     task_manager = TaskManager(include_path=args.include_path, metadata=dict(base_args))
     tasks = build_tasks(task_manager, _csv(args.tasks))
     previous_contexts = None
     for P, method in todo:
-        contexts = (P, _SHARING_ORDER.get(method, -1) // 2)  # naive/sel -> 0, sink/sink+sel -> 1: same contexts
+        contexts = (P, get_method(method).contexts)  # the grid runs each (P, family) back to back
         if lm.engine.context_cache is not None and contexts != previous_contexts:
             lm.engine.context_cache.clear()  # no later configuration reads the contexts kept so far
         previous_contexts = contexts
@@ -127,7 +133,8 @@ def main_sweep(argv: list[str]) -> int:
         results = simple_evaluate(
             model=lm, model_args=model_args, tasks=tasks, limit=args.limit, num_fewshot=args.num_fewshot,
             gen_kwargs=args.gen_kwargs, log_samples=args.log_samples, task_manager=task_manager,
-            random_seed=args.seed, numpy_random_seed=args.seed, torch_random_seed=args.seed, fewshot_random_seed=args.seed,
+            random_seed=args.seed, numpy_random_seed=args.seed, torch_random_seed=args.seed,
+            fewshot_random_seed=args.seed,
             metadata=dict(model_args), batch_size=args.batch_size,
         )
         if results is None:  # non-zero rank under data parallel
@@ -141,8 +148,10 @@ def main_sweep(argv: list[str]) -> int:
             for task_name in results.get("configs", {}):
                 if task_name in samples:
                     tracker.save_results_samples(task_name=task_name, samples=samples[task_name])
-        scores = {t: {k: v for k, v in r.items() if "," in k and "stderr" not in k} for t, r in results["results"].items()}
-        print(f"sweep: P={P} method={method} done in {time.time() - start:.1f}s -> {folder}\n{json.dumps(scores, indent=1)}")
+        scores = {t: {k: v for k, v in r.items() if "," in k and "stderr" not in k}
+                  for t, r in results["results"].items()}
+        print(f"sweep: P={P} method={method} done in {time.time() - start:.1f}s -> {folder}\n"
+              f"{json.dumps(scores, indent=1)}")
     cache = lm.engine.context_cache
     if cache is not None:
         print(f"sweep: {cache.hits} encoded contexts reused across methods")

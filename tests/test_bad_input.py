@@ -6,9 +6,9 @@ import pytest
 from lm_eval.api.instance import Instance
 
 from lm_eval_parallel import parallel_prompt, split_prompt
-from lm_eval_parallel.model import _WARNED
+from lm_eval_parallel.log import _WARNED
 
-KW = dict(dtype="float32", device="cpu")
+KW = {"dtype": "float32", "device": "cpu"}
 
 
 @pytest.fixture(autouse=True)

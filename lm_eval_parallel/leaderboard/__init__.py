@@ -88,10 +88,12 @@ def load_rows(path: str) -> list[BoardRow]:
 def main_check(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(
         prog="lm-eval-parallel check",
-        description="Regression gate: exit 1 when a score of the new run fell below the baseline by more than the "
-                    "tolerance (absolute on the 0-1 scale; relative for perplexities), 2 on usage errors or no overlap.",
+        description="Regression gate: exit 1 when a score of the new run fell below the baseline by more than "
+                    "the tolerance (absolute on the 0-1 scale; relative for perplexities), 2 on usage errors or "
+                    "no overlap.",
     )
-    parser.add_argument("paths", nargs="+", metavar="DIR", help="new results (directories, results files or a board.json)")
+    parser.add_argument("paths", nargs="+", metavar="DIR",
+                        help="new results (directories, results files or a board.json)")
     parser.add_argument("--baseline", required=True, help="baseline board.json, e.g. leaderboards/NAME/board.json")
     parser.add_argument("--tolerance", type=float, default=0.02,
                         help="allowed drop: absolute for 0-1 scores, relative for perplexity (default 0.02)")

@@ -128,7 +128,8 @@ def pearson(xs: list[float], ys: list[float]) -> float | None:
     return sxy / math.sqrt(sxx * syy)
 
 
-def entropy_score_points(cells: dict[tuple, CategoryCell], model: str, category: str) -> list[tuple[float, float, tuple]]:
+def entropy_score_points(cells: dict[tuple, CategoryCell], model: str,
+                         category: str) -> list[tuple[float, float, tuple]]:
     """(attn_entropy, score, key) of every setting of one model in one category (Fig. 3 / 7 points)."""
     return [
         (cell.attn_entropy, cell.score, key)

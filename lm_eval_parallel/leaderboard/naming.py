@@ -48,7 +48,7 @@ def parse_task_name(task: str) -> TaskName:
         variant = (stem + "_")[len(prefix):].strip("_")
         return TaskName(task, family, variant, length, category)
 
-    rest = stem[len("pce_"):] if stem.startswith("pce_") else stem
+    rest = stem.removeprefix("pce_")
     family, _, variant = rest.partition("_")
     return TaskName(task, family, variant, length, OTHER_CATEGORY)
 

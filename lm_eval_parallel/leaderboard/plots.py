@@ -7,21 +7,22 @@ import re
 import matplotlib
 import matplotlib.ticker
 
+from ..config import get_method
+from .board import CategoryCell, entropy_score_correlation, entropy_score_points, full_attention_cell
+from .metrics import display_scale
+from .naming import CATEGORIES, sort_lengths
+from .report import method_sort_key
+
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-from .board import CategoryCell, entropy_score_correlation, entropy_score_points, full_attention_cell  # noqa: E402
-from .metrics import display_scale  # noqa: E402
-from .naming import CATEGORIES, sort_lengths  # noqa: E402
-from .report import method_sort_key  # noqa: E402
+PLOT_KINDS = ("score_vs_P", "entropy_vs_P", "entropy_vs_score")
 
-METHOD_STYLES = {
-    "naive": dict(color="tab:blue", marker="o"),
-    "sink": dict(color="tab:orange", marker="s"),
-    "sel": dict(color="tab:green", marker="^"),
-    "sink+sel": dict(color="tab:red", marker="D"),
-    "full": dict(color="black", marker="*"),
-}
+
+def method_style(method: str) -> dict:
+    """Colour and marker the method declares in METHODS (matplotlib's defaults for unknown names)."""
+    declared = get_method(method)
+    return {} if declared is None else {"color": declared.color, "marker": declared.marker}
 
 
 def safe_name(text: str) -> str:
@@ -64,7 +65,7 @@ def plot_against_P(cells: dict[tuple, CategoryCell], model: str, config: str, pa
                 points = [(P, y) for P, y in points if y is not None]
                 if points:
                     ax.plot([p[0] for p in points], [p[1] for p in points], label=method,
-                            **METHOD_STYLES.get(method, {}))
+                            **method_style(method))
             reference = full_attention_cell(cells, model, config, length, category)
             if reference is not None and _shown(reference, entropy) is not None:
                 ax.axhline(_shown(reference, entropy), color="black", linestyle="--", linewidth=1, label="full")
@@ -102,7 +103,7 @@ def plot_entropy_vs_score(cells: dict[tuple, CategoryCell], model: str, config: 
         for method in sorted({key[1] for _, _, key in points}, key=method_sort_key):
             xs = [x for x, _, key in points if key[1] == method]
             ys = [y * display_scale(mine[key].higher_is_better) for _, y, key in points if key[1] == method]
-            style = METHOD_STYLES.get(method, {})
+            style = method_style(method)
             ax.scatter(xs, ys, label=method, color=style.get("color"), marker=style.get("marker", "o"), s=24)
         r, n_points = entropy_score_correlation(mine, model, category)
         ax.set_title(f"{category}: r = {'n/a' if r is None else f'{r:+.2f}'} (n={n_points})", fontsize=10)
@@ -121,12 +122,13 @@ def write_plots(cells: dict[tuple, CategoryCell], out_dir: str) -> dict[tuple, l
     os.makedirs(os.path.join(out_dir, "plots"), exist_ok=True)
     written: dict[tuple, list[str]] = {}
     for model, config in sorted({(k[0], k[3]) for k in cells}):
-        for kind, draw in (
-            ("score_vs_P", lambda p: plot_against_P(cells, model, config, p, entropy=False)),
-            ("entropy_vs_P", lambda p: plot_against_P(cells, model, config, p, entropy=True)),
-            ("entropy_vs_score", lambda p: plot_entropy_vs_score(cells, model, config, p)),
-        ):
+        for kind in PLOT_KINDS:
             relative = os.path.join("plots", plot_name(kind, model, config))
-            if draw(os.path.join(out_dir, relative)):
+            path = os.path.join(out_dir, relative)
+            if kind == "entropy_vs_score":
+                drawn = plot_entropy_vs_score(cells, model, config, path)
+            else:
+                drawn = plot_against_P(cells, model, config, path, entropy=kind == "entropy_vs_P")
+            if drawn:
                 written.setdefault((model, config), []).append(relative)
     return written

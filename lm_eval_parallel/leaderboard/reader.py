@@ -7,24 +7,16 @@ from __future__ import annotations
 import json
 import os
 import re
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 
-from ..config import PCEConfig
+from ..config import METHOD_ALIASES, NON_SCORE_ARGS, SETTINGS
 from .metrics import ENTROPY_METRIC, choose_score_metric, is_higher_better, metric_values
 from .naming import parse_task_name
 
 # model_args that name the run rather than configure it.
 IDENTITY_ARGS = {"pretrained", "model_name", "P", "method"}
-# model_args that do not change scores (hardware, batching, logging).
-RUNTIME_ARGS = {
-    "device", "device_map", "batch_size", "max_batch_size", "parallelize", "trust_remote_code",
-    "analysis_path", "entropy", "use_fast_tokenizer", "cache_dir", "max_memory_per_gpu",
-    "max_cpu_memory", "offload_folder", "autogptq", "gptqmodel", "context_cache_mb", "auto_batch_tokens",
-    "prefill_batch_tokens",
-}
-# Defaults of our own options: a value equal to its default is left out of the config key.
-DEFAULT_ARGS = {f.name: f.default for f in fields(PCEConfig) if f.name not in IDENTITY_ARGS}
-METHOD_ALIASES = {"parallel": "naive"}
+# Defaults of our own settings: a value equal to its default is left out of the config key.
+DEFAULT_ARGS = {name: s.default for name, s in SETTINGS.items() if name not in IDENTITY_ARGS}
 
 
 @dataclass
@@ -32,7 +24,7 @@ class BoardRow:
     model: str
     method: str
     P: int
-    config: str           # non-default model_args, "k=v,k2=v2" (sorted); "" when all default
+    config: str           # non-default model_args that change scores, "k=v,k2=v2" (sorted); "" if none
     task: str
     family: str
     variant: str
@@ -99,7 +91,8 @@ def run_settings(results: dict) -> tuple[str, str, int, str]:
         if key.startswith("pce_"):
             args.setdefault(key[len("pce_"):], value)
 
-    model = args.get("pretrained") or args.get("model_name") or results.get("model_name") or run_config.get("model") or "?"
+    model = (args.get("pretrained") or args.get("model_name") or results.get("model_name")
+             or run_config.get("model") or "?")
     model = str(model).rstrip("/")
 
     P = int(float(args.get("P", 1)))
@@ -110,7 +103,7 @@ def run_settings(results: dict) -> tuple[str, str, int, str]:
 
     config_items = []
     for key in sorted(args):
-        if key in IDENTITY_ARGS or key in RUNTIME_ARGS:
+        if key in IDENTITY_ARGS or key in NON_SCORE_ARGS:
             continue
         value = args[key]
         if key in DEFAULT_ARGS and _same_value(value, DEFAULT_ARGS[key]):

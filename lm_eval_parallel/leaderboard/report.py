@@ -4,13 +4,13 @@ from __future__ import annotations
 import datetime
 import os
 
+from ..config import method_names
 from .board import Board, CategoryCell, category_cells, entropy_score_correlation, full_attention_cell
 from .metrics import display_scale
 from .naming import CATEGORIES, category_order, length_in_tokens
 from .reader import BoardRow
 
 FULL = "Full"
-METHOD_ORDER = ["full", "naive", "sink", "sel", "sink+sel"]
 
 
 # ---------------------------------------------------------------------------------------------- formatting
@@ -36,7 +36,9 @@ def markdown_table(header: list[str], body: list[list[str]]) -> list[str]:
 
 
 def method_sort_key(method: str) -> tuple:
-    return (METHOD_ORDER.index(method) if method in METHOD_ORDER else len(METHOD_ORDER), method)
+    """Methods in the order of METHODS; unknown names after them, by name."""
+    order = method_names()
+    return (order.index(method) if method in order else len(order), method)
 
 
 def setting_label(P: int, method: str) -> str:
@@ -122,8 +124,12 @@ def per_task_table(view: ModelView, method: str) -> list[str]:
     settings = [("full", 1)] + [(method, P) for P in view.parallel_Ps]
     by_key = {(r.task, r.method, r.P): r for r in view.rows}
     one_row_per_task = {r.task: r for r in view.rows}
-    tasks = sorted(one_row_per_task, key=lambda t: (category_order(one_row_per_task[t].category), one_row_per_task[t].family,
-                                                     one_row_per_task[t].variant, length_in_tokens(one_row_per_task[t].length)))
+
+    def task_order(task: str) -> tuple:
+        row = one_row_per_task[task]
+        return (category_order(row.category), row.family, row.variant, length_in_tokens(row.length))
+
+    tasks = sorted(one_row_per_task, key=task_order)
     header = ["task", "metric"] + [setting_label(P, m) for m, P in settings]
     body = []
     for task in tasks:
@@ -144,14 +150,15 @@ def per_task_table(view: ModelView, method: str) -> list[str]:
 def notes_section(board: Board, weightings: set[str]) -> list[str]:
     lines = ["## Notes", ""]
     lines.append(f"- Built from {len(board.files)} results file(s), {len(board.rows)} task result(s).")
-    lines.append("- Scores of 0–1 metrics (exact match, recall, ...) are shown ×100; LM is perplexity (lower is better).")
-    lines.append("- A category is the macro-average of its tasks at that length; LM pools the perplexities of its tasks: "
-                 "exp(Σ wᵢ·ln pplᵢ / Σ wᵢ).")
+    lines.append("- Scores of 0–1 metrics (exact match, recall, ...) are shown ×100; "
+                 "LM is perplexity (lower is better).")
+    lines.append("- A category is the macro-average of its tasks at that length; "
+                 "LM pools the perplexities of its tasks: exp(Σ wᵢ·ln pplᵢ / Σ wᵢ).")
     if "tokens" in weightings:
         lines.append("- LM weights wᵢ: scored tokens, counted from the samples JSONL (`--log_samples`).")
     if "samples" in weightings:
-        lines.append("- LM weights wᵢ: **number of samples** for some cells, because no samples JSONL with token counts "
-                     "was found next to their results file (run with `--log_samples` to pool by tokens).")
+        lines.append("- LM weights wᵢ: **number of samples** for some cells, because no samples JSONL with token "
+                     "counts was found next to their results file (run with `--log_samples` to pool by tokens).")
     if "macro" in weightings:
         lines.append("- LM weights wᵢ: equal for some cells (neither token nor sample counts available).")
     lines.append("- Attention entropy of a category is the mean of its tasks' `attn_entropy`.")
@@ -169,8 +176,10 @@ def notes_section(board: Board, weightings: set[str]) -> list[str]:
         lines.append(f"- Several results for the same run: the newest by `date` is used "
                      f"({len(board.superseded)} older result(s) dropped):")
         for older, newer in board.superseded:
-            lines.append(f"  - {older.task} ({older.model}, {older.method}, P={older.P}{', ' + older.config if older.config else ''}):"
-                         f" `{older.source}` ({format_date(older.date)}) superseded by `{newer.source}` ({format_date(newer.date)})")
+            config = f", {older.config}" if older.config else ""
+            lines.append(f"  - {older.task} ({older.model}, {older.method}, P={older.P}{config}): "
+                         f"`{older.source}` ({format_date(older.date)}) superseded by "
+                         f"`{newer.source}` ({format_date(newer.date)})")
     return lines + [""]
 
 
@@ -203,9 +212,9 @@ def model_sections(board: Board, cells: dict[tuple, CategoryCell], plots: dict[t
 def render_readme(board: Board, title: str, plots: dict[tuple, list[str]] | None = None) -> str:
     cells = category_cells(board.rows)
     weightings = {cell.weighting for key, cell in cells.items() if not cell.higher_is_better}
-    lines = [f"# Leaderboard: {title}", "",
-             "Parallel context encoding (arXiv 2412.16545) on the pce task suite; "
-             "generated by `lm-eval-parallel leaderboard`. Data: `board.csv`, `board.json`.", ""]
+    intro = ("Parallel context encoding (arXiv 2412.16545) on the pce task suite; "
+             "generated by `lm-eval-parallel leaderboard`. Data: `board.csv`, `board.json`.")
+    lines = [f"# Leaderboard: {title}", "", intro, ""]
     lines += model_sections(board, cells, plots or {})
     lines += notes_section(board, weightings)
     return "\n".join(lines)

@@ -1,0 +1,174 @@
+"""Request builder: lm-eval's request strings -> token ids laid out for parallel encoding (SPEC §1-§3).
+
+A marked prompt (``parallel_prompt``) gives its items, query and sink; any other context is cut by the
+unmarked-context rule. The result, a :class:`Prepared`, holds only token ids: the model turns it into
+scores. No lm-eval import here.
+"""
+from __future__ import annotations
+
+import bisect
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from .config import PCEConfig
+from .layout import Layout, group_items
+from .log import warn_once
+from .structure import PromptParts, split_prompt
+
+
+@dataclass
+class Prepared:
+    """One request after tokenization: its context layout and the query-side token ids."""
+
+    layout: Layout
+    query: list[int]
+    continuation: list[int]  # scored tokens (loglikelihood); empty for generation
+
+
+def token_ids(tokenizer, text: str) -> list[int]:
+    """``text`` without special tokens (SPEC §2); no tokenizer call for the empty string."""
+    return tokenizer.encode(text, add_special_tokens=False) if text else []
+
+
+def move_trailing_spaces(context: str, continuation: str) -> tuple[str, str]:
+    """As HFLM's ``_encode_pair``: trailing spaces of the context belong to the continuation."""
+    n_spaces = len(context) - len(context.rstrip())
+    if n_spaces:
+        return context[:-n_spaces], context[-n_spaces:] + continuation
+    return context, continuation
+
+
+def encode_pair(tokenizer, context: str, continuation: str) -> tuple[list[int], list[int]]:
+    """HFLM's ``_encode_pair`` without special tokens: (context ids, continuation ids), the continuation
+    cut from the encoding of both together, after the context's own ids."""
+    context, continuation = move_trailing_spaces(context, continuation)
+    ctx_ids = token_ids(tokenizer, context)
+    return ctx_ids, token_ids(tokenizer, context + continuation)[len(ctx_ids) :]
+
+
+class RequestBuilder:
+    """Turns request strings into :class:`Prepared` requests under one :class:`PCEConfig`."""
+
+    def __init__(self, tokenizer, pce: PCEConfig, bos_token_id: int | None, prefix_token_id: int):
+        self.tokenizer = tokenizer
+        self.pce = pce
+        self.bos = [] if bos_token_id is None else [bos_token_id]  # SPEC §2: one BOS starts the prefix
+        self.prefix_token_id = prefix_token_id  # the query of an empty context (lm-eval's convention)
+
+    def ids(self, text: str) -> list[int]:
+        return token_ids(self.tokenizer, text)
+
+    # ------------------------------------------------------------------ requests
+    def loglikelihood(self, context: str, continuation: str) -> Prepared:
+        parts = split_prompt(context)
+        if parts is not None:
+            return self._marked(parts, "loglikelihood", continuation)
+        if context == "":
+            c_ids = self.ids(continuation)
+            if c_ids and c_ids[0] == self.prefix_token_id:
+                q_ids, c_ids = c_ids[:1], c_ids[1:]
+            else:
+                q_ids = [self.prefix_token_id]
+            return Prepared(Layout(self._prefix("loglikelihood", None), ()), q_ids, c_ids)
+        return self.loglikelihood_tokens(*encode_pair(self.tokenizer, context, continuation))
+
+    def loglikelihood_tokens(self, context_ids: list[int], continuation_ids: list[int]) -> Prepared:
+        """Unmarked context (SPEC §1): its last token is the query, the tokens before it are the pieces."""
+        rest, q_ids = context_ids[:-1], context_ids[-1:]
+        return Prepared(Layout(self._prefix("loglikelihood", None), self._chunks(rest)), q_ids, continuation_ids)
+
+    def generation(self, context: str) -> Prepared:
+        """Unmarked context (SPEC §1): the query is the text after the last blank line when that is at most a
+        quarter of the context's tokens, else the last token."""
+        parts = split_prompt(context)
+        if parts is not None:
+            return self._marked(parts, "generate_until", None)
+        enc = self.tokenizer(context, add_special_tokens=False, return_offsets_mapping=True)
+        ids = enc["input_ids"]
+        if not ids:
+            return Prepared(Layout(self._prefix("generate_until", None), ()), [self.prefix_token_id], [])
+        n_query = 1
+        blank = context.rfind("\n\n")
+        if blank >= 0 and "offset_mapping" in enc:
+            boundary = blank + 2
+            after = sum(1 for start, _ in enc["offset_mapping"] if start >= boundary)
+            if 0 < after <= len(ids) // 4:
+                n_query = after
+        rest, q_ids = ids[:-n_query], ids[-n_query:]
+        return Prepared(Layout(self._prefix("generate_until", None), self._chunks(rest)), q_ids, [])
+
+    def check_fits(self, prepared: Prepared, extra: int, sliding_window: int | None, max_length: int) -> None:
+        """Sliding windows must cover the whole request (``extra``: tokens to generate); positions beyond
+        the model's window are logged, never truncated."""
+        n_tokens = prepared.layout.n_context + len(prepared.query) + len(prepared.continuation) + extra
+        if sliding_window is not None and n_tokens > sliding_window:
+            raise ValueError(
+                f"request of {n_tokens} tokens is longer than the model's sliding window ({sliding_window}); "
+                "parallel encoding needs every layer to see the whole request (use a shorter task length)"
+            )
+        lengths = [len(p) for p in prepared.layout.pieces]
+        longest = sum(lengths) if self.pce.pos == "serial" else max(lengths, default=0)
+        span = len(prepared.layout.prefix) + longest + len(prepared.query) + len(prepared.continuation) + extra
+        if span > max_length:
+            warn_once("window", f"a request spans {span} positions (prefix + longest piece + query), more than the "
+                                f"model's window max_length={max_length}; nothing is truncated (logged once)")
+
+    # ------------------------------------------------------------------ marked prompts
+    def _marked(self, parts: PromptParts, request_type: str, continuation: str | None) -> Prepared:
+        """Both request types: the same checks, the same tokenization, the same layout."""
+        if not parts.query.strip():
+            raise ValueError(f"empty query after the items ({parts.query!r}): the query marker must be followed "
+                             "by text, not only whitespace")
+        preamble, units, q_ids, c_ids = self._segments(parts, continuation)
+        if not q_ids:
+            raise ValueError("the query has no token of its own (it merged into the last item); "
+                             "tokenize=items avoids this")
+        layout = Layout(self._prefix(request_type, parts.sink, preamble), self._pieces(units))
+        return Prepared(layout, q_ids, c_ids)
+
+    def _segments(self, parts: PromptParts, continuation: str | None):
+        """Token ids of (preamble, each item, query, continuation) of a marked prompt.
+
+        ``tokenize=items`` (SPEC §2): every part on its own. ``tokenize=joint``: the plain prompt tokenized
+        whole, as lm-eval's ``hf`` does, and cut where the items start (a token belongs to the part its first
+        character is in), so ``full`` reads exactly ``hf``'s ids.
+        """
+        if self.pce.tokenize == "items":
+            units = [self.ids(item) for item in parts.items]
+            if continuation is None:
+                return self.ids(parts.preamble), units, self.ids(parts.query), []
+            q_ids, c_ids = encode_pair(self.tokenizer, parts.query, continuation)
+            return self.ids(parts.preamble), units, q_ids, c_ids
+        plain = parts.preamble + "".join(parts.items) + parts.query
+        c_ids: list[int] = []
+        if continuation is not None:
+            plain, continuation = move_trailing_spaces(plain, continuation)
+        enc = self.tokenizer(plain, add_special_tokens=False, return_offsets_mapping=True)
+        ids = enc["input_ids"]
+        if continuation is not None:
+            c_ids = self.ids(plain + continuation)[len(ids) :]
+        starts = [len(parts.preamble)]
+        for item in parts.items:
+            starts.append(starts[-1] + len(item))  # starts[i+1]: where item i ends; the last one: the query
+        segments: list[list[int]] = [[] for _ in range(len(parts.items) + 2)]
+        for token, (first, _) in zip(ids, enc["offset_mapping"]):
+            segments[bisect.bisect_right(starts, first)].append(token)
+        return segments[0], segments[1:-1], segments[-1], c_ids
+
+    # ------------------------------------------------------------------ layout
+    def _prefix(self, request_type: str, task_sink: str | None, preamble: Sequence[int] = ()) -> tuple[int, ...]:
+        """BOS (if any) + sink (sink methods) + preamble: what every piece attends to (SPEC §4)."""
+        sink = self.pce.sink_for(request_type, task_sink)
+        return tuple(self.bos + self.ids(sink or "") + list(preamble))
+
+    def _pieces(self, units: list[list[int]]) -> tuple[tuple[int, ...], ...]:
+        """Items grouped into P contiguous pieces (SPEC §3)."""
+        n_pieces = self.pce.n_pieces
+        if 0 < len(units) < n_pieces:
+            warn_once("peff", f"P={n_pieces} is larger than the {len(units)} items of a request: every item becomes "
+                              f"its own piece (SPEC §3); logged once")
+        return tuple(tuple(t for unit in group for t in unit) for group in group_items(units, n_pieces))
+
+    def _chunks(self, tokens: list[int]) -> tuple[tuple[int, ...], ...]:
+        """Unmarked context: contiguous chunks of near-equal token count (SPEC §1, the rule of §3 on tokens)."""
+        return tuple(tuple(chunk) for chunk in group_items(tokens, self.pce.n_pieces) if chunk)

@@ -1,0 +1,66 @@
+"""The request builder on its own (no model): one validation for both marked-prompt request types, and the
+one ``encode_pair`` that the model and the PPL task share."""
+import importlib.util
+from pathlib import Path
+
+import pytest
+
+from lm_eval_parallel import TASKS_DIR, parallel_prompt
+from lm_eval_parallel.config import PCEConfig
+from lm_eval_parallel.requests import RequestBuilder, encode_pair
+
+
+@pytest.fixture(scope="module")
+def tokenizer():
+    from tiny_models import make_tokenizer
+
+    return make_tokenizer()
+
+
+def _builder(tokenizer, **settings):
+    return RequestBuilder(tokenizer, PCEConfig.from_args(**settings), None, tokenizer.eos_token_id)
+
+
+@pytest.mark.parametrize("tokenize", ["items", "joint"])
+@pytest.mark.parametrize("query", ["", " ", "\n\n", " \t\n"])
+def test_empty_or_whitespace_query_is_refused_by_both_request_types(tokenizer, tokenize, query):
+    builder = _builder(tokenizer, method="naive", P=2, tokenize=tokenize)
+    prompt = parallel_prompt(["The quick brown fox.\n", "The lazy dog.\n"], query)
+    for build in (lambda: builder.loglikelihood(prompt, " Paris"), lambda: builder.generation(prompt)):
+        with pytest.raises(ValueError, match="empty query after the items") as error:
+            build()
+        assert "\n" not in str(error.value) and repr(query) in str(error.value)
+    good = parallel_prompt(["The quick brown fox.\n", "The lazy dog.\n"], "What jumps?")
+    assert builder.generation(good).query and builder.loglikelihood(good, " Paris").continuation
+
+
+PAIRS = [("The capital of France is", " Paris"), ("The capital of France is ", "Paris"),
+         ("label: 0\n\nlabel:  ", " 2"), ("Answer:\n\n", "The quick brown fox."), ("", "Hello")]
+
+
+@pytest.mark.parametrize("context, continuation", PAIRS)
+def test_encode_pair_is_hflm_encode_pair_without_special_tokens(tokenizer, context, continuation):
+    """Trailing spaces of the context move to the continuation; the continuation is cut from the encoding of
+    both together after the context's own ids. The PPL task's copy gives the same ids."""
+    ctx_ids, cont_ids = encode_pair(tokenizer, context, continuation)
+    stripped = context.rstrip()
+    moved = context[len(stripped):] + continuation
+    assert ctx_ids == tokenizer.encode(stripped, add_special_tokens=False)
+    assert ctx_ids + cont_ids == tokenizer.encode(stripped + moved, add_special_tokens=False)
+    assert tokenizer.bos_token_id not in ctx_ids + cont_ids
+    spec = importlib.util.spec_from_file_location("pce_test_requests_ppl", Path(TASKS_DIR) / "ppl" / "utils.py")
+    ppl = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(ppl)
+    assert ppl.encode_pair(tokenizer, context, continuation) == (ctx_ids, cont_ids)
+
+
+def test_marked_layout_of_both_request_types_is_the_same(tokenizer):
+    """Loglikelihood and generation share the prefix and pieces of one marked prompt (the sink of a sink
+    method differs by request type, SPEC §4)."""
+    prompt = parallel_prompt([f"Document {i} is here.\n" for i in range(5)], "Which document?")
+    builder = _builder(tokenizer, method="naive", P=2)
+    ll, gen = builder.loglikelihood(prompt, " 3"), builder.generation(prompt)
+    item_lengths = [len(tokenizer.encode(f"Document {i} is here.\n", add_special_tokens=False)) for i in range(5)]
+    assert ll.layout == gen.layout
+    assert [len(p) for p in ll.layout.pieces] == [sum(item_lengths[:3]), sum(item_lengths[3:])]
+    assert ll.query == gen.query == tokenizer.encode("Which document?", add_special_tokens=False)
