@@ -14,7 +14,8 @@ import torch
 
 
 def split_evenly(n: int, parts: int) -> list[int]:
-    """Sizes of ``parts`` contiguous groups of ``n`` units: ``n // parts`` each, the first ``n % parts`` get one more."""
+    """Sizes of ``parts`` contiguous groups of ``n`` units: ``n // parts`` each, the first ``n % parts`` one
+    more."""
     parts = max(1, min(parts, n)) if n > 0 else 1
     base, extra = divmod(n, parts)
     return [base + (1 if i < extra else 0) for i in range(parts)]
