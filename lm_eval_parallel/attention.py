@@ -1,48 +1,125 @@
 """The one attention function every supported model family calls (SPEC §5, §7, §8).
 
-Registered in transformers' ``AttentionInterface`` as ``"pce"`` with *no* mask function, so the
-model never builds a mask: each forward runs inside one of two call states that say what to attend
-to, set by the engine through a context variable.
+Registered in transformers' ``AttentionInterface`` as ``"pce"`` with *no* mask function, so the model never
+builds a mask: the engine runs each forward inside ``encoding(plan)`` or ``querying(plan)``, and every attention
+layer of that forward reads the plan through a context variable.
 
-* ``EncodeCall``: prefix or piece rows. Every row attends causally to itself (the shared prefix at
-  its head) or also to cached prefix keys (zero query rows stand in for them, so it is still one
-  square causal SDPA call: no L x L tensor, GQA without copies). New keys/values go to the store.
-* ``QueryCall``: query rows over the flat KV store (prefix + every piece + earlier query tokens).
-  Rows that need probabilities (selection, entropy) are computed eagerly in chunks of rows;
-  otherwise SDPA with a padding/causal mask of size query x keys.
+* :class:`EncodePlan`: prefix or piece rows. Every row attends causally to itself (the shared prefix at its head)
+  or also to cached prefix keys (zero query rows stand in for them, so it is still one square causal SDPA call:
+  no L x L tensor, GQA without copies). New keys/values go to the store as :class:`~.kvstore.RowRun` copies.
+* :class:`QueryPlan`: query rows over the flat KV store (prefix + every piece + earlier query tokens). Rows that
+  need probabilities (selection, entropy) go through :func:`eager_query_attention`, in chunks of rows; otherwise
+  SDPA with a padding/causal mask of size query x keys. Each layer returns a :class:`LayerResult`, and
+  ``querying`` collects them into the :class:`QueryOutputs` it yields.
 
-Outside the engine (no call state) it is plain causal attention, so lm-eval's own helpers work.
+A second implementation of the query stage takes the same arguments as :func:`eager_query_attention`
+(q, k, v, plan, masks, scaling, softcap) and returns the same :class:`LayerResult`.
+
+Outside the engine (no plan) it is plain causal attention, so lm-eval's own helpers work.
 """
 from __future__ import annotations
 
+import contextlib
 import contextvars
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
 
+from .kvstore import KVStore, RowRun
+from .layout import causal
 from .selection import Selection, apply_keep, piece_scores, select_pieces, topn_sum
 
 ATTN_NAME = "pce"
 CHUNK_BYTES = 256 * 2**20  # memory budget of one chunk of eager attention rows
 
-_CALL: contextvars.ContextVar = contextvars.ContextVar("lm_eval_parallel_call", default=None)
+
+# ---------------------------------------------------------------------------------------------- encode stage
+@dataclass(frozen=True)
+class EncodePlan:
+    """One prefix or piece forward.
+
+    Every row attends causally to itself, after ``prefix_kv`` when given. With a ``store``, each layer copies
+    its new keys/values there by ``runs`` as it runs; without one, ``encoding`` captures them.
+    """
+
+    prefix_kv: Sequence[tuple[torch.Tensor, torch.Tensor]] | None = None  # per layer (k, v) [1, Hkv, s, D]
+    store: KVStore | None = None
+    runs: tuple[RowRun, ...] = ()
 
 
 @dataclass
-class EncodeCall:
-    """Prefix or piece encoding.
+class _EncodeForward:
+    plan: EncodePlan
+    captured: dict[int, tuple[torch.Tensor, torch.Tensor]]  # layer -> (k, v) [N, Hkv, T, D], without a store
 
-    ``prefix_kv[layer] = (k, v)`` [1, Hkv, s, D]: keys prepended to every row (None: rows attend to
-    themselves only). With a ``store``, each layer writes its new keys/values there as it runs, by
-    ``writes`` = (first row, n rows, source start, length, store position) runs; without one they are
-    kept in ``captured``.
+
+# ---------------------------------------------------------------------------------------------- query stage
+@dataclass(frozen=True)
+class QueryPlan:
+    """One query forward: the query rows of B requests over ``store``, the same for every layer.
+
+    Pieces (SPEC §7) are either all kept, or chosen in every layer by ``selection``, or the ``forced_keep``
+    chosen before the forward (LHT's second pass). With ``scores_only`` the layers report their piece scores
+    under ``selection`` and keep every piece (LHT's first pass).
     """
 
-    prefix_kv: list | None = None
-    store: object = None
-    writes: list = field(default_factory=list)
-    captured: dict = field(default_factory=dict)  # layer -> (k, v) [N, Hkv, M, D]
+    store: KVStore
+    q_valid: torch.Tensor  # [B, Q] bool: real query rows (False: right padding, finished rows)
+    selection: Selection | None = None
+    forced_keep: torch.Tensor | None = None  # [B, 1, 1, P] bool: kept pieces, the same in every layer
+    scores_only: bool = False
+    want_stats: bool = False  # per-layer entropy sums (SPEC §8)
+    analysis: bool = False  # also per-head sums and key norms
+
+    def __post_init__(self):
+        if self.forced_keep is not None and self.selection is not None:
+            raise ValueError("QueryPlan: give selection or forced_keep, not both")
+        if self.scores_only and self.selection is None:
+            raise ValueError("QueryPlan: scores_only needs the selection that scores the pieces")
+        if self.analysis and not self.want_stats:
+            raise ValueError("QueryPlan: analysis needs want_stats")
+
+    @property
+    def selects(self) -> bool:
+        """Pieces are chosen in every layer, from that layer's piece scores."""
+        return self.selection is not None and not self.scores_only
+
+    @property
+    def needs_probs(self) -> bool:
+        """Some layer output needs the attention probabilities themselves, not only their product with V."""
+        return self.selection is not None or self.forced_keep is not None or self.want_stats
+
+
+@dataclass(frozen=True)
+class QueryMasks:
+    """What every layer of one query forward on one device reads about rows and keys; built once per forward.
+
+    B requests, Q query rows, K keys so far (context + this forward's), P piece slots, Lmax longest piece.
+    """
+
+    key_valid: torch.Tensor  # [B, K] bool
+    group_index: torch.Tensor  # [B, K] long: piece id of each key, P for always-kept keys
+    piece_index: torch.Tensor  # [B, P, Lmax] long: cache index of every piece token (-1 = none)
+    n_pieces: torch.Tensor  # [B] long
+    visible: torch.Tensor  # [B, Q, K] bool: the key is valid and not after the row (SPEC §5, query rows)
+    q_valid: torch.Tensor  # [B, Q] bool
+    n_valid_rows: torch.Tensor  # [B] float: real query rows of each request
+
+
+def build_query_masks(plan: QueryPlan, device, n_k: int) -> QueryMasks:
+    """The :class:`QueryMasks` of ``plan`` on ``device`` when the store holds ``n_k`` keys."""
+    keys = plan.store.layout_on(device)
+    key_valid, group_index = keys.key_valid[:, :n_k], keys.group_index[:, :n_k]  # [B, K]
+    n_q = plan.q_valid.shape[1]
+    q_idx = torch.arange(n_q, device=device)[:, None] + n_k - n_q  # [Q, 1] cache index of each query row
+    kv_idx = torch.arange(n_k, device=device)[None, :]  # [1, K]
+    visible = key_valid[:, None, :] & causal(None, None, q_idx, kv_idx)[None]  # [B, Q, K]
+    q_valid = plan.q_valid.to(device)
+    return QueryMasks(key_valid, group_index, keys.piece_index, keys.n_pieces, visible, q_valid,
+                      q_valid.float().sum(-1))
 
 
 @dataclass
@@ -57,52 +134,67 @@ class LayerStats:
     key_norm: torch.Tensor | None = None  # [B, Hkv] mean L2 norm of the context keys
 
 
+class LayerResult(NamedTuple):
+    """What one attention layer of a query forward computes."""
+
+    out: torch.Tensor  # [B, Q, H, D] in the query's dtype
+    stats: LayerStats | None = None  # when plan.want_stats
+    piece_scores: torch.Tensor | None = None  # [B, H, Q, P] fp32, when plan.scores_only
+
+
 @dataclass
-class QueryCall:
-    """Query rows of B requests over a :class:`~lm_eval_parallel.kvstore.KVStore`."""
+class QueryOutputs:
+    """What the layers of one query forward reported, by layer index (filled while the forward runs)."""
 
-    store: object
-    q_valid: torch.Tensor  # [B, Q] bool: real query rows (False for right padding / finished rows)
-    selection: Selection | None = None  # None: no selection in this call
-    want_stats: bool = False
-    analysis: bool = False
-    collect_scores: bool = False  # LHT pass 1: store per-layer piece scores, select nothing
-    forced_keep: torch.Tensor | None = None  # LHT pass 2: [B, 1, 1, P] kept pieces, same in every layer
-    scores: dict = field(default_factory=dict)  # layer -> [B, H, Q, P]
-    stats: dict = field(default_factory=dict)  # layer -> LayerStats
-    _per_device: dict = field(default_factory=dict)  # what every layer of this forward shares, per device
+    stats: dict[int, LayerStats] = field(default_factory=dict)
+    piece_scores: dict[int, torch.Tensor] = field(default_factory=dict)
 
-    def masks_on(self, device, n_k: int):
-        """(key_valid [B, K], group_index [B, K], visible [B, Q, K], q_valid [B, Q], valid rows [B]) on
-        ``device``, built once per forward: the same for every layer placed there."""
+    def record(self, layer: int, result: LayerResult) -> None:
+        if result.stats is not None:
+            self.stats[layer] = result.stats
+        if result.piece_scores is not None:
+            self.piece_scores[layer] = result.piece_scores
+
+
+@dataclass
+class _QueryForward:
+    plan: QueryPlan
+    outputs: QueryOutputs
+    masks: dict[tuple[str, int], QueryMasks] = field(default_factory=dict)  # (device, K) -> shared by layers
+
+    def masks_on(self, device, n_k: int) -> QueryMasks:
         key = (str(device), n_k)
-        if key not in self._per_device:
-            key_valid, group_index, _, _ = self.store.layout_on(device)
-            key_valid, group_index = key_valid[:, :n_k], group_index[:, :n_k]
-            n_q = self.q_valid.shape[1]
-            causal = torch.arange(n_k, device=device)[None, :] <= (torch.arange(n_q, device=device)[:, None] + n_k - n_q)
-            q_valid = self.q_valid.to(device)
-            self._per_device[key] = (key_valid, group_index, key_valid[:, None, :] & causal[None], q_valid,
-                                     q_valid.float().sum(-1))
-        return self._per_device[key]
-
-    @property
-    def needs_probs(self) -> bool:
-        return self.selection is not None or self.want_stats or self.collect_scores or self.forced_keep is not None
+        if key not in self.masks:
+            self.masks[key] = build_query_masks(self.plan, device, n_k)
+        return self.masks[key]
 
 
-class use_call:
-    """``with use_call(state): model(...)`` — the state every attention layer of that forward reads."""
+# ---------------------------------------------------------------------------------------------- the forward
+_FORWARD: contextvars.ContextVar = contextvars.ContextVar("lm_eval_parallel_forward", default=None)
 
-    def __init__(self, call):
-        self.call = call
 
-    def __enter__(self):
-        self.token = _CALL.set(self.call)
-        return self.call
+@contextlib.contextmanager
+def encoding(plan: EncodePlan) -> Iterator[dict[int, tuple[torch.Tensor, torch.Tensor]]]:
+    """``with encoding(plan) as captured: model(...)``: every attention layer of that forward encodes by
+    ``plan``; without a store, ``captured[layer]`` is its (k, v) [N, Hkv, T, D]."""
+    forward = _EncodeForward(plan, {})
+    token = _FORWARD.set(forward)
+    try:
+        yield forward.captured
+    finally:
+        _FORWARD.reset(token)
 
-    def __exit__(self, *exc):
-        _CALL.reset(self.token)
+
+@contextlib.contextmanager
+def querying(plan: QueryPlan) -> Iterator[QueryOutputs]:
+    """``with querying(plan) as outputs: model(...)``: every attention layer of that forward runs ``plan`` and
+    records its statistics / piece scores in ``outputs``."""
+    forward = _QueryForward(plan, QueryOutputs())
+    token = _FORWARD.set(forward)
+    try:
+        yield forward.outputs
+    finally:
+        _FORWARD.reset(token)
 
 
 def repeat_kv(x: torch.Tensor, n_rep: int) -> torch.Tensor:
@@ -175,77 +267,102 @@ def _row_chunks(bytes_per_row_unit: int, n_rows: int):
         yield r0, min(n_rows, r0 + step)
 
 
-def _query_attention(module, q, k, v, call: QueryCall, scaling: float, softcap: float | None) -> torch.Tensor:
-    """Query rows over the whole store (k, v already include this call's keys)."""
-    store = call.store
+class _StatsSums:
+    """The :class:`LayerStats` of one layer, summed over its chunks of rows."""
+
+    def __init__(self, masks: QueryMasks, k: torch.Tensor, n_heads: int, analysis: bool):
+        b, device = masks.q_valid.shape[0], k.device
+        self.masks = masks
+        self.rows = masks.n_valid_rows * n_heads  # [B]
+        self.entropy_sum: torch.Tensor | None = None  # [B], from the first chunk on
+        self.head_entropy_sum = self.head_abs_logit_sum = self.head_logit_count = self.key_norm = None
+        if analysis:
+            self.head_entropy_sum = torch.zeros(b, n_heads, device=device)  # [B, H]
+            self.head_abs_logit_sum = torch.zeros(b, n_heads, device=device)  # [B, H]
+            self.head_logit_count = torch.zeros(b, n_heads, device=device)  # [B, H]
+            n_context = k.shape[2] - masks.q_valid.shape[1]
+            context = masks.key_valid[:, :n_context].float()  # [B, C]
+            norms = torch.linalg.vector_norm(k[:, :, :n_context], dim=-1, dtype=torch.float32)  # [B, Hkv, C]
+            self.key_norm = (norms * context[:, None]).sum(-1) / context.sum(-1).clamp_min(1)[:, None]  # [B, Hkv]
+
+    def add(self, r0: int, r1: int, logits: torch.Tensor, p: torch.Tensor) -> None:
+        """Rows r0:r1: masked logits and final probabilities p, both [B, H, r, K]."""
+        row_valid = self.masks.q_valid[:, r0:r1].float()  # [B, r]
+        entropy = -torch.xlogy(p, p).sum(-1)  # [B, H, r]
+        entropy = entropy * row_valid[:, None]  # padded rows add nothing
+        chunk_sum = entropy.sum((1, 2))  # [B]
+        self.entropy_sum = chunk_sum if self.entropy_sum is None else self.entropy_sum + chunk_sum
+        if self.head_entropy_sum is not None:
+            seen = self.masks.visible[:, None, r0:r1] & (row_valid[:, None, :, None] > 0)  # [B, 1, r, K]
+            self.head_entropy_sum += entropy.sum(-1)
+            self.head_abs_logit_sum += (logits.abs() * seen).sum((-1, -2))
+            self.head_logit_count += seen.sum((-1, -2)).float()
+
+    def result(self) -> LayerStats:
+        return LayerStats(self.entropy_sum, self.rows, self.head_entropy_sum, self.head_abs_logit_sum,
+                          self.head_logit_count, self.key_norm)
+
+
+def eager_query_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, plan: QueryPlan, masks: QueryMasks,
+                          scaling: float, softcap: float | None) -> LayerResult:
+    """Query rows with their probabilities: probabilities -> piece selection -> statistics -> weighted values.
+
+    q [B, H, Q, D]; k, v [B, Hkv, K, D] (every key so far, this forward's included). Rows go in chunks so that
+    no fp32 [B, H, r, K] tensor exceeds CHUNK_BYTES; a single chunk's probabilities are computed once.
+    """
     b, h, n_q, _ = q.shape
-    n_k = k.shape[2]
-    offset = n_k - n_q  # cache index of the first query row
-    device = q.device
-    if not call.needs_probs and softcap is None and n_q == 1 and store.dense:
-        # one new token per row and no padding anywhere: it sees every key, no mask needed
-        return _sdpa(q, k, v, scaling).transpose(1, 2)
-    # key_valid / group_index [B, K] (group: piece id, or P for always-kept keys), visible [B, Q, K]
-    key_valid, group_index, visible, q_valid, valid_rows = call.masks_on(device, n_k)
-    if not call.needs_probs and softcap is None:
-        return _sdpa(q, k, v, scaling, attn_mask=visible[:, None]).transpose(1, 2)
+    n_slots, l_max = masks.piece_index.shape[1:]
+    chunks = list(_row_chunks(b * h * (k.shape[2] + n_slots * l_max), n_q))
 
-    layer = module.layer_idx
-    _, _, piece_index, n_pieces = store.layout_on(device)  # piece_index [B, P, Lmax] (-1 = none)
-    chunks = list(_row_chunks(b * h * (n_k + piece_index.shape[1] * piece_index.shape[2]), n_q))
+    def probabilities(r0: int, r1: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Masked logits and probabilities of rows r0:r1, both fp32 [B, H, r, K]."""
+        logits = _softcapped(_grouped_scores(q[:, :, r0:r1], k, scaling), softcap)
+        logits = logits.masked_fill(~masks.visible[:, None, r0:r1], torch.finfo(logits.dtype).min)
+        return logits, logits.softmax(-1)
 
-    def probabilities(r0, r1):
-        scores = _softcapped(_grouped_scores(q[:, :, r0:r1], k, scaling), softcap)
-        scores = scores.masked_fill(~visible[:, None, r0:r1], torch.finfo(scores.dtype).min)
-        return scores, scores.softmax(-1)
-
-    keep = call.forced_keep
-    selection = call.selection
-    cached = None
-    if call.collect_scores or (selection is not None and keep is None):
+    # 1. Piece scores of every row (SPEC §7.1). The choice may aggregate over rows, so all rows are scored
+    #    before any is renormalised.
+    scores, single_chunk = None, None
+    if plan.selection is not None:
         per_chunk = []
         for r0, r1 in chunks:
-            scores, p = probabilities(r0, r1)
-            per_chunk.append(piece_scores(p, piece_index, selection.score_topn if selection else 5))
+            logits, p = probabilities(r0, r1)
+            per_chunk.append(piece_scores(p, masks.piece_index, plan.selection.score_topn))  # [B, H, r, P]
             if len(chunks) == 1:
-                cached = (scores, p)
-        g = torch.cat(per_chunk, dim=2) * q_valid[:, None, :, None]  # [B, H, Q, P]
-        if call.collect_scores:
-            call.scores[layer] = g
-        else:
-            keep = select_pieces(topn_sum(g, selection.aggr, selection.aggr_topn), n_pieces, selection.top_k)
+                single_chunk = (logits, p)
+        scores = torch.cat(per_chunk, dim=2) * masks.q_valid[:, None, :, None]  # [B, H, Q, P]
 
+    # 2. The pieces each row keeps (SPEC §7.2-3): [B, h, r', P], h in {1, H}, r' in {1, Q}; None keeps all.
+    keep = plan.forced_keep
+    if plan.selects:
+        sel = plan.selection
+        keep = select_pieces(topn_sum(scores, sel.aggr, sel.aggr_topn), masks.n_pieces, sel.top_k)
+
+    # 3. Per chunk: probabilities -> dropped pieces zeroed, rows renormalised -> statistics (SPEC §8) -> x V.
+    sums = _StatsSums(masks, k, h, plan.analysis) if plan.want_stats else None
     outs = []
-    stats = None
-    if call.want_stats:
-        stats = LayerStats(None, valid_rows * h)  # entropy_sum: summed over the chunks below
-        if call.analysis:
-            stats.head_entropy_sum = torch.zeros(b, h, device=device)
-            stats.head_abs_logit_sum = torch.zeros(b, h, device=device)
-            stats.head_logit_count = torch.zeros(b, h, device=device)
-            context = key_valid[:, :offset].float()  # [B, C]
-            norms = torch.linalg.vector_norm(k[:, :, :offset], dim=-1, dtype=torch.float32)  # [B, Hkv, C]
-            stats.key_norm = (norms * context[:, None]).sum(-1) / context.sum(-1).clamp_min(1)[:, None]
     for r0, r1 in chunks:
-        scores, p = cached if cached is not None else probabilities(r0, r1)
+        logits, p = single_chunk if single_chunk is not None else probabilities(r0, r1)  # [B, H, r, K]
         if keep is not None:
-            k_rows = keep if keep.shape[2] == 1 else keep[:, :, r0:r1]
-            p = apply_keep(p, k_rows, group_index)
-        if stats is not None:
-            row_valid = q_valid[:, r0:r1].float()  # [B, r]
-            ent = -torch.xlogy(p, p).sum(-1)  # [B, H, r]
-            chunk_sum = (ent * row_valid[:, None]).sum((1, 2))
-            stats.entropy_sum = chunk_sum if stats.entropy_sum is None else stats.entropy_sum + chunk_sum
-            if call.analysis:
-                seen = visible[:, None, r0:r1] & (row_valid[:, None, :, None] > 0)  # [B, 1, r, K]
-                stats.head_entropy_sum += (ent * row_valid[:, None]).sum(-1)
-                stats.head_abs_logit_sum += (scores.abs() * seen).sum((-1, -2))
-                stats.head_logit_count += seen.sum((-1, -2)).float()
+            p = apply_keep(p, keep if keep.shape[2] == 1 else keep[:, :, r0:r1], masks.group_index)
+        if sums is not None:
+            sums.add(r0, r1, logits, p)
         outs.append(_grouped_output(p, v))  # [B, H, r, D]
-    if stats is not None:
-        call.stats[layer] = stats
-    out = outs[0] if len(outs) == 1 else torch.cat(outs, dim=2)
-    return out.to(q.dtype).transpose(1, 2)
+    out = outs[0] if len(outs) == 1 else torch.cat(outs, dim=2)  # [B, H, Q, D]
+    return LayerResult(out.to(q.dtype).transpose(1, 2), sums.result() if sums is not None else None,
+                       scores if plan.scores_only else None)
+
+
+def _query_attention(q, k, v, forward: _QueryForward, scaling: float, softcap: float | None) -> LayerResult:
+    """Query rows over the whole store: SDPA when only the weighted values are needed, else eager."""
+    plan = forward.plan
+    if plan.needs_probs or softcap is not None:
+        return eager_query_attention(q, k, v, plan, forward.masks_on(q.device, k.shape[2]), scaling, softcap)
+    if q.shape[2] == 1 and plan.store.dense:
+        # one new token per row and no padding anywhere: it sees every key, no mask needed
+        return LayerResult(_sdpa(q, k, v, scaling).transpose(1, 2))
+    visible = forward.masks_on(q.device, k.shape[2]).visible  # [B, Q, K]
+    return LayerResult(_sdpa(q, k, v, scaling, attn_mask=visible[:, None]).transpose(1, 2))
 
 
 def pce_attention(module, query, key, value, attention_mask=None, scaling=None, dropout=0.0, softcap=None, **kwargs):
@@ -254,24 +371,28 @@ def pce_attention(module, query, key, value, attention_mask=None, scaling=None, 
         raise NotImplementedError("lm_eval_parallel: attention sinks (s_aux, gpt-oss) are not supported")
     if scaling is None:
         scaling = query.shape[-1] ** -0.5
-    call = _CALL.get()
-    if isinstance(call, QueryCall):
-        k, v = call.store.write(module.layer_idx, key, value)
-        return _query_attention(module, query, k, v, call, scaling, softcap), None
-    if isinstance(call, EncodeCall):
-        if call.store is None:
-            call.captured[module.layer_idx] = (key, value)
-        for r0, m, src, n, dest in call.writes:
-            call.store.put_rows(module.layer_idx, dest, key[r0 : r0 + m, :, src : src + n],
-                                value[r0 : r0 + m, :, src : src + n])
-        if call.prefix_kv is not None:
-            pk, pv = call.prefix_kv[module.layer_idx]
+    forward = _FORWARD.get()
+    if isinstance(forward, _QueryForward):
+        layer = module.layer_idx
+        k, v = forward.plan.store.append_query(layer, key, value)  # [B, Hkv, K, D]: every key so far
+        result = _query_attention(query, k, v, forward, scaling, softcap)
+        forward.outputs.record(layer, result)
+        return result.out, None
+    if isinstance(forward, _EncodeForward):
+        plan, layer = forward.plan, module.layer_idx
+        if plan.store is None:
+            forward.captured[layer] = (key, value)
+        for run in plan.runs:
+            plan.store.put_run(layer, run, key, value)
+        if plan.prefix_kv is not None:
+            pk, pv = plan.prefix_kv[layer]  # [1, Hkv, s, D]
             n = key.shape[0]
             key = torch.cat([pk.expand(n, -1, -1, -1), key], dim=2)
             value = torch.cat([pv.expand(n, -1, -1, -1), value], dim=2)
         return causal_attention(query, key, value, scaling, softcap), None
     if attention_mask is not None:  # a caller-built 4-D mask (no mask function is registered, so rare)
-        return _sdpa(query, key, value, scaling, attn_mask=attention_mask[:, :, :, : key.shape[2]]).transpose(1, 2), None
+        mask = attention_mask[:, :, :, : key.shape[2]]
+        return _sdpa(query, key, value, scaling, attn_mask=mask).transpose(1, 2), None
     return causal_attention(query, key, value, scaling, softcap), None
 
 

@@ -15,11 +15,10 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from .attention import EncodeCall, QueryCall, use_call
-from .kvstore import KVStore
+from .attention import EncodePlan, QueryOutputs, QueryPlan, encoding, querying
+from .kvstore import KVStore, RowRun
 from .layout import Layout, piece_position_arrays
 from .selection import Selection, select_pieces, topn_sum_layers
-
 
 INLINE_PREFIX_RATIO = 16  # recompute the prefix in every piece row while it is <= 1/16 of the longest piece
 
@@ -37,17 +36,17 @@ def _to_device(t: torch.Tensor, device) -> torch.Tensor:
     return t.to(device, non_blocking=t.is_pinned())
 
 
-def _row_runs(lengths: list[int], offsets: list[int], src: int) -> list[tuple[int, int, int, int, int]]:
-    """Store writes for one batch as runs (first row, n rows, source start, length, destination):
-    consecutive rows of equal length that sit back to back in the store become one strided copy."""
-    runs: list[list[int]] = []
+def _row_runs(lengths: list[int], offsets: list[int], src_start: int) -> list[RowRun]:
+    """Store writes of one batch of piece rows (row r: ``lengths[r]`` tokens from column ``src_start``, to store
+    position ``offsets[r]``): consecutive rows of equal length that sit back to back become one run."""
+    runs: list[RowRun] = []
     for r, (n, dest) in enumerate(zip(lengths, offsets)):
         last = runs[-1] if runs else None
-        if last and last[3] == n and last[4] + last[1] * n == dest:
-            last[1] += 1
+        if last and last.length == n and last.dest + last.n_rows * n == dest:
+            runs[-1] = RowRun(last.first_row, last.n_rows + 1, src_start, n, last.dest)
         else:
-            runs.append([r, 1, src, n, dest])
-    return [tuple(run) for run in runs]
+            runs.append(RowRun(r, 1, src_start, n, dest))
+    return runs
 
 
 @dataclass
@@ -57,7 +56,6 @@ class EncodedContext:
     store: KVStore
     length: int  # number of context keys (prefix + pieces)
     query_start: float  # position of the first query token
-    n_pieces: int
 
 
 @dataclass
@@ -67,7 +65,6 @@ class RequestStats:
     entropy_sum: list[float]
     rows: list[float]
     head_entropy_sum: list[list[float]] | None = None
-    head_rows: list[float] | None = None
     head_abs_logit_sum: list[list[float]] | None = None
     head_logit_count: list[list[float]] | None = None
     key_norm: list[list[float]] | None = None
@@ -82,7 +79,8 @@ class RequestStats:
         return {
             "attn_entropy": self.attn_entropy,
             "layer_entropy": [s / n if n else math.nan for s, n in zip(self.entropy_sum, self.rows)],
-            "head_entropy": [[e / max(r / n_heads, 1.0) for e in layer] for layer, r in zip(self.head_entropy_sum, self.rows)]
+            "head_entropy": [[e / max(r / n_heads, 1.0) for e in layer]
+                             for layer, r in zip(self.head_entropy_sum, self.rows)]
             if self.head_entropy_sum else None,
             "key_norm": self.key_norm,
             "abs_logit": [[s / c if c else math.nan for s, c in zip(ls, lc)]
@@ -94,12 +92,12 @@ class RequestStats:
 _SUMMED = ("entropy_sum", "rows", "head_entropy_sum", "head_abs_logit_sum", "head_logit_count")
 
 
-def _call_stats(call: QueryCall, n_layers: int) -> dict[str, torch.Tensor]:
+def _forward_stats(outputs: QueryOutputs, n_layers: int, analysis: bool) -> dict[str, torch.Tensor]:
     """One forward's per-layer sums, stacked on one device in float64 without leaving it:
     entropy_sum / rows [L, B]; with analysis also head sums [L, B, H] and key_norm [L, B, Hkv]."""
-    layers = [call.stats[layer] for layer in range(n_layers)]
+    layers = [outputs.stats[layer] for layer in range(n_layers)]
     device = layers[0].entropy_sum.device
-    names = _SUMMED + ("key_norm",) if call.analysis else _SUMMED[:2]
+    names = _SUMMED + ("key_norm",) if analysis else _SUMMED[:2]
     return {name: torch.stack([getattr(st, name).to(device) for st in layers]).double() for name in names}
 
 
@@ -198,10 +196,9 @@ class ParallelEngine:
         if prefix in self._prefix_cache:
             self._prefix_cache.move_to_end(prefix)
             return self._prefix_cache[prefix]
-        call = EncodeCall()
-        with use_call(call):
+        with encoding(EncodePlan()) as captured:
             self._forward(torch.tensor([prefix]), torch.arange(len(prefix), dtype=torch.float32)[None])
-        kv = [call.captured[layer] for layer in range(self.n_layers)]
+        kv = [captured[layer] for layer in range(self.n_layers)]
         self._prefix_cache[prefix] = kv
         if len(self._prefix_cache) > self._prefix_cache_size:
             self._prefix_cache.popitem(last=False)
@@ -211,7 +208,7 @@ class ParallelEngine:
         """Encode the prefix (or take it from the prefix cache), write it at the head of ``store``; its per-layer kv."""
         prefix_kv = self._encode_prefix(prefix)
         for layer, (k, v) in enumerate(prefix_kv):
-            store.put(layer, 0, k[0], v[0])
+            store.put_prefix(layer, k[0], v[0])
         return prefix_kv
 
     def _encode_pieces(self, layout: Layout, positions: list[np.ndarray], store: KVStore, offsets: list[int]):
@@ -244,11 +241,10 @@ class ParallelEngine:
         rows_per_batch = -(-len(order) // -(-len(order) // fit))  # as many batches as needed, evenly filled
         for start in range(0, len(order), rows_per_batch):
             rows = order[start : start + rows_per_batch]
-            writes = _row_runs([len(layout.pieces[i]) for i in rows], [offsets[i] for i in rows], head)
+            runs = _row_runs([len(layout.pieces[i]) for i in rows], [offsets[i] for i in rows], head)
             if head and start == 0:
-                writes.append((0, 1, 0, s, 0))  # the prefix's keys, from the first row
-            call = EncodeCall(prefix_kv=prefix_kv, store=store, writes=writes)
-            with use_call(call):
+                runs.append(RowRun(first_row=0, n_rows=1, src_start=0, length=s, dest=0))  # the prefix, from row 0
+            with encoding(EncodePlan(prefix_kv=prefix_kv, store=store, runs=tuple(runs))):
                 self._forward(ids[start : start + len(rows)], pos[start : start + len(rows)])
 
     @torch.no_grad()
@@ -298,28 +294,29 @@ class ParallelEngine:
             self._encode_pieces(full, full_pos, store, [s])
             for layer in range(self.n_layers):
                 store.v[layer] = values[layer]
-        return EncodedContext(store, n_ctx, query_start, n_pieces)
+        return EncodedContext(store, n_ctx, query_start)
 
     # ------------------------------------------------------------------ query stage
     def _query_forward(self, store: KVStore, ids: torch.Tensor, positions: torch.Tensor, q_valid: torch.Tensor,
-                       selection: Selection | None, want_stats: bool):
-        """One query forward over ``store`` (LHT runs it twice); returns (logits [B, Q, V], call)."""
-        start = store.length
-        store.mark(start, q_valid)
-        analysis = self.analysis and want_stats
+                       selection: Selection | None) -> tuple[torch.Tensor, QueryOutputs]:
+        """One query forward over ``store`` (LHT runs it twice); returns (logits [B, Q, V], outputs)."""
+        store.mark(store.length, q_valid)
         if selection is not None and selection.aggr == "LHT":
-            first = QueryCall(store, q_valid, selection=selection, collect_scores=True)
-            with use_call(first):
+            # pass 1 reports every layer's piece scores; pass 2 keeps, in every layer, the pieces chosen from all
+            with querying(QueryPlan(store, q_valid, selection=selection, scores_only=True)) as first:
                 self._forward(ids, positions, keep_logits=1)
-            layers = [first.scores[layer] for layer in range(self.n_layers)]
+            layers = [first.piece_scores[layer] for layer in range(self.n_layers)]
             keep = select_pieces(topn_sum_layers(layers, selection.aggr_topn), store.n_pieces.to(layers[0].device),
                                  selection.top_k)
-            call = QueryCall(store, q_valid, forced_keep=keep, want_stats=want_stats, analysis=analysis)
+            plan = QueryPlan(store, q_valid, forced_keep=keep, want_stats=self.want_stats, analysis=self.analysis)
         else:
-            call = QueryCall(store, q_valid, selection=selection, want_stats=want_stats, analysis=analysis)
-        with use_call(call):
+            plan = QueryPlan(store, q_valid, selection=selection, want_stats=self.want_stats, analysis=self.analysis)
+        with querying(plan) as outputs:
             out = self._forward(ids, positions, keep_logits=0)
-        return out.logits, call
+        return out.logits, outputs
+
+    def _stats(self, outputs: QueryOutputs) -> dict[str, torch.Tensor]:
+        return _forward_stats(outputs, self.n_layers, self.analysis)
 
     @staticmethod
     def _pad_rows(rows: list[list[int]], starts: list[float]):
@@ -342,9 +339,9 @@ class ParallelEngine:
         saved = [c.store.length for c in contexts]
         store = KVStore.stack([c.store for c in contexts], width)
         ids, pos, valid = self._pad_rows(rows, [c.query_start for c in contexts])
-        logits, call = self._query_forward(store, ids, pos, valid, selection, self.want_stats)
+        logits, outputs = self._query_forward(store, ids, pos, valid, selection)
         logprobs = torch.log_softmax(logits.float(), dim=-1)
-        stats = _request_stats(_call_stats(call, self.n_layers)) if self.want_stats else [None] * len(rows)
+        stats = _request_stats(self._stats(outputs)) if self.want_stats else [None] * len(rows)
         results = []
         for b, (q, c) in enumerate(zip(queries, continuations)):
             span = slice(len(q) - 1, len(q) + len(c) - 1)
@@ -366,9 +363,9 @@ class ParallelEngine:
         store = KVStore.stack([c.store for c in contexts], width + max_new_tokens + 1)
         store.ensure_capacity(store.length + width + max_new_tokens + 1)
         ids, pos, valid = self._pad_rows(queries, [c.query_start for c in contexts])
-        logits, call = self._query_forward(store, ids, pos, valid, selection, self.want_stats)
+        logits, outputs = self._query_forward(store, ids, pos, valid, selection)
         # stats stay on the device until the end: rows that have finished add zeros (their keys are invalid)
-        total = _call_stats(call, self.n_layers) if self.want_stats else None
+        total = self._stats(outputs) if self.want_stats else None
         store.length += width
         last = torch.tensor([len(q) - 1 for q in queries], device=logits.device)
         next_tok = logits[torch.arange(b_size, device=logits.device), last].argmax(-1).tolist()
@@ -386,10 +383,10 @@ class ParallelEngine:
             ids = torch.tensor(next_tok, dtype=torch.long)[:, None]
             pos = torch.tensor(next_pos, dtype=torch.float32)[:, None]
             valid = torch.tensor(active, dtype=torch.bool)[:, None]
-            logits, call = self._query_forward(store, ids, pos, valid, selection, self.want_stats)
+            logits, outputs = self._query_forward(store, ids, pos, valid, selection)
             store.length += 1
             if self.want_stats:
-                total = _add_stats(total, _call_stats(call, self.n_layers))
+                total = _add_stats(total, self._stats(outputs))
             next_tok = logits[:, -1].argmax(-1).tolist()
             next_pos = [p + 1 for p in next_pos]
         for c, length in zip(contexts, saved):

@@ -8,8 +8,33 @@ forward writes its keys at ``[length, length + Q)`` and the engine decides wheth
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import NamedTuple
+
 import numpy as np
 import torch
+
+
+@dataclass(frozen=True)
+class RowRun:
+    """Rows of one encode forward copied into the store by one strided copy: ``n_rows`` consecutive batch rows
+    from ``first_row``, each ``length`` tokens from column ``src_start``, back to back from store position
+    ``dest``."""
+
+    first_row: int
+    n_rows: int
+    src_start: int
+    length: int
+    dest: int
+
+
+class KeyLayout(NamedTuple):
+    """What the query stage reads about every key of the store, on one device."""
+
+    key_valid: torch.Tensor  # [B, cap] bool: False for left padding, unused slots and padded query rows
+    group_index: torch.Tensor  # [B, cap] long: piece id of each key, P for always-kept keys (prefix, query)
+    piece_index: torch.Tensor  # [B, P, Lmax] long: cache index of every piece token (-1 = none)
+    n_pieces: torch.Tensor  # [B] long: number of pieces of each row
 
 
 def _first_false(valid: torch.Tensor) -> int:
@@ -30,7 +55,7 @@ class KVStore:
         self.length = length
         self.dense = False  # no invalid key among the keys the last query forward wrote up to
         self._dense_upto = _first_false(key_valid)  # key_valid[:, :n] is all True for n <= this
-        self._on_device: dict = {}  # device -> (key_valid, group_index, piece_index, n_pieces), kept up to date
+        self._on_device: dict[str, KeyLayout] = {}  # kept up to date by mark
 
     @property
     def batch(self) -> int:
@@ -45,13 +70,13 @@ class KVStore:
         groups = self.key_group.numpy()
         return torch.from_numpy(np.where(groups < 0, self.piece_index.shape[1], groups))
 
-    def layout_on(self, device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-        """(key_valid, group_index, piece_index, n_pieces) on ``device``: copied at the first query forward,
-        then kept up to date by :meth:`mark` (a decode step copies one column, not the whole layout)."""
+    def layout_on(self, device) -> KeyLayout:
+        """The key layout on ``device``: copied at the first query forward, then kept up to date by :meth:`mark`
+        (a decode step copies one column, not the whole layout)."""
         key = str(device)
         if key not in self._on_device:
-            self._on_device[key] = tuple(t.to(device, copy=True) for t in (
-                self.key_valid, self.group_index(), self.piece_index, self.n_pieces))
+            self._on_device[key] = KeyLayout(*(t.to(device, copy=True) for t in (
+                self.key_valid, self.group_index(), self.piece_index, self.n_pieces)))
         return self._on_device[key]
 
     def ensure_capacity(self, needed: int) -> None:
@@ -74,21 +99,24 @@ class KVStore:
             self.v[layer] = like.new_zeros(shape)
         return self.k[layer], self.v[layer]
 
-    def put(self, layer: int, start: int, k: torch.Tensor, v: torch.Tensor, row: int = 0) -> None:
-        """Write k, v [Hkv, n, D] of one row at positions [start, start + n)."""
+    def put_prefix(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> None:
+        """Write the shared prefix's k, v [Hkv, s, D] at the head of the (single-row) store."""
         kb, vb = self._buffers(layer, k[None])
-        kb[row, :, start : start + k.shape[1]] = k
-        vb[row, :, start : start + v.shape[1]] = v
+        kb[0, :, : k.shape[1]] = k
+        vb[0, :, : v.shape[1]] = v
 
-    def put_rows(self, layer: int, start: int, k: torch.Tensor, v: torch.Tensor, row: int = 0) -> None:
-        """Write m rows k, v [m, Hkv, n, D] back to back at positions [start, start + m * n)."""
-        m, hkv, n, d = k.shape
+    def put_run(self, layer: int, run: RowRun, k: torch.Tensor, v: torch.Tensor) -> None:
+        """Copy ``run`` of an encode forward's k, v [N, Hkv, T, D] into the (single-row) store."""
+        k = k[run.first_row : run.first_row + run.n_rows, :, run.src_start : run.src_start + run.length]
+        v = v[run.first_row : run.first_row + run.n_rows, :, run.src_start : run.src_start + run.length]
+        m, hkv, n, d = k.shape  # [m, Hkv, n, D]
         kb, vb = self._buffers(layer, k)
-        kb[row, :, start : start + m * n].view(hkv, m, n, d).copy_(k.transpose(0, 1))
-        vb[row, :, start : start + m * n].view(hkv, m, n, d).copy_(v.transpose(0, 1))
+        kb[0, :, run.dest : run.dest + m * n].view(hkv, m, n, d).copy_(k.transpose(0, 1))
+        vb[0, :, run.dest : run.dest + m * n].view(hkv, m, n, d).copy_(v.transpose(0, 1))
 
-    def write(self, layer: int, k: torch.Tensor, v: torch.Tensor):
-        """Write this forward's k, v [B, Hkv, Q, D] at ``length``; return views of everything so far."""
+    def append_query(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Write a query forward's k, v [B, Hkv, Q, D] at ``length``; return views [B, Hkv, length + Q, D] of
+        every key and value so far (``length`` moves only when the engine keeps them)."""
         end = self.length + k.shape[2]
         kb, vb = self._buffers(layer, k)
         kb[:, :, self.length : end] = k
@@ -104,12 +132,12 @@ class KVStore:
         if self._dense_upto >= start:
             self._dense_upto = start + _first_false(valid)
         self.dense = self._dense_upto >= end
-        for device, (key_valid, group_index, _, _) in self._on_device.items():
-            key_valid[:, start:end] = valid.to(device)
-            group_index[:, start:end] = self.piece_index.shape[1]
+        for device, layout in self._on_device.items():
+            layout.key_valid[:, start:end] = valid.to(device)
+            layout.group_index[:, start:end] = self.piece_index.shape[1]
 
     @classmethod
-    def stack(cls, stores: list["KVStore"], extra: int) -> "KVStore":
+    def stack(cls, stores: list[KVStore], extra: int) -> KVStore:
         """Left-pad single-row stores to one batch with room for ``extra`` more positions."""
         if len(stores) == 1 and stores[0].capacity >= stores[0].length + extra:
             return stores[0]

@@ -5,13 +5,17 @@ reference of the tests and the documentation all share one definition.
 """
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
+from enum import IntEnum
 
 import numpy as np
+import torch
 
 
 def split_evenly(n: int, parts: int) -> list[int]:
-    """Sizes of ``parts`` contiguous groups of ``n`` units: ``n // parts`` each, the first ``n % parts`` get one more."""
+    """Sizes of ``parts`` contiguous groups of ``n`` units: ``n // parts`` each, the first ``n % parts`` one
+    more."""
     parts = max(1, min(parts, n)) if n > 0 else 1
     base, extra = divmod(n, parts)
     return [base + (1 if i < extra else 0) for i in range(parts)]
@@ -24,6 +28,22 @@ def group_items(items: list, n_pieces: int) -> list[list]:
         pieces.append(items[start : start + size])
         start += size
     return pieces
+
+
+class TokenKind(IntEnum):
+    """The group a token belongs to (SPEC §1)."""
+
+    PREFIX = 0  # the shared prefix: BOS, sink text, preamble
+    PIECE = 1  # a token of one of the pieces
+    QUERY = 2  # query, continuation and generated tokens
+
+
+@dataclass(frozen=True)
+class TokenGroups:
+    """Group of every token of one sequence, in cache order."""
+
+    kind: torch.Tensor  # [N] long: TokenKind
+    piece: torch.Tensor  # [N] long: the piece id where kind is PIECE (not read elsewhere)
 
 
 @dataclass(frozen=True)
@@ -44,12 +64,16 @@ class Layout:
             out.extend(piece)
         return out
 
-    def key_groups(self) -> list[int]:
-        """Per context key: -1 for the prefix, i for piece i (SPEC §7: prefix keys are always kept)."""
-        out = [-1] * len(self.prefix)
-        for i, piece in enumerate(self.pieces):
-            out.extend([i] * len(piece))
-        return out
+    def token_groups(self, n_query: int = 0) -> TokenGroups:
+        """The group of every token in cache order: the prefix, each piece, then ``n_query`` query tokens."""
+        s, lengths = len(self.prefix), [len(p) for p in self.pieces]
+        end = s + sum(lengths)  # first query token
+        kind = torch.full((end + n_query,), TokenKind.QUERY, dtype=torch.long)  # [N]
+        kind[:s] = TokenKind.PREFIX
+        kind[s:end] = TokenKind.PIECE
+        piece = torch.zeros_like(kind)  # [N]
+        piece[s:end] = torch.repeat_interleave(torch.arange(len(lengths)), torch.tensor(lengths, dtype=torch.long))
+        return TokenGroups(kind, piece)
 
 
 def piece_positions(s: int, lengths: list[int], pos: str, pos_round: str) -> tuple[list[list[float]], float]:
@@ -107,14 +131,76 @@ def layout_positions(layout: Layout, pos: str, pos_round: str) -> tuple[list[flo
     return flat, query_start
 
 
-def may_attend(q_group: int, q_index: int, k_group: int, k_index: int) -> bool:
-    """SPEC §5 as a predicate on (group, cache index) pairs; groups: -1 prefix, i >= 0 piece i, -2 query.
+# ---------------------------------------------------------------------------------------------- masks (SPEC §5)
+# A mask function answers "may the token at q_idx attend to the token at kv_idx?" for index tensors that
+# broadcast against each other, with FlexAttention's ``mask_mod(b, h, q_idx, kv_idx)`` signature (b and h are
+# not read: one sequence, every head alike). Small predicates combine with and_masks / or_masks.
+MaskFunction = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
 
-    Prefix tokens: causal among themselves. A piece token: all prefix tokens + causal within its
-    own piece. Query tokens: everything before them.
+
+def causal(b, h, q_idx, kv_idx):
+    """A token never sees a later one."""
+    return kv_idx <= q_idx
+
+
+def query_rows(groups: TokenGroups) -> MaskFunction:
+    """Rows of query tokens (they see everything before them)."""
+
+    def mask_mod(b, h, q_idx, kv_idx):
+        return groups.kind[q_idx] == TokenKind.QUERY
+
+    return mask_mod
+
+
+def prefix_keys(groups: TokenGroups) -> MaskFunction:
+    """Keys of the shared prefix (every later token sees them)."""
+
+    def mask_mod(b, h, q_idx, kv_idx):
+        return groups.kind[kv_idx] == TokenKind.PREFIX
+
+    return mask_mod
+
+
+def same_piece(groups: TokenGroups) -> MaskFunction:
+    """A piece token and a key of the same piece."""
+
+    def mask_mod(b, h, q_idx, kv_idx):
+        both_pieces = (groups.kind[q_idx] == TokenKind.PIECE) & (groups.kind[kv_idx] == TokenKind.PIECE)
+        return both_pieces & (groups.piece[q_idx] == groups.piece[kv_idx])
+
+    return mask_mod
+
+
+def and_masks(*mask_mods: MaskFunction) -> MaskFunction:
+    """True where every one of ``mask_mods`` is."""
+
+    def mask_mod(b, h, q_idx, kv_idx):
+        result = mask_mods[0](b, h, q_idx, kv_idx)
+        for other in mask_mods[1:]:
+            result = result & other(b, h, q_idx, kv_idx)
+        return result
+
+    return mask_mod
+
+
+def or_masks(*mask_mods: MaskFunction) -> MaskFunction:
+    """True where any one of ``mask_mods`` is."""
+
+    def mask_mod(b, h, q_idx, kv_idx):
+        result = mask_mods[0](b, h, q_idx, kv_idx)
+        for other in mask_mods[1:]:
+            result = result | other(b, h, q_idx, kv_idx)
+        return result
+
+    return mask_mod
+
+
+def may_attend(groups: TokenGroups) -> MaskFunction:
+    """SPEC §5 as one mask function: causal, and the row is a query token, or the key is a prefix token, or both
+    are tokens of the same piece. Prefix tokens: causal among themselves. A piece token: all prefix tokens +
+    causal within its own piece, never another piece. Query tokens: everything before them.
+
+    ``may_attend(groups)(0, 0, idx[:, None], idx[None, :])`` is the dense [N, N] mask; the function itself is a
+    FlexAttention ``mask_mod``.
     """
-    if k_index > q_index:
-        return False
-    if q_group == -2 or k_group == -1:
-        return True
-    return q_group == k_group
+    return and_masks(causal, or_masks(query_rows(groups), prefix_keys(groups), same_piece(groups)))

@@ -75,7 +75,7 @@ def apply_keep(p: torch.Tensor, keep: torch.Tensor, group_index: torch.Tensor) -
     p [B, H, r, K]; keep [B, h, r', P] (h in {1, H}, r' in {1, r}); group_index [B, K] with the
     piece of each key, or P for keys that are always kept (prefix, query, padding).
     """
-    b, h_keep, r_keep, n_p = keep.shape
+    b, h_keep, r_keep, _ = keep.shape
     extended = torch.cat([keep, keep.new_ones(b, h_keep, r_keep, 1)], dim=-1)
     index = group_index[:, None, None, :].expand(b, h_keep, r_keep, -1)
     key_keep = extended.gather(-1, index)  # [B, h, r', K]

@@ -10,7 +10,7 @@ import math
 import torch
 from transformers import AttentionInterface
 
-from lm_eval_parallel.layout import Layout, layout_positions, may_attend
+from lm_eval_parallel.layout import Layout, TokenKind, layout_positions, may_attend
 
 REF_NAME = "pce_dense_reference"
 _STATE = contextvars.ContextVar("pce_reference_state", default=None)
@@ -93,17 +93,18 @@ def reference_forward(model, layout: Layout, calls: list[list[int]], pos: str, p
     ctx_pos, q0 = layout_positions(layout, pos, pos_round)
     if query_positions == "serial":
         q0 = float(layout.n_context)
-    groups = layout.key_groups()
     ids = layout.flat_ids()
     call_rows = []
     for call in calls:
         call_rows.append(list(range(len(ids), len(ids) + len(call))))
         ids.extend(call)
-        groups.extend([-2] * len(call))
     n = len(ids)
     positions = ctx_pos + [q0 + t for t in range(n - len(ctx_pos))]
-    mask = torch.tensor([[may_attend(groups[i], i, groups[j], j) for j in range(n)] for i in range(n)])
-    piece_keys = [[j for j in range(n) if groups[j] == i] for i in range(len(layout.pieces))]
+    groups = layout.token_groups(n_query=n - layout.n_context)
+    idx = torch.arange(n)
+    mask = may_attend(groups)(0, 0, idx[:, None], idx[None, :])  # [n, n]
+    is_piece = groups.kind == TokenKind.PIECE
+    piece_keys = [torch.nonzero(is_piece & (groups.piece == i)).flatten().tolist() for i in range(len(layout.pieces))]
     piece_keys = [keys for keys in piece_keys if keys]
     state = {"mask": mask, "selection": selection, "call_rows": call_rows, "piece_keys": piece_keys,
              "forced": {}, "collect_call": None, "collected": {}, "entropy": {}}

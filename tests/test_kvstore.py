@@ -45,3 +45,21 @@ def test_group_index_maps_always_kept_keys_to_the_extra_slot():
     store = _store([[True] * 5], 8)
     store.mark(5, torch.tensor([[True, False]]))
     assert store.group_index()[0].tolist() == [3, 0, 1, 2, 0, 3, 3, 0]
+
+
+def test_row_runs_merge_back_to_back_rows_and_put_run_copies_them():
+    from lm_eval_parallel.engine import _row_runs
+    from lm_eval_parallel.kvstore import RowRun
+
+    # rows of 3, 3, 2, 2 tokens after a 1-token inline prefix; the last row is not back to back with the others
+    runs = _row_runs([3, 3, 2, 2], [1, 4, 7, 10], src_start=1)
+    assert runs == [RowRun(0, 2, 1, 3, 1), RowRun(2, 1, 1, 2, 7), RowRun(3, 1, 1, 2, 10)]
+    k = torch.randn(4, 2, 4, 5)  # [N, Hkv, T, D]: a batch of 4 rows, 1 prefix + 3 columns each
+    v = torch.randn(4, 2, 4, 5)
+    store = _store([[True] * 12], 12)
+    for run in runs:
+        store.put_run(0, run, k, v)
+    for row, (n, dest) in enumerate(zip([3, 3, 2, 2], [1, 4, 7, 10])):
+        assert torch.equal(store.k[0][0, :, dest : dest + n], k[row, :, 1 : 1 + n])
+        assert torch.equal(store.v[0][0, :, dest : dest + n], v[row, :, 1 : 1 + n])
+    assert (store.k[0][0, :, [0, 9]] == 0).all()  # the slots no run covers stay zero

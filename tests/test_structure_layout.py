@@ -1,8 +1,16 @@
 """SPEC §1 (markers), §3 (pieces) and §6 (positions) as pure functions."""
 import pytest
+import torch
 
 from lm_eval_parallel import parallel_prompt, plain_prompt, split_prompt
-from lm_eval_parallel.layout import Layout, group_items, layout_positions, may_attend, piece_positions
+from lm_eval_parallel.layout import (
+    Layout,
+    TokenKind,
+    group_items,
+    layout_positions,
+    may_attend,
+    piece_positions,
+)
 
 
 def test_roundtrip_and_plain_prompt():
@@ -74,9 +82,11 @@ def test_layout_positions_and_mask_predicate():
     layout = Layout((7, 8), ((1, 2, 3), (4,)))
     flat, q0 = layout_positions(layout, "even", "none")
     assert flat == [0, 1, 2, 3, 4, 2] and q0 == 5
-    groups = layout.key_groups()
-    assert groups == [-1, -1, 0, 0, 0, 1]
-    assert may_attend(1, 5, -1, 0)  # piece -> prefix
-    assert not may_attend(1, 5, 0, 3)  # piece 1 never sees piece 0
-    assert may_attend(-2, 6, 0, 3)  # query sees every piece
-    assert not may_attend(0, 2, 0, 3)  # causal inside a piece
+    groups = layout.token_groups(n_query=1)
+    assert groups.kind.tolist() == [TokenKind.PREFIX] * 2 + [TokenKind.PIECE] * 4 + [TokenKind.QUERY]
+    assert groups.piece[2:6].tolist() == [0, 0, 0, 1]
+    mask = may_attend(groups)
+    assert mask(0, 0, torch.tensor(5), torch.tensor(0))  # piece -> prefix
+    assert not mask(0, 0, torch.tensor(5), torch.tensor(3))  # piece 1 never sees piece 0
+    assert mask(0, 0, torch.tensor(6), torch.tensor(3))  # query sees every piece
+    assert not mask(0, 0, torch.tensor(2), torch.tensor(3))  # causal inside a piece

@@ -85,7 +85,7 @@ def test_context_cache_keeps_what_comes_next_when_full():
                         torch.tensor([1]), torch.zeros(1, 1, 4, dtype=torch.long), 4)
         store.k[0] = torch.full((1, 1, 4, 2), float(value))
         store.v[0] = torch.full((1, 1, 4, 2), float(value))
-        return EncodedContext(store, 4, 4.0, 1)
+        return EncodedContext(store, 4, 4.0)
 
     one = 2 * 8 * 4  # bytes of one context's k + v
     cache = ContextCache(2 * one)
