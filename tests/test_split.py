@@ -28,15 +28,20 @@ TEXT = ("Document 1. The grass is green! The sky is blue.\n\nDocument 2 says \"h
         "\n\n   Document 3: pi is 3.14 and e is 2.72. Mr. Smith agrees.\n\nWhat is the colour of the sky?")
 
 
-@pytest.fixture(scope="module", params=["tiny", pytest.param("smollm2", marks=[pytest.mark.slow, needs_smollm2])])
-def tokenizer(request):
-    if request.param == "tiny":
-        from tiny_models import make_tokenizer
-
-        return make_tokenizer()
+@pytest.fixture(scope="module")
+def smollm2_tokenizer():
     from lm_eval_parallel.resolve import load_tokenizer
 
     return load_tokenizer("smollm2-135m")
+
+
+@pytest.fixture(scope="module", params=["tiny", pytest.param("smollm2", marks=[pytest.mark.slow, needs_smollm2])])
+def tokenizer(request):
+    if request.param == "smollm2":
+        return request.getfixturevalue("smollm2_tokenizer")
+    from tiny_models import make_tokenizer
+
+    return make_tokenizer()
 
 
 # ---------------------------------------------------------------- tokens: today's rule, unchanged
@@ -259,7 +264,7 @@ def test_unit_rules_keep_every_needle_whole(tokenizer, blank_lines):
 @pytest.mark.slow
 @needs_smollm2
 @pytest.mark.parametrize("haystack", ["repeat", "needle"], ids=["niah_single_1", "niah_multikey_2"])
-def test_lm_eval_ruler_niah_prompts_split_by_sentence(monkeypatch, haystack):
+def test_lm_eval_ruler_niah_prompts_split_by_sentence(monkeypatch, smollm2_tokenizer, haystack):
     """lm-eval 0.4.13's ruler generator builds niah prompts offline for the repeat and needle haystacks
     (wonderwords ships its word lists; LOCAL_RANK != 0 skips the punkt_tab download at import). The essay
     haystack needs the `baber/paul_graham_essays` dataset and nltk's punkt_tab, so it is not run here."""
@@ -269,9 +274,7 @@ def test_lm_eval_ruler_niah_prompts_split_by_sentence(monkeypatch, haystack):
     from lm_eval.tasks.ruler.niah_utils import TEMPLATE
     from lm_eval.tasks.ruler.prepare_niah import generate_samples, get_haystack
 
-    from lm_eval_parallel.resolve import load_tokenizer
-
-    tok = load_tokenizer("smollm2-135m")
+    tok = smollm2_tokenizer
     docs = generate_samples(get_haystack(type_haystack=haystack), TOKENIZER=tok, max_seq_length=1024,
                             type_haystack=haystack, type_needle_k="words", type_needle_v="numbers",
                             template=TEMPLATE, num_samples=3)
