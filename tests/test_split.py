@@ -186,7 +186,8 @@ def test_bad_arguments_are_one_line_errors():
 
 # ---------------------------------------------------------------- needle prompts shaped like lm-eval's ruler_niah
 NEEDLE = "One of the special magic numbers for {key} is: {value}."
-KEYS = [f"{adj}-{noun}" for adj in ("crimson", "quiet", "amber", "velvet") for noun in ("harbor", "lantern", "falcon", "compass")]
+KEYS = [f"{adj}-{noun}" for adj in ("crimson", "quiet", "amber", "velvet")
+        for noun in ("harbor", "lantern", "falcon", "compass")]
 
 
 def _niah_prompt(rng, blank_lines: bool):
