@@ -36,6 +36,8 @@ def build_parser() -> argparse.ArgumentParser:
                     help="chance level (0-1) of a task or variant, e.g. trec_coarse=0.1667 (repeatable)")
     ap.add_argument("--include_floored", action="store_true",
                     help="keep tasks at the floor in category means (they stay out of correlations)")
+    ap.add_argument("--no_plots", action="store_true", help="write the CSV files and analysis.md only")
+    ap.add_argument("--layers_per_task", action="store_true", help="also draw Fig 1/2 for every task")
     ap.add_argument("--bootstrap_iters", type=int, default=2000, help="bootstrap resamples for perplexity (0 = none)")
     return ap
 
@@ -73,7 +75,8 @@ def main(argv: list[str] | None = None) -> int:
             raise ValueError(f"--table2_reference {args.table2_reference}: no such file")
         report = analyze(args.paths, args.out, model=args.model, table2_reference=args.table2_reference,
                          table2_P=args.table2_P, table2_length=args.table2_length, chance=_chance(args.chance),
-                         include_floored=args.include_floored, bootstrap_iters=args.bootstrap_iters)
+                         include_floored=args.include_floored, bootstrap_iters=args.bootstrap_iters,
+                         plots=not args.no_plots, layers_per_task=args.layers_per_task)
     except ValueError as error:
         print(f"error: {error}", file=sys.stderr)
         return EXIT_USAGE

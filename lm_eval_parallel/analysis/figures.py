@@ -5,7 +5,7 @@ import math
 
 import matplotlib.pyplot as plt
 import numpy as np
-from matplotlib.ticker import FixedLocator, NullLocator
+from matplotlib.ticker import FixedLocator, FuncFormatter, NullFormatter, NullLocator
 
 from .runs import LAYER_STATS
 from .tables import present_categories
@@ -20,11 +20,20 @@ def _finite(values) -> np.ndarray:
     return values[np.isfinite(values)]
 
 
+def _log_y(ax) -> None:
+    """Log y axis with plain numbers (20, not 2x10^1); minor ticks labelled when the axis spans under a decade."""
+    ax.set_yscale("log")
+    plain = FuncFormatter(lambda value, _: f"{value:g}")
+    ax.yaxis.set_major_formatter(plain)
+    lo, hi = ax.get_ylim()
+    ax.yaxis.set_minor_formatter(plain if lo > 0 and hi / lo < 10 else NullFormatter())
+
+
 def _log_if_wide(ax, values, decades: float = 20.0) -> None:
     """Log y axis when positive values span a factor of `decades` or more."""
     values = _finite(values)
     if values.size and values.min() > 0 and values.max() / values.min() >= decades:
-        ax.set_yscale("log")
+        _log_y(ax)
 
 
 def _P_axis(ax, Ps) -> None:
@@ -96,7 +105,7 @@ def plot_entropy_vs_score(points: list[dict], correlations: list[dict], path: st
                         textcoords="offset points", color=colour)
         perplexity = corr["metric"] in ("perplexity", "token_perplexity", "word_perplexity", "byte_perplexity")
         if perplexity:
-            ax.set_yscale("log")
+            _log_y(ax)
         ax.set_xlabel("attention entropy (nats)")
         ax.set_ylabel("perplexity (log scale) ↓" if perplexity else f"{corr['metric']} (%) ↑")
         r = corr["r"]
@@ -150,7 +159,7 @@ def plot_vs_P(rows: list[dict], full_rows: list[dict], path: str, title: str) ->
                     ax.axhspan(lo, hi, color="black", alpha=0.08, linewidth=0)
         lm = category == "LM"
         if lm:
-            top.set_yscale("log")
+            _log_y(top)
         top.set_ylabel("perplexity (log scale) ↓" if lm else "score (%) ↑")
         bottom.set_ylabel("attention entropy (nats)")
         top.set_title(category)

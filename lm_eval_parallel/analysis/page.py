@@ -22,7 +22,8 @@ def with_interval(value: float, lo: float, hi: float, digits: int = 1) -> str:
 
 def cell_text(row: dict, digits: int = 1) -> str:
     text = with_interval(row["score"], row["lo"], row["hi"], digits)
-    return text + (f" ({row['n_tasks']} tasks)" if row.get("n_tasks") else " (no task)")
+    n = row.get("n_tasks") or 0
+    return text + (f" ({n} task{'s' if n > 1 else ''})" if n else " (no task)")
 
 
 def series_tables(rows: list[dict], full_rows: list[dict]) -> list[str]:
@@ -66,7 +67,7 @@ def table2_markdown(rows: list[dict], reference_note: str | None) -> list[str]:
             line = [setting] + [cell_text(cells[c]) if cells[c]["n_tasks"] else "–" for c in categories]
             if has_paper:
                 line += [fmt(cells[c]["paper"], 2) for c in categories]
-                line += [fmt(cells[c]["delta"], 1) for c in categories]
+                line += [f"{cells[c]['delta']:+.1f}" if math.isfinite(cells[c]["delta"]) else "" for c in categories]
             body.append(line)
         out.append(f"**method = {method}**")
         out.append("")

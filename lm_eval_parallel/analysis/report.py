@@ -55,9 +55,12 @@ def choose_model(runs: list[Run], model: str | None) -> str:
 
 def analyze(paths: list[str], out: str, model: str | None = None, table2_reference: str | None = None,
             table2_P: int = 64, table2_length: str = "8k", chance: dict[str, float] | None = None,
-            include_floored: bool = False, bootstrap_iters: int = 2000) -> AnalysisReport:
-    """Read every results file under ``paths`` and write the analyses into ``out`` (analysis.md, *.csv, *.png)."""
-    from . import figures
+            include_floored: bool = False, bootstrap_iters: int = 2000, plots: bool = True,
+            layers_per_task: bool = False) -> AnalysisReport:
+    """Read every results file under ``paths`` and write the analyses into ``out`` (analysis.md, *.csv, *.png).
+    ``plots=False`` writes the CSVs and the page only; ``layers_per_task`` adds a Fig 1/2 PNG per task."""
+    if plots:
+        from . import figures
 
     reference = tables.read_reference(table2_reference) if table2_reference else None
     runs, notes = read_runs(paths)
@@ -71,7 +74,18 @@ def analyze(paths: list[str], out: str, model: str | None = None, table2_referen
     write = _Writer(out, report)
     floor = tables.floors(runs, chance or {})
     md = [f"# Parallel context encoding analyses: {model}", ""]
+    if not plots:
+        md += ["Figures not drawn (--no_plots): the CSV files hold every number.", ""]
     md += _inventory(runs, floor, write, include_floored)
+
+    def draw(name: str, plot: str, *args) -> list[str]:
+        """Markdown image line of a PNG drawn by ``figures.<plot>(*args[:-1], path, args[-1])``; nothing without
+        plots."""
+        if not plots:
+            return []
+        *data, caption = args
+        getattr(figures, plot)(*data, write.path(name), caption)
+        return [f"![{name[:-4]}]({name})", ""]
 
     def skipped(section: str, title: str, why: str) -> None:
         report.sections[section] = f"skipped: {why}"
@@ -90,14 +104,12 @@ def analyze(paths: list[str], out: str, model: str | None = None, table2_referen
                "scale: mean |q·k|/√d over the keys a query row sees (mean over heads). "
                f"Data: [{name}]({name})."), ""]
         for (length, scope), stat_curves in curves.items():
-            png = write.path(f"fig1_2_layers_{_safe(length)}_{_safe(scope)}.png")
-            label = "all tasks pooled" if scope == "all" else scope
-            figures.plot_layers(stat_curves, png, f"{model} · {length} · {label}")
+            name = f"fig1_2_layers_{_safe(length)}_{_safe(scope)}.png"
             if scope == "all":
-                md += [f"![layers {length}]({os.path.basename(png)})", ""]
-        per_task = sorted({f for f in report.files if f.startswith("fig1_2_layers_") and not f.endswith("_all.png")})
-        if per_task:
-            md += ["Per task: " + ", ".join(f"[{f[len('fig1_2_layers_'):-4]}]({f})" for f in per_task) + ".", ""]
+                md += draw(name, "plot_layers", stat_curves, f"{model} · {length} · all tasks pooled")
+            elif layers_per_task:
+                lines = draw(name, "plot_layers", stat_curves, f"{model} · {length} · {scope}")
+                md += [f"Per task: [{scope}]({name})", ""] if lines else []
         report.sections["fig1_2"] = "written"
 
     # Fig 3/7 -------------------------------------------------------------------------------------------
@@ -115,12 +127,9 @@ def analyze(paths: list[str], out: str, model: str | None = None, table2_referen
                f"[{name}]({name}), [fig3_7_points.csv](fig3_7_points.csv)."), ""]
         for length in sorted({c["length"] for c in correlations}, key=tables.length_in_tokens):
             mine = [c for c in correlations if c["length"] == length]
-            png = write.path(f"fig3_7_entropy_vs_score_{_safe(length)}.png")
-            figures.plot_entropy_vs_score([p for p in points if p["length"] == length], mine, png,
-                                          f"{model} · {length}")
-            md += [f"![entropy vs score {length}]({os.path.basename(png)})", ""]
-            body = [[c["task"], c["metric"], str(c["n_points"]),
-                     page.with_interval(c["r"], c["r_lo"], c["r_hi"], 2) if c["used"] else f"excluded ({c['floor']})",
+            md += draw(f"fig3_7_entropy_vs_score_{_safe(length)}.png", "plot_entropy_vs_score",
+                       [p for p in points if p["length"] == length], mine, f"{model} · {length}")
+            body = [[c["task"], c["metric"], str(c["n_points"]), _r_text(c),
                      tables.fmt(c["p_value"], 3) if c["used"] else "", c["floor"]] for c in mine]
             md += page.table(["task", "metric", "points", "r [95 % Fisher z]", "p", "floor"], body)
             used = [c["r"] for c in mine if c["used"]]
@@ -139,7 +148,7 @@ def analyze(paths: list[str], out: str, model: str | None = None, table2_referen
         name = write.csv("table2_selection.csv", rows, tables.TABLE2_COLUMNS)
         note = None
         if reference is not None:
-            note = f"Paper columns: {table2_reference} (Llama-3.1-8B)."
+            note = f"Paper columns: `{os.path.basename(table2_reference)}` (Llama-3.1-8B, the paper's Table 2)."
             if not PAPER_MODEL.search(model):
                 note += f" This model is {model}: the paper's numbers are not its expected values."
         md += [f"## {title}", "", ("TopK rows use aggr=HT; Aggr rows use TopK=5 for ICL and RAG and TopK=2 for "
@@ -170,10 +179,8 @@ def analyze(paths: list[str], out: str, model: str | None = None, table2_referen
         name = write.csv(f"{section}.csv", rows, tables.SERIES_COLUMNS)
         md += [f"## {title}", "", f"{text} Data: [{name}]({name}).", ""]
         for length in sorted({r["length"] for r in rows}, key=tables.length_in_tokens):
-            png = write.path(f"{section}_{_safe(length)}.png")
-            figures.plot_vs_P([r for r in rows if r["length"] == length],
-                              [r for r in full_rows if r["length"] == length], png, f"{title} · {model} · {length}")
-            md += [f"![{section} {length}]({os.path.basename(png)})", ""]
+            md += draw(f"{section}_{_safe(length)}.png", "plot_vs_P", [r for r in rows if r["length"] == length],
+                       [r for r in full_rows if r["length"] == length], f"{title} · {model} · {length}")
         md += page.series_tables(rows, full_rows)
         report.sections[section] = "written"
 
@@ -185,6 +192,14 @@ def analyze(paths: list[str], out: str, model: str | None = None, table2_referen
     with open(write.path("analysis.md"), "w", encoding="utf-8") as f:
         f.write("\n".join(md).rstrip() + "\n")
     return report
+
+
+def _r_text(correlation: dict) -> str:
+    if correlation["floor"] == "floor":
+        return "excluded (floor)"
+    if not math.isfinite(correlation["r"]):
+        return f"undefined (n={correlation['n_points']} points, or a constant series)"
+    return page.with_interval(correlation["r"], correlation["r_lo"], correlation["r_hi"], 2)
 
 
 def _inventory(runs: list[Run], floor: dict, write: _Writer, include_floored: bool) -> list[str]:

@@ -36,7 +36,7 @@ def write_csv(rows: list[dict], path: str, columns: list[str]) -> None:
         writer = csv.DictWriter(f, fieldnames=columns, extrasaction="ignore")
         writer.writeheader()
         for row in rows:
-            writer.writerow({k: (f"{v:.6g}" if isinstance(v, float) and math.isfinite(v) else
+            writer.writerow({k: (f"{v:.10g}" if isinstance(v, float) and math.isfinite(v) else
                                  "" if isinstance(v, float) else v) for k, v in row.items()})
 
 
@@ -316,11 +316,12 @@ def read_reference(path: str) -> dict[tuple[str, str], float]:
 
 def table2(runs: list[Run], floor: dict[str, Floor], include_floored: bool, P: int, length: str,
            reference: dict[tuple[str, str], float] | None) -> list[dict]:
-    """The selection ablation at one P and length, one block of rows per selection method that has runs there.
+    """The selection ablation at one P and length, one block of rows per selection method with ablation runs
+    (top_k / aggr set) there; the main sweep's run of that method fills its default cells (top_k=2, aggr=HT).
     A cell pools the category's tasks of the run whose effective (top_k, aggr) is the row's."""
     candidates = [r for r in runs if r.kind in ("main", "selection") and r.method in SELECTION_METHODS and r.P == P]
     rows = []
-    for method in [m for m in SELECTION_METHODS if any(r.method == m for r in candidates)]:
+    for method in [m for m in SELECTION_METHODS if any(r.method == m and r.kind == "selection" for r in candidates)]:
         for setting, top_k, aggr in TABLE2_ROWS:
             for category in TABLE2_CATEGORIES:
                 scores = {}
