@@ -87,7 +87,8 @@ def plot_entropy_vs_score(points: list[dict], correlations: list[dict], path: st
     tasks = [c["task"] for c in correlations]
     ncols = min(4, len(tasks))
     nrows = math.ceil(len(tasks) / ncols)
-    fig, axes = plt.subplots(nrows, ncols, squeeze=False, layout="constrained", figsize=(3.7 * ncols, 3.2 * nrows))
+    fig, axes = plt.subplots(nrows, ncols, squeeze=False, layout="constrained",
+                             figsize=(max(8.0, 3.7 * ncols), 3.2 * nrows + 0.6))
     for ax in axes.flat[len(tasks):]:
         ax.set_visible(False)
     for ax, corr in zip(axes.flat, correlations):
@@ -129,7 +130,7 @@ def plot_vs_P(rows: list[dict], full_rows: list[dict], path: str, title: str) ->
     categories = present_categories(rows)
     series = list(dict.fromkeys(r["series"] for r in rows))
     fig, axes = plt.subplots(2, len(categories), squeeze=False, layout="constrained",
-                             figsize=(3.9 * len(categories), 6.4))
+                             figsize=(max(8.0, 3.9 * len(categories)), 6.4))  # room for titles and legend
     colours = plt.cm.tab10(np.arange(len(series)) % 10)
     Ps = sorted({r["P"] for r in rows})
     for j, category in enumerate(categories):
@@ -168,7 +169,8 @@ def plot_vs_P(rows: list[dict], full_rows: list[dict], path: str, title: str) ->
             ax.grid(alpha=0.3)
     handles, labels = axes[0][0].get_legend_handles_labels()
     unique = dict(zip(labels, handles))
-    fig.legend(unique.values(), unique.keys(), loc="outside lower center", ncol=min(4, len(unique)), fontsize=8)
+    fig.legend(unique.values(), unique.keys(), loc="outside lower center", ncol=min(2 if len(categories) < 3 else 4,
+                                                                                    len(unique)), fontsize=8)
     fig.suptitle(f"{title}\nbars: 95 % (Wilson, documents pooled over the category's tasks; perplexity: bootstrap); "
                  "entropy ±1.96 SE", fontsize=9)
     fig.savefig(path, dpi=120)
