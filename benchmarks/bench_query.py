@@ -30,7 +30,7 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from bench_prefill import build_model, sync  # noqa: E402
+from bench_prefill import build_model, sync
 
 N_DOCS = 64
 SINK = "Read the documents below and answer.\n"
@@ -50,7 +50,11 @@ def token_stream(tokenizer, text_dir: str | None, n: int, seed: int = 0) -> list
         files = sorted(glob.glob(os.path.join(text_dir, "*.txt")))
         if not files:
             raise FileNotFoundError(f"--text_dir {text_dir!r} holds no *.txt file")
-        ids = tokenizer.encode("\n\n".join(open(f, encoding="utf-8").read() for f in files), add_special_tokens=False)
+        texts = []
+        for path in files:
+            with open(path, encoding="utf-8") as f:
+                texts.append(f.read())
+        ids = tokenizer.encode("\n\n".join(texts), add_special_tokens=False)
         return (ids * (n // len(ids) + 1))[:n]
     gen = torch.Generator().manual_seed(seed)
     return torch.randint(100, tokenizer.vocab_size - 100, (n,), generator=gen).tolist()
@@ -103,7 +107,8 @@ def main(argv=None) -> int:
     ap.add_argument("--tokenizer", default="smollm2-135m")
     ap.add_argument("--no_hf", action="store_true", help="skip lm-eval's hf (ratios are then omitted)")
     ap.add_argument("--tiny", action="store_true", help="toy model sizes (CPU dry run)")
-    ap.add_argument("--out", default=None, help="JSON path (default benchmarks/results/bench_query_<device>_<date>.json)")
+    ap.add_argument("--out", default=None,
+                    help="JSON path (default benchmarks/results/bench_query_<device>_<date>.json)")
     args = ap.parse_args(argv)
 
     from lm_eval.api.instance import Instance
@@ -124,7 +129,7 @@ def main(argv=None) -> int:
     model, cfg = build_model(args.layers, device, dtype, args.tiny)
     if cfg.vocab_size < len(tokenizer):  # the toy model's vocabulary
         model.resize_token_embeddings(len(tokenizer))
-    common = dict(tokenizer=tokenizer, batch_size=1, max_length=cfg.max_position_embeddings)
+    common = {"tokenizer": tokenizer, "batch_size": 1, "max_length": cfg.max_position_embeddings}
     hf = None if args.no_hf else HFLM(pretrained=model, **common)
     par = ParallelHFLM(pretrained=model, **common)
     model.set_attn_implementation("sdpa")
@@ -154,7 +159,7 @@ def main(argv=None) -> int:
             if pce is not None:
                 lm.configure(pce)
                 attention.QUERY_IMPL = impl
-            row = dict(L=length, config=name)
+            row = {"L": length, "config": name}
             for kind, call in (("gen", gen_call), ("ll", ll_call)):
                 if lm is hf:
                     model.set_attn_implementation("sdpa")
@@ -193,8 +198,8 @@ def main(argv=None) -> int:
                                    f"bench_query_{'cuda' if device == 'cuda' else 'cpu'}_{datetime.date.today()}.json")
     os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
     with open(out, "w") as f:
-        json.dump(dict(device=name, torch=torch.__version__, args=vars(args), argv=sys.argv, rows=rows,
-                       table=table), f, indent=1)
+        json.dump({"device": name, "torch": torch.__version__, "args": vars(args), "argv": sys.argv, "rows": rows,
+                       "table": table}, f, indent=1)
     print(f"wrote {out}")
     return 0
 

@@ -135,36 +135,40 @@ def fast_query_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, plan
     parts.append((-1, lse_rest, out_rest, c_rest))
 
     # 2. Piece scores (SPEC §7.1) against the log-sum-exp over every key, then the pieces each row keeps.
-    lse_all = torch.logsumexp(torch.stack([lse for _, lse, _, _ in parts], dim=-1), dim=-1)  # [B, H, Q]
+    slots = [slot for slot, _, _, _ in parts]  # G groups, the rest last
+    lse = torch.stack([lse for _, lse, _, _ in parts], dim=-1)  # [B, H, Q, G]
+    lse_all = torch.logsumexp(lse, dim=-1)  # [B, H, Q]
     scores = None
     if want_scores:
-        scores = torch.zeros(b, h, n_q, masks.piece_index.shape[1], device=q.device)  # [B, H, Q, P]
-        for slot, values in topn.items():
-            scores[..., slot] = torch.exp(values - lse_all[..., None]).sum(-1)
-        scores = scores * masks.q_valid[:, None, :, None]
+        n_slots = masks.piece_index.shape[1]
+        values = torch.stack([topn[slot] for slot in topn], dim=-2)  # [B, H, Q, G - 1, n]
+        per_piece = torch.exp(values - lse_all[..., None, None]).sum(-1) * masks.q_valid[:, None, :, None]
+        if list(topn) == list(range(n_slots)):  # every slot holds a piece: no scatter (no host-built index)
+            scores = per_piece  # [B, H, Q, P]
+        else:
+            scores = torch.zeros(b, h, n_q, n_slots, device=q.device)  # [B, H, Q, P]
+            scores[..., list(topn)] = per_piece
     keep = plan.forced_keep  # [B, h, r', P], h in {1, H}, r' in {1, Q}; None keeps all
     if plan.selects:
         sel = plan.selection
         keep = select_pieces(topn_sum(scores, sel.aggr, sel.aggr_topn), masks.n_pieces, sel.top_k)
 
     # 3. Merge the kept groups (SPEC §7.3): softmax over the kept keys, its output and its entropy (SPEC §8).
-    kept_lse = []
-    for slot, lse, _, _ in parts:
-        if keep is not None and slot >= 0:
-            lse = lse.masked_fill(~keep[..., slot], float("-inf"))
-        kept_lse.append(lse)
-    total = torch.logsumexp(torch.stack(kept_lse, dim=-1), dim=-1)  # [B, H, Q]
-    total_safe = torch.where(torch.isfinite(total), total, 0.0)
-    out = torch.zeros(b, h, n_q, d, device=q.device)  # fp32
-    c_sum = torch.zeros(b, h, n_q, d, device=q.device) if want_k else None
-    for lse, (_, _, o, c) in zip(kept_lse, parts):
-        w = torch.exp(lse - total_safe)[..., None]  # [B, H, Q, 1]; 0 for dropped groups
-        out += w * o.float()
-        if c_sum is not None:
-            c_sum += w * c.float()
+    if keep is not None:
+        rest = keep.new_ones(*keep.shape[:-1], 1)
+        if slots[:-1] == list(range(keep.shape[-1])):  # group g is piece g, the rest last
+            group_keep = torch.cat([keep, rest], dim=-1)  # [B, h, r', G]
+        else:
+            group_keep = torch.cat([keep[..., slots[:-1]], rest], dim=-1)
+        lse = lse.masked_fill(~group_keep, float("-inf"))
+    total = torch.logsumexp(lse, dim=-1, keepdim=True)  # [B, H, Q, 1]
+    total = torch.where(torch.isfinite(total), total, 0.0)
+    w = torch.exp(lse - total)  # [B, H, Q, G]: 0 for dropped groups
+    out = torch.einsum("bhqg,gbhqd->bhqd", w, torch.stack([o.float() for _, _, o, _ in parts]))
     stats = None
     if plan.want_stats:
-        entropy = total_safe - scaling * (q.float() * c_sum).sum(-1)  # [B, H, Q]
+        c_sum = torch.einsum("bhqg,gbhqd->bhqd", w, torch.stack([c.float() for _, _, _, c in parts]))
+        entropy = total[..., 0] - scaling * (q.float() * c_sum).sum(-1)  # [B, H, Q]
         entropy = entropy * masks.q_valid[:, None].float()
         stats = LayerStats(entropy.sum((1, 2)), masks.n_valid_rows * h)
     return LayerResult(out.to(q.dtype).transpose(1, 2), stats, scores if plan.scores_only else None)
