@@ -56,11 +56,13 @@ def files() -> dict[Path, str]:
     for length in REAL:
         for ds in ICL:
             name = f"pce_icl_{ds}_{length}"
-            out[HERE / "icl" / f"{name}.yaml"] = task_yaml(name, length, "_icl_template_yaml", {"pce_dataset": ds, "pce_length": length})
+            kwargs = {"pce_dataset": ds, "pce_length": length}
+            out[HERE / "icl" / f"{name}.yaml"] = task_yaml(name, length, "_icl_template_yaml", kwargs)
             tasks["icl"].setdefault(length, []).append(name)
         for ds in RAG:
             name = f"pce_rag_{ds}_{length}"
-            out[HERE / "rag" / f"{name}.yaml"] = task_yaml(name, length, "_rag_template_yaml", {"pce_dataset": ds, "pce_length": length})
+            kwargs = {"pce_dataset": ds, "pce_length": length}
+            out[HERE / "rag" / f"{name}.yaml"] = task_yaml(name, length, "_rag_template_yaml", kwargs)
             tasks["rag"].setdefault(length, []).append(name)
     for length in GEN:
         for variant, max_gen in RULER.items():
@@ -70,11 +72,13 @@ def files() -> dict[Path, str]:
                 {"generation_kwargs": {"until": [], "max_gen_toks": max_gen, "do_sample": False}})
             tasks["ruler"].setdefault(length, []).append(name)
         name = f"pce_json_kv_{length}"
-        out[HERE / "synthetic" / f"{name}.yaml"] = task_yaml(name, length, "_json_kv_template_yaml", {"pce_length": length})
+        out[HERE / "synthetic" / f"{name}.yaml"] = task_yaml(name, length, "_json_kv_template_yaml",
+                                                             {"pce_length": length})
         tasks["json_kv"].setdefault(length, []).append(name)
         for ds in PPL:
             name = f"pce_ppl_{ds}_{length}"
-            out[HERE / "ppl" / f"{name}.yaml"] = task_yaml(name, length, "_ppl_template_yaml", {"pce_dataset": ds, "pce_length": length})
+            kwargs = {"pce_dataset": ds, "pce_length": length}
+            out[HERE / "ppl" / f"{name}.yaml"] = task_yaml(name, length, "_ppl_template_yaml", kwargs)
             tasks["ppl"].setdefault(length, []).append(name)
 
     g = HERE / "groups"
@@ -108,8 +112,9 @@ def files() -> dict[Path, str]:
     for length in REAL:
         name = f"pce_all_{length}"
         members = [f"pce_icl_{length}", f"pce_rag_{length}", f"pce_synthetic_{length}", f"pce_ppl_{length}"]
-        out[g / f"{name}.yaml"] = group_yaml(name, members, ["score", "attn_entropy"],
-                                             "score = mean over ICL, RAG and synthetic tasks (PPL reports perplexity instead)")
+        out[g / f"{name}.yaml"] = group_yaml(
+            name, members, ["score", "attn_entropy"],
+            "score = mean over ICL, RAG and synthetic tasks (PPL reports perplexity instead)")
     smoke = []
     for variant in RULER:
         smoke.append({"task": f"pce_ruler_{variant}_1k",
@@ -117,7 +122,8 @@ def files() -> dict[Path, str]:
     smoke.append({"task": "pce_json_kv_1k", "dataset_kwargs": {"pce_length": "1k", "pce_n_samples": SMOKE_SAMPLES}})
     out[g / "pce_smoke.yaml"] = group_yaml(
         "pce_smoke", smoke, ["score", "attn_entropy"],
-        f"CPU smoke run: the generated 1k tasks (RULER mk2/mk3/mv, JSON-KV), {SMOKE_SAMPLES} documents each, no data needed")
+        f"CPU smoke run: the generated 1k tasks (RULER mk2/mk3/mv, JSON-KV), {SMOKE_SAMPLES} documents each, "
+        "no data needed")
     return out
 
 

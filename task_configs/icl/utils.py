@@ -24,7 +24,8 @@ SHOTS = {
     "nlu": {"4k": 255, "8k": 510, "16k": 1020, "32k": 2040, "64k": 4080, "128k": 8296},
 }
 MAX_GEN = 20
-INSTRUCTION = 'Use the provided mapping from the text to label to assign a label to the text. Only output "label: {label}" and nothing else.\n\n'
+INSTRUCTION = ("Use the provided mapping from the text to label to assign a label to the text. "
+               'Only output "label: {label}" and nothing else.\n\n')
 TREC_COARSE = ["ABBR", "ENTY", "DESC", "HUM", "LOC", "NUM"]  # HF CogComp/trec ClassLabel order
 
 

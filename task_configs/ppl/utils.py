@@ -154,4 +154,5 @@ def load_ppl(**kwargs):
 
 def process_results(doc, results):
     ll = float(results[0][0])
-    return {"perplexity": (ll, doc["n_tokens"]), "bits_per_byte": (ll, doc["n_bytes"]), "attn_entropy": C.entropy(results)}
+    return {"perplexity": (ll, doc["n_tokens"]), "bits_per_byte": (ll, doc["n_bytes"]),
+            "attn_entropy": C.entropy(results)}

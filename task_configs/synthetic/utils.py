@@ -29,12 +29,16 @@ RULER_VARIANTS = {
     "mv": ("essay", "words", "numbers", 4, 50, "niah_multivalue"),
 }
 RULER_QUERIES = {
-    "mk2": "A special magic number is hidden within the above text. The special magic number for {query} mentioned in the provided text is",
-    "mk3": "A special magic uuid is hidden within the above text. The special magic uuid for {query} mentioned in the provided text is",
-    "mv": "Some special magic numbers are hidden within the above text. The special magic numbers for {query} mentioned in the provided text are",
+    "mk2": "A special magic number is hidden within the above text. "
+           "The special magic number for {query} mentioned in the provided text is",
+    "mk3": "A special magic uuid is hidden within the above text. "
+           "The special magic uuid for {query} mentioned in the provided text is",
+    "mv": "Some special magic numbers are hidden within the above text. "
+          "The special magic numbers for {query} mentioned in the provided text are",
 }
 NEEDLE = "One of the special magic {type_v} for {key} is: {value}."
-JSON_KV_QUERY = "}}\n\nExtract the value corresponding to the specified key in the JSON object above.\n\nKey: {question}\nCorresponding value:"
+JSON_KV_QUERY = ("}}\n\nExtract the value corresponding to the specified key in the JSON object above.\n\n"
+                 "Key: {question}\nCorresponding value:")
 JSON_KV_MAX_GEN = 100
 JSON_KV_HELMET_K = {"4k": 50, "8k": 105, "16k": 220, "32k": 440, "64k": 900, "128k": 1800}
 DEPTHS = [round(i * 100 / 39) for i in range(40)]  # np.round(np.linspace(0, 100, 40)) as ints
@@ -61,7 +65,6 @@ def zen_of_python() -> str:
     return codecs.decode(encoded, "rot13")
 
 
-@lru_cache(maxsize=2)
 def essay_text(folder: str | None) -> tuple[str, str]:
     """(text, source name) of the mv haystack.
 
