@@ -29,7 +29,6 @@ N_SAMPLES = 100
 LENGTHS = {"1k": 1024, "4k": 4096, "8k": 8192, "16k": 16384, "32k": 32768, "64k": 65536, "128k": 131072}
 
 DATA_ENV = "PCE_DATA_DIR"
-CACHE_ENV = "PCE_CACHE_DIR"
 DOCS_CACHE_ENV = "PCE_DOCS_CACHE"
 _OFF = ("0", "false", "no", "off")
 
@@ -362,13 +361,13 @@ def code_version(*files: str) -> str:
     return hashlib.sha256("".join(digests).encode()).hexdigest()[:16]
 
 
-def docs_key(args: TaskArgs, *, inputs, builder: str, **extra) -> dict:
+def docs_key(args: TaskArgs, *, inputs, builder: str) -> dict:
     """Everything that shapes a task's documents: the arguments, the inputs read (file identities, word lists,
     dataset ids), the tokenizer (by content), and the builder's code version."""
     return {
         "task": args.task, "length": args.length, "n_samples": args.n_samples, "seed": args.seed,
         "source": args.source, "fit": args.fit, "inputs": inputs,
-        "tokenizer": tokenizer_fingerprint(tokenizer_of(args.tokenizer)), "code": code_version(builder), **extra,
+        "tokenizer": tokenizer_fingerprint(tokenizer_of(args.tokenizer)), "code": code_version(builder),
     }
 
 
