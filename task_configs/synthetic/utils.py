@@ -207,8 +207,8 @@ def _generation_inputs(variant: str) -> dict:
     inputs = {"words": word_lists_hash() if type_k == "words" else None}
     if haystack == "essay":
         files = essay_files(_essays_folder())
-        inputs["essays"] = C.file_identity(files) if files else "zen:" + hashlib.sha256(
-            zen_of_python().encode()).hexdigest()[:16]
+        zen = "zen:" + hashlib.sha256(zen_of_python().encode()).hexdigest()[:16]
+        inputs["essays"] = C.file_identity(files) if files else zen
     return inputs
 
 
