@@ -167,7 +167,8 @@ def test_naive_only_correlation_with_its_fisher_interval():
     r = float(np.corrcoef(x, y)[0, 1])
     half = Z / math.sqrt(x.size - 3)
     assert result.n == 5 and result.r == pytest.approx(r, abs=1e-12)
-    assert (result.low, result.high) == pytest.approx((math.tanh(math.atanh(r) - half), math.tanh(math.atanh(r) + half)))
+    fisher = (math.tanh(math.atanh(r) - half), math.tanh(math.atanh(r) + half))
+    assert (result.low, result.high) == pytest.approx(fisher)
     # pooling the other methods would give another r
     pooled = stats.pearson_interval([p[1] for p in points], [p[2] for p in points])
     assert abs(pooled.r - result.r) > 0.1
