@@ -117,6 +117,20 @@ def test_paired_bootstrap_mean_sees_a_constant_shift_and_no_change():
     assert noisy.pvalue > 0.05 and noisy.interval.contains(0.0)
 
 
+def test_paired_category_mean_is_the_macro_average_of_per_task_differences():
+    rng = np.random.default_rng(2)
+    first, second = rng.uniform(size=12), rng.uniform(size=5)
+    # a is 0.2 worse on every document of task 1 and 0.1 better on every document of task 2: every stratified
+    # resample sees (-0.2 + 0.1) / 2, while an unstratified one would weigh task 1 by its 12 documents
+    shifted = stats.paired_bootstrap_category_mean([(first - 0.2, first), (second + 0.1, second)], n_resamples=500)
+    assert shifted.difference == pytest.approx(-0.05) and shifted.pvalue == 0.0 and shifted.n == 17
+    assert shifted.interval.low == pytest.approx(-0.05) and shifted.interval.high == pytest.approx(-0.05)
+    same = stats.paired_bootstrap_category_mean([(first, first), (second, second)], n_resamples=500)
+    assert same.difference == 0.0 and same.pvalue == 1.0
+    with pytest.raises(ValueError, match=r"task_pairs\[1\]: a and b must cover the same documents"):
+        stats.paired_bootstrap_category_mean([(first, first), (second, second[:3])])
+
+
 def test_paired_test_picks_mcnemar_for_binary_scores():
     assert stats.paired_test([1, 0, 1, 1], [1, 1, 1, 0]).test == "mcnemar"
     assert stats.paired_test([1, 0.25, 1, 1], [1, 1, 1, 0]).test == "paired_bootstrap"

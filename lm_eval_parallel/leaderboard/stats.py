@@ -7,8 +7,8 @@ scipy / statsmodels:
 * a mean over documents, a category mean over tasks, a perplexity: percentile bootstrap over documents
   (`bootstrap_mean`, `bootstrap_category_mean`, `bootstrap_perplexity`);
 * two configurations on the same documents: exact McNemar for 0/1 outcomes (`mcnemar_exact`), paired
-  bootstrap for means and perplexities (`paired_bootstrap_mean`, `paired_bootstrap_perplexity`);
-  `paired_test` picks the right one;
+  bootstrap for means, category means and perplexities (`paired_bootstrap_mean`,
+  `paired_bootstrap_category_mean`, `paired_bootstrap_perplexity`); `paired_test` picks the right one per task;
 * a table of p-values: Holm-Bonferroni (`holm_bonferroni`);
 * a task where full attention is not above chance by its interval (`is_floor`);
 * Pearson r with its Fisher-z interval, for entropy vs score over the naive configurations of a task
@@ -233,6 +233,29 @@ def paired_bootstrap_mean(a, b, seed: int = SEED, n_resamples: int = N_RESAMPLES
     if a.size < 2:
         return PairedTest("paired_bootstrap", estimate, float("nan"), a.size, interval=_no_interval(estimate))
     return _paired(_bootstrap((a, b), _mean_difference, True, seed, n_resamples, confidence), estimate, a.size)
+
+
+def paired_bootstrap_category_mean(task_pairs: Sequence[tuple], seed: int = SEED, n_resamples: int = N_RESAMPLES,
+                                   confidence: float = CONFIDENCE) -> PairedTest:
+    """Paired bootstrap of category mean(a) - category mean(b) (macro average over tasks).
+
+    `task_pairs` holds one (a, b) pair of per-document arrays per task, on the same documents. The macro
+    difference is the mean over tasks of each task's mean per-document difference, so the documents of each
+    task are resampled (stratified, as in `bootstrap_category_mean`) with their a and b values together."""
+    differences = []
+    for i, (a, b) in enumerate(task_pairs):
+        a, b = _vector(a, f"task_pairs[{i}][0]"), _vector(b, f"task_pairs[{i}][1]")
+        if a.shape != b.shape:
+            raise ValueError(f"task_pairs[{i}]: a and b must cover the same documents, got {a.size} and {b.size}")
+        differences.append(a - b)
+    if not differences:
+        raise ValueError("paired_bootstrap_category_mean needs at least one task")
+    estimate = float(_macro_mean(*differences))
+    n = sum(d.size for d in differences)
+    if min(d.size for d in differences) < 2:
+        return PairedTest("paired_bootstrap", estimate, float("nan"), n, interval=_no_interval(estimate))
+    result = _bootstrap(tuple(differences), _macro_mean, False, seed, n_resamples, confidence)
+    return _paired(result, estimate, n)
 
 
 def _log_perplexity_difference(ll_a, ll_b, tokens_a, tokens_b, axis=-1):
