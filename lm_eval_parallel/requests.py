@@ -11,7 +11,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from .config import PCEConfig
-from .layout import Layout, group_items
+from .layout import Layout, chunk_ceil, group_items
 from .log import warn_once
 from .structure import PromptParts, split_prompt
 
@@ -170,5 +170,8 @@ class RequestBuilder:
         return tuple(tuple(t for unit in group for t in unit) for group in group_items(units, n_pieces))
 
     def _chunks(self, tokens: list[int]) -> tuple[tuple[int, ...], ...]:
-        """Unmarked context: contiguous chunks of near-equal token count (SPEC §1, the rule of §3 on tokens)."""
+        """Unmarked context: contiguous chunks of near-equal token count (SPEC §1, the rule of §3 on tokens), or
+        with ``lm_split=ceil`` chunks of ceil(n/P) tokens and a shorter last one (the released code's LM split)."""
+        if self.pce.lm_split == "ceil":
+            return tuple(tuple(chunk) for chunk in chunk_ceil(tokens, self.pce.n_pieces))
         return tuple(tuple(chunk) for chunk in group_items(tokens, self.pce.n_pieces) if chunk)
