@@ -52,7 +52,7 @@ def chunk_ceil(items: list, n_pieces: int) -> list[list]:
 class TokenKind(IntEnum):
     """The group a token belongs to (SPEC §1)."""
 
-    PREFIX = 0  # the shared prefix: BOS, sink text, preamble
+    PREFIX = 0  # the shared prefix: BOS, preamble, sink text
     PIECE = 1  # a token of one of the pieces
     QUERY = 2  # query, continuation and generated tokens
 
@@ -67,7 +67,7 @@ class TokenGroups:
 
 @dataclass(frozen=True)
 class Layout:
-    """Token ids of one request: ``prefix`` (BOS + sink + preamble), ``pieces`` (encoded independently)."""
+    """Token ids of one request: ``prefix`` (BOS + preamble + sink), ``pieces`` (encoded independently)."""
 
     prefix: tuple[int, ...]
     pieces: tuple[tuple[int, ...], ...]

@@ -157,9 +157,16 @@ class RequestBuilder:
 
     # ------------------------------------------------------------------ layout
     def _prefix(self, request_type: str, task_sink: str | None, preamble: Sequence[int] = ()) -> tuple[int, ...]:
-        """BOS (if any) + sink (sink methods) + preamble: what every piece attends to (SPEC §4)."""
+        """BOS (if any) + preamble + sink (sink methods): what every piece attends to (SPEC §4).
+
+        The preamble (a chat template's head, a task description) comes first, so the sink stands where it would
+        as the first item; a preamble that starts with the BOS already (a chat template's) keeps it the only one.
+        """
         sink = self.pce.sink_for(request_type, task_sink)
-        return tuple(self.bos + self.ids(sink or "") + list(preamble))
+        bos = self.bos
+        if bos and list(preamble[:1]) == bos:
+            bos = []
+        return tuple(bos + list(preamble) + self.ids(sink or ""))
 
     def _pieces(self, units: list[list[int]]) -> tuple[tuple[int, ...], ...]:
         """Items grouped into P contiguous pieces (SPEC §3)."""
