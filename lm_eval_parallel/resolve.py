@@ -43,3 +43,22 @@ def load_tokenizer(pretrained: str, gguf_file: str | None = None, tokenizer: str
     source, gguf_file = resolve_pretrained(tokenizer or pretrained, None if tokenizer else gguf_file)
     kwargs = {"gguf_file": gguf_file} if gguf_file else {}
     return AutoTokenizer.from_pretrained(source, **kwargs)
+
+
+def check_pretrained(pretrained) -> None:
+    """Refuse a ``pretrained=`` (after :func:`resolve_pretrained`) that names nothing from_pretrained can load:
+    not a folder, not a ``.gguf`` file, and not shaped like a hub id (``name`` or ``owner/name``)."""
+    if not isinstance(pretrained, str) or os.path.isdir(pretrained):
+        return
+    if pretrained.endswith(".gguf") and os.path.isfile(pretrained):
+        return
+    if not os.path.exists(pretrained):
+        from huggingface_hub.utils import HFValidationError, validate_repo_id
+
+        try:
+            validate_repo_id(pretrained)
+            return
+        except HFValidationError:
+            pass
+    raise ValueError(f"pretrained={pretrained!r} is not a folder, a .gguf file, an alias ({DEFAULT_ALIAS}) "
+                     "or a hub id")
