@@ -44,10 +44,13 @@ def _our_roots() -> tuple[str, ...]:
 
 
 def is_our_error(exc: BaseException) -> bool:
-    """A bad-input error raised by our own code (its innermost frame is in this package or the pce tasks)."""
+    """A bad-input error of ours: a data error of a task (``PceDataError``), or a ValueError / OSError raised
+    by our own code (its innermost frame is in this package or the pce tasks)."""
     from .tasks_common import PceDataError
 
-    if not isinstance(exc, (ValueError, OSError, PceDataError)):
+    if isinstance(exc, PceDataError):
+        return True
+    if not isinstance(exc, (ValueError, OSError)):
         return False
     tb = exc.__traceback__
     while tb is not None and tb.tb_next is not None:
