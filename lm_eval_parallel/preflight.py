@@ -127,10 +127,13 @@ def check_model_args(model: str, model_args, device) -> None:
 
 
 def shorten_long_values(model_args) -> None:
-    """Long text values of a model_args dict become :class:`LongText` (in place: the CLI prints this dict)."""
+    """Long text values of our settings in a model_args dict become :class:`LongText` (in place: the CLI
+    prints this very dict after the run)."""
+    from .config import SETTINGS
+
     if isinstance(model_args, dict):
         for key, value in model_args.items():
-            if type(value) is str and len(value) > LONG_ARG_CHARS:
+            if key in SETTINGS and type(value) is str and len(value) > LONG_ARG_CHARS:
                 model_args[key] = LongText(value)
 
 
