@@ -20,7 +20,14 @@ import hashlib
 import inspect
 import os
 
-from .checks import check_device, check_dtype, check_hf_options, check_num_fewshot, check_output_path, pce_task_names
+from .checks import (
+    check_device,
+    check_dtype,
+    check_hf_options,
+    check_num_fewshot,
+    check_output_path,
+    pce_task_names,
+)
 
 LONG_ARG_CHARS = 200
 EARLY_TASKS = True  # build pce tasks before the model loads

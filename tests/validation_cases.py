@@ -23,6 +23,7 @@ AREAS = {
     "model_args": "`--model_args` of `parallel_hf` (and of `hf` where it says so), checked before the model loads.",
     "command line": "`lm_eval` / `lm-eval-parallel` arguments, checked before lm-eval indexes its tasks.",
     "metadata": "`--metadata` keys read by the pce tasks.",
+    "prompts": "Marked prompts of a task (`parallel_prompt`, and what the model reads back with `split_prompt`).",
     "sweep": "`lm-eval-parallel sweep` flags.",
     "data files": "Local data files of the pce tasks (`$PCE_DATA_DIR`).",
     "leaderboard and check": "`lm-eval-parallel leaderboard` and `lm-eval-parallel check` (exit status 2).",
@@ -94,6 +95,15 @@ def command(name: str, *argv: str, setup: Callable[[Path], None] | None = None):
         if status != 0:
             lines = [line for line in err.getvalue().splitlines() if line.strip()]
             raise CommandFailed(lines[-1] if lines else f"exit status {status}")
+
+    return trigger
+
+
+def prompt(function: str, *args):
+    def trigger(folder: Path):
+        import lm_eval_parallel
+
+        getattr(lm_eval_parallel, function)(*args)
 
     return trigger
 
@@ -180,7 +190,7 @@ CASES = [
          model_args("hf", P=4)),
     Case("model_args", "--model hf --model_args P=4,method=sel",
          "P, method are parallel_hf options; use --model parallel_hf", model_args("hf", P=4, method="sel")),
-    Case("model_args", "--device cuda (no CUDA on the machine)",
+    Case("model_args", "--device cuda (on a machine without CUDA)",
          "device='cuda', but torch finds no CUDA device here; use --device cpu",
          with_cuda_absent(model_args(device="cuda"))),
     # command line
@@ -193,6 +203,17 @@ CASES = [
     Case("command line", "--output_path DIR/notes.txt/results.json (under a file)",
          "--output_path='DIR/notes.txt/results.json': DIR/notes.txt is a file, not a folder",
          with_files(cli_args(output_path="DIR/notes.txt/results.json"), **{"notes.txt": "x"})),
+    # prompts
+    Case("prompts", "parallel_prompt([], query)", "parallel_prompt: items is empty; give at least one item",
+         prompt("parallel_prompt", [], "Q:")),
+    Case("prompts", "parallel_prompt([\"a\\ue002\"], query)",
+         "parallel_prompt: items[0] already contains a structure marker '\\ue002'",
+         prompt("parallel_prompt", ["a\ue002"], "Q:")),
+    Case("prompts", "a prompt with two query markers `\\ue003` (pce prompts joined as few-shot examples)",
+         "split_prompt: expected exactly one query marker (U+E003), found 2",
+         prompt("split_prompt", "\ue002a\ue003q\ue003r")),
+    Case("prompts", "a structure marker inside the sink (`\\ue000` ... `\\ue001`)", "split_prompt: markers nested inside the sink text",
+         prompt("split_prompt", "\ue000a\ue002b\ue001\ue002c\ue003q")),
     # leaderboard and check
     Case("leaderboard and check", "leaderboard DIR/empty --out DIR/board (no results files)",
          "error: no lm-eval results files with task results under DIR/empty; nothing written to DIR/board",
@@ -212,9 +233,16 @@ CASES = [
 
 # ---------------------------------------------------------------------------------------------- the page
 
-def _cell(text: str) -> str:
-    text = text.replace("|", "\\|")
-    return text if "`" in text else f"`{text}`"
+def _code(text: str) -> str:
+    return "`" + text.replace("|", "\\|") + "`"
+
+
+def _input(text: str) -> str:
+    """An input: as written when it has backticks, else code up to a trailing `` (remark)``."""
+    if "`" in text:
+        return text.replace("|", "\\|")
+    code, sep, remark = text.partition(" (")
+    return _code(code) + (f" ({remark}" if sep else "")
 
 
 def render(cases: list[Case] = CASES) -> str:
@@ -234,7 +262,7 @@ def render(cases: list[Case] = CASES) -> str:
         if not rows:
             continue
         lines += ["", f"## {area}", "", about, "", "| input | message |", "|---|---|"]
-        lines += [f"| {_cell(case.given)} | {_cell(case.message)} |" for case in rows]
+        lines += [f"| {_input(case.given)} | {_code(case.message)} |" for case in rows]
     return "\n".join(lines) + "\n"
 
 
