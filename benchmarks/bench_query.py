@@ -157,6 +157,7 @@ def main(argv=None) -> int:
                               calls(par, gen_ctx, ll_ctx, cont)))
         for name, pce, impl, lm, (gen_call, ll_call) in cells:
             if pce is not None:
+                model.set_attn_implementation(attention.ATTN_NAME)
                 lm.configure(pce)
                 attention.QUERY_IMPL = impl
             row = {"L": length, "config": name}

@@ -112,11 +112,12 @@ class QueryMasks:
     visible: torch.Tensor  # [B, Q, K] bool: the key is valid and not after the row (SPEC §5, query rows)
     q_valid: torch.Tensor  # [B, Q] bool
     n_valid_rows: torch.Tensor  # [B] float: real query rows of each request
-    groups: KeyGroups | None = None  # pieces and the other keys, when the plan needs probabilities
+    groups: KeyGroups | None = None  # pieces and the other keys, for query_fast's grouped path
 
 
-def build_query_masks(plan: QueryPlan, device, n_k: int) -> QueryMasks:
-    """The :class:`QueryMasks` of ``plan`` on ``device`` when the store holds ``n_k`` keys."""
+def build_query_masks(plan: QueryPlan, device, n_k: int, groups: bool = False) -> QueryMasks:
+    """The :class:`QueryMasks` of ``plan`` on ``device`` when the store holds ``n_k`` keys (with ``groups``: and
+    its :class:`~.kvstore.KeyGroups`, built on the host). Every tensor lives on ``device``."""
     keys = plan.store.layout_on(device)
     key_valid, group_index = keys.key_valid[:, :n_k], keys.group_index[:, :n_k]  # [B, K]
     n_q = plan.q_valid.shape[1]
@@ -124,9 +125,9 @@ def build_query_masks(plan: QueryPlan, device, n_k: int) -> QueryMasks:
     kv_idx = torch.arange(n_k, device=device)[None, :]  # [1, K]
     visible = key_valid[:, None, :] & causal(None, None, q_idx, kv_idx)[None]  # [B, Q, K]
     q_valid = plan.q_valid.to(device)
-    groups = plan.store.key_groups(n_k, device) if plan.needs_probs else None
+    key_groups = plan.store.key_groups(n_k, device) if groups else None
     return QueryMasks(key_valid, group_index, keys.piece_index, keys.n_pieces, visible, q_valid,
-                      q_valid.float().sum(-1), groups)
+                      q_valid.float().sum(-1), key_groups)
 
 
 @dataclass
@@ -169,10 +170,10 @@ class _QueryForward:
     outputs: QueryOutputs
     masks: dict[tuple[str, int], QueryMasks] = field(default_factory=dict)  # (device, K) -> shared by layers
 
-    def masks_on(self, device, n_k: int) -> QueryMasks:
+    def masks_on(self, device, n_k: int, groups: bool = False) -> QueryMasks:
         key = (str(device), n_k)
-        if key not in self.masks:
-            self.masks[key] = build_query_masks(self.plan, device, n_k)
+        if key not in self.masks or (groups and self.masks[key].groups is None):
+            self.masks[key] = build_query_masks(self.plan, device, n_k, groups)
         return self.masks[key]
 
 
@@ -340,7 +341,7 @@ def eager_query_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, pla
         scores = torch.cat(per_chunk, dim=2) * masks.q_valid[:, None, :, None]  # [B, H, Q, P]
 
     # 2. The pieces each row keeps (SPEC §7.2-3): [B, h, r', P], h in {1, H}, r' in {1, Q}; None keeps all.
-    keep = plan.forced_keep
+    keep = None if plan.forced_keep is None else plan.forced_keep.to(q.device, non_blocking=True)
     if plan.selects:
         sel = plan.selection
         keep = select_pieces(topn_sum(scores, sel.aggr, sel.aggr_topn), masks.n_pieces, sel.top_k)
@@ -372,12 +373,12 @@ def _query_attention(q, k, v, forward: _QueryForward, scaling: float, softcap: f
     """Query rows over the whole store: SDPA when only the weighted values are needed, else eager or fast."""
     plan = forward.plan
     if plan.needs_probs or softcap is not None:
-        masks = forward.masks_on(q.device, k.shape[2])
         if plan.needs_probs and uses_fast_path(q, plan, softcap):
-            from .query_fast import fast_query_attention
+            from .query_fast import fast_query_attention, is_small
 
+            masks = forward.masks_on(q.device, k.shape[2], groups=not is_small(q, k))
             return fast_query_attention(q, k, v, plan, masks, scaling, softcap)
-        return eager_query_attention(q, k, v, plan, masks, scaling, softcap)
+        return eager_query_attention(q, k, v, plan, forward.masks_on(q.device, k.shape[2]), scaling, softcap)
     if q.shape[2] == 1 and plan.store.dense:
         # one new token per row and no padding anywhere: it sees every key, no mask needed
         return LayerResult(_sdpa(q, k, v, scaling).transpose(1, 2))

@@ -315,6 +315,7 @@ class ParallelEngine:
                        selection: Selection | None) -> tuple[torch.Tensor, QueryOutputs]:
         """One query forward over ``store`` (LHT runs it twice); returns (logits [B, Q, V], outputs)."""
         store.mark(store.length, q_valid)
+        q_valid = q_valid.to(self.device)  # before the forward: no host -> device copy inside a layer
         if selection is not None and selection.aggr == "LHT":
             # pass 1 reports every layer's piece scores; pass 2 keeps, in every layer, the pieces chosen from all
             with querying(QueryPlan(store, q_valid, selection=selection, scores_only=True)) as first:

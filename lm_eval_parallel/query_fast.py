@@ -16,12 +16,17 @@ its entropy is H = L - sum_k p_k s_k = L - scaling * <q, sum_g w_g c_g>, and the
 top-n probabilities under the softmax over every key) is sum_{top-n k in i} exp(s_k - lse) with lse the merge
 over all groups: the top-n scores of each piece come from its logits in the query's dtype, a chunk of rows at
 a time. Piece scores are all known before any group is merged, so selection needs no second pass over keys.
+
+Few query rows (a decode step) take :func:`small_query_attention` instead: the probabilities of every row over
+every key are small then, and a fixed handful of kernels per layer (whatever the number of pieces) beats one
+kernel call per group.
 """
 from __future__ import annotations
 
 import itertools
 
 import torch
+import torch.nn.functional as F
 
 from .attention import (
     CHUNK_BYTES,
@@ -31,7 +36,18 @@ from .attention import (
     QueryPlan,
     _grouped_scores,
 )
-from .selection import select_pieces, topn_sum
+from .selection import apply_keep, piece_scores, select_pieces, topn_sum
+
+SMALL_QUERY_BYTES = 64 * 2**20  # small_query_attention while one fp32 [B, H, Q, K] tensor fits in this
+SMALL_QUERY_ROWS = 16  # ... and Q is at most this
+TOPN_BLOCK = 64  # keys per block of the two-stage top-n (topn_values)
+SPLIT_KEYS = 4096  # keys per split of the probabilities x values product of few rows (split_output)
+
+
+def is_small(q: torch.Tensor, k: torch.Tensor) -> bool:
+    """Whether the query rows q [B, H, Q, D] over the keys k [B, Hkv, K, D] go through small_query_attention."""
+    b, h, n_q, _ = q.shape
+    return n_q <= SMALL_QUERY_ROWS and b * h * n_q * k.shape[2] * 4 <= SMALL_QUERY_BYTES
 
 
 def attend_with_lse(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: torch.Tensor | None,
@@ -58,10 +74,52 @@ def attend_with_lse(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: tor
     return out, lse[:, :, :m]
 
 
+def split_output(p: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """p [B, H, r, K] (fp32) x v [B, Hkv, K, D] -> fp32 [B, H, r, D], the keys cut in splits of SPLIT_KEYS.
+
+    With few rows the product is a long reduction over K on a handful of output tiles; one batch entry per
+    (kv head, split) keeps the whole GPU busy, and the partial products are summed in fp32.
+    """
+    b, h, r, n_k = p.shape
+    hkv, d = v.shape[1], v.shape[3]
+    pg = p.to(v.dtype).reshape(b, hkv, (h // hkv) * r, n_k)  # [B, Hkv, G*r, K]
+    n_split = n_k // SPLIT_KEYS
+    out = None
+    if n_split >= 2:
+        body = n_split * SPLIT_KEYS
+        ps = pg[..., :body].unflatten(-1, (n_split, SPLIT_KEYS)).transpose(2, 3)  # [B, Hkv, S, G*r, split]
+        vs = v[:, :, :body].unflatten(2, (n_split, SPLIT_KEYS))  # [B, Hkv, S, split, D]
+        out = (ps @ vs).float().sum(2)  # [B, Hkv, G*r, D]
+        pg, v = pg[..., body:], v[:, :, body:]
+    if out is None or v.shape[2]:
+        tail = (pg @ v).float()
+        out = tail if out is None else out + tail
+    return out.reshape(b, h, r, d)
+
+
+def topn_values(x: torch.Tensor, n: int) -> torch.Tensor:
+    """The ``n`` largest values along the last dim of x [..., L] (sorted), as ``x.topk(n).values``.
+
+    Two stages, exact: the keys go in blocks of TOPN_BLOCK; every one of the n largest values lies in one of the
+    n blocks with the largest maxima (a block holding one has a maximum >= the n-th largest value, and at most n
+    blocks have one), so a top-n over the block maxima and one over those n blocks' values finds them.
+    """
+    n_keys = x.shape[-1]
+    if n_keys <= 4 * n * TOPN_BLOCK:
+        return x.topk(min(n, n_keys), dim=-1).values
+    pad = -n_keys % TOPN_BLOCK
+    if pad:
+        x = F.pad(x, (0, pad), value=float("-inf"))
+    blocks = x.unflatten(-1, (-1, TOPN_BLOCK))  # [..., L / block, block]
+    best = blocks.amax(-1).topk(n, dim=-1).indices  # [..., n]
+    candidates = blocks.gather(-2, best[..., None].expand(*best.shape, TOPN_BLOCK))  # [..., n, block]
+    return candidates.flatten(-2).topk(n, dim=-1).values
+
+
 def _piece_topn(qg: torch.Tensor, k: torch.Tensor, key_ok: torch.Tensor | None, scaling: float,
                 n: int) -> torch.Tensor:
     """The ``n`` largest scaled scores of every folded row over the keys k: qg [B, Hkv, M, D], k [B, Hkv, L, D],
-    key_ok None or [B, L] bool -> fp32 [B, Hkv, M, min(n, L)], -inf where fewer keys exist."""
+    key_ok None or [B, L] bool -> fp32 [B, Hkv, M, n], -inf where fewer keys exist."""
     b, hkv, m, _ = qg.shape
     n_keys = k.shape[2]
     step = max(1, min(m, CHUNK_BYTES // max(1, b * hkv * n_keys * qg.element_size() * 2)))
@@ -70,19 +128,61 @@ def _piece_topn(qg: torch.Tensor, k: torch.Tensor, key_ok: torch.Tensor | None, 
         logits = qg[:, :, r0 : r0 + step] @ k.transpose(-1, -2)  # [B, Hkv, r, L] in the query dtype
         if key_ok is not None:
             logits = logits.masked_fill(~key_ok[:, None, None, :], float("-inf"))
-        out.append(logits.topk(min(n, n_keys), dim=-1).values.float() * scaling)
-    return out[0] if len(out) == 1 else torch.cat(out, dim=2)
+        out.append(topn_values(logits, n).float() * scaling)
+    top = out[0] if len(out) == 1 else torch.cat(out, dim=2)
+    return F.pad(top, (0, n - top.shape[-1]), value=float("-inf")) if top.shape[-1] < n else top
 
 
 def fast_query_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, plan: QueryPlan, masks: QueryMasks,
                          scaling: float, softcap: float | None) -> LayerResult:
-    """Query rows by groups of keys merged by their log-sum-exp; equals :func:`eager_query_attention`.
+    """The query stage without the eager path's chunks of fp32 rows; equals :func:`eager_query_attention`.
 
-    q [B, H, Q, D]; k, v [B, Hkv, K, D] (every key so far, this forward's included).
+    q [B, H, Q, D]; k, v [B, Hkv, K, D] (every key so far, this forward's included). Few rows (:func:`is_small`):
+    :func:`small_query_attention`; else :func:`grouped_query_attention`, which needs ``masks.groups``.
     """
     if softcap is not None or plan.analysis:
         raise ValueError("fast_query_attention: softcapped scores and analysis need eager_query_attention")
+    if is_small(q, k):
+        return small_query_attention(q, k, v, plan, masks, scaling)
+    return grouped_query_attention(q, k, v, plan, masks, scaling)
+
+
+def small_query_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, plan: QueryPlan, masks: QueryMasks,
+                          scaling: float) -> LayerResult:
+    """Every row over every key at once, in fp32: the same kernels whatever the number of pieces, no host sync.
+
+    q [B, H, Q, D]; k, v [B, Hkv, K, D]. Scores, selection, renormalisation and entropy as the eager path's
+    single chunk (SPEC §7, §8).
+    """
+    logits = _grouped_scores(q, k, scaling)  # [B, H, Q, K] fp32
+    logits = torch.where(masks.visible[:, None], logits, torch.finfo(logits.dtype).min)
+    p = logits.softmax(-1)  # [B, H, Q, K]
+    scores = None
+    if plan.selection is not None:
+        scores = piece_scores(p, masks.piece_index, plan.selection.score_topn) * masks.q_valid[:, None, :, None]
+    keep = None if plan.forced_keep is None else plan.forced_keep.to(q.device, non_blocking=True)
+    if plan.selects:
+        sel = plan.selection
+        keep = select_pieces(topn_sum(scores, sel.aggr, sel.aggr_topn), masks.n_pieces, sel.top_k)
+    if keep is not None:
+        p = apply_keep(p, keep, masks.group_index)
+    stats = None
+    if plan.want_stats:
+        entropy = -torch.xlogy(p, p).sum(-1) * masks.q_valid[:, None]  # [B, H, Q]
+        stats = LayerStats(entropy.sum((1, 2)), masks.n_valid_rows * q.shape[1])
+    out = split_output(p, v)  # [B, H, Q, D]
+    return LayerResult(out.to(q.dtype).transpose(1, 2), stats, scores if plan.scores_only else None)
+
+
+def grouped_query_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, plan: QueryPlan, masks: QueryMasks,
+                            scaling: float) -> LayerResult:
+    """Query rows by groups of keys merged by their log-sum-exp (the module docstring); needs ``masks.groups``.
+
+    q [B, H, Q, D]; k, v [B, Hkv, K, D] (every key so far, this forward's included).
+    """
     groups = masks.groups
+    if groups is None:
+        raise ValueError("grouped_query_attention: masks.groups is None; build the masks with groups=True")
     b, h, n_q, d = q.shape
     hkv = k.shape[1]
     n_rep = h // hkv
@@ -141,14 +241,12 @@ def fast_query_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, plan
     scores = None
     if want_scores:
         n_slots = masks.piece_index.shape[1]
-        values = torch.stack([topn[slot] for slot in topn], dim=-2)  # [B, H, Q, G - 1, n]
-        per_piece = torch.exp(values - lse_all[..., None, None]).sum(-1) * masks.q_valid[:, None, :, None]
-        if list(topn) == list(range(n_slots)):  # every slot holds a piece: no scatter (no host-built index)
-            scores = per_piece  # [B, H, Q, P]
-        else:
-            scores = torch.zeros(b, h, n_q, n_slots, device=q.device)  # [B, H, Q, P]
-            scores[..., list(topn)] = per_piece
-    keep = plan.forced_keep  # [B, h, r', P], h in {1, H}, r' in {1, Q}; None keeps all
+        first = next(iter(topn.values()))
+        missing = torch.full_like(first, float("-inf"))  # a slot without a piece (no key) scores 0
+        values = torch.stack([topn.get(slot, missing) for slot in range(n_slots)], dim=-2)  # [B, H, Q, P, n]
+        scores = torch.exp(values - lse_all[..., None, None]).sum(-1) * masks.q_valid[:, None, :, None]  # [B,H,Q,P]
+    keep = None if plan.forced_keep is None else plan.forced_keep.to(q.device, non_blocking=True)
+    # keep: [B, h, r', P], h in {1, H}, r' in {1, Q}; None keeps all
     if plan.selects:
         sel = plan.selection
         keep = select_pieces(topn_sum(scores, sel.aggr, sel.aggr_topn), masks.n_pieces, sel.top_k)

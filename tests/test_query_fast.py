@@ -11,7 +11,7 @@ import pytest
 import torch
 from tiny_models import make_model
 
-from lm_eval_parallel import attention
+from lm_eval_parallel import attention, query_fast
 from lm_eval_parallel.attention import (
     QueryPlan,
     build_query_masks,
@@ -22,7 +22,14 @@ from lm_eval_parallel.attention import (
 from lm_eval_parallel.engine import ParallelEngine
 from lm_eval_parallel.kvstore import KVStore
 from lm_eval_parallel.layout import Layout
-from lm_eval_parallel.query_fast import attend_with_lse, fast_query_attention
+from lm_eval_parallel.query_fast import (
+    attend_with_lse,
+    fast_query_attention,
+    grouped_query_attention,
+    small_query_attention,
+    split_output,
+    topn_values,
+)
 from lm_eval_parallel.selection import Selection, select_pieces, topn_sum
 
 AGGRS = ("none", "H", "T", "HT")
@@ -60,15 +67,23 @@ def _store(device, dtype, one_request: bool, n_q: int, hkv: int, d: int, gen: to
     return store, q_valid
 
 
-def _plans(store, q_valid, sel_kwargs):
-    """Every plan shape the engine builds: selection per layer, LHT's two passes, entropy only."""
+def _plans(store, q_valid, sel_kwargs, device="cpu"):
+    """Every plan shape the engine builds: selection per layer, LHT's two passes, entropy only. The forced keep
+    lives on ``device`` as the engine's does, and also on the host (the paths move it)."""
     for aggr in AGGRS:
         yield QueryPlan(store, q_valid, selection=Selection(aggr=aggr, **sel_kwargs), want_stats=True)
     sel = Selection(aggr="LHT", **sel_kwargs)
     yield QueryPlan(store, q_valid, selection=sel, scores_only=True)
     keep = torch.tensor([[True, False, True, False]] * store.batch)[:, None, None, :]
+    yield QueryPlan(store, q_valid, forced_keep=keep.to(device), want_stats=True)
     yield QueryPlan(store, q_valid, forced_keep=keep, want_stats=True)
     yield QueryPlan(store, q_valid, want_stats=True)
+
+
+def _mask_tensors(masks):
+    """Every tensor of a QueryMasks, its KeyGroups' included."""
+    tensors = [t for t in vars(masks).values() if isinstance(t, torch.Tensor)]
+    return tensors + [t for t in masks.groups if isinstance(t, torch.Tensor)]
 
 
 @pytest.mark.parametrize("device,dtype,tol", DEVICES)
@@ -83,19 +98,69 @@ def test_fast_layer_equals_eager(device, dtype, tol, one_request, n_q, heads):
     q = (torch.randn(store.batch, h, n_q, d, generator=gen) * 2).to(device, dtype)
     new_k, new_v = (torch.randn(store.batch, hkv, n_q, d, generator=gen).to(device, dtype) for _ in range(2))
     k, v = store.append_query(0, new_k, new_v)
-    for plan in _plans(store, q_valid, {"top_k": 2, "score_topn": 2, "aggr_topn": 3}):
-        masks = build_query_masks(plan, device, k.shape[2])
+    for plan in _plans(store, q_valid, {"top_k": 2, "score_topn": 2, "aggr_topn": 3}, device):
+        masks = build_query_masks(plan, device, k.shape[2], groups=True)
         assert masks.groups.gathered == (not one_request)
+        assert all(t.device == q.device for t in _mask_tensors(masks))
         want = eager_query_attention(q, k, v, plan, masks, d**-0.5, None)
-        got = fast_query_attention(q, k, v, plan, masks, d**-0.5, None)
-        torch.testing.assert_close(got.out.float(), want.out.float(), rtol=tol, atol=tol)
-        if plan.want_stats:
-            torch.testing.assert_close(got.stats.entropy_sum, want.stats.entropy_sum, rtol=tol, atol=tol)
-            torch.testing.assert_close(got.stats.rows, want.stats.rows)
-        if plan.scores_only:
-            torch.testing.assert_close(got.piece_scores, want.piece_scores, rtol=tol, atol=tol)
-            kept = [select_pieces(topn_sum(r.piece_scores, "HT", 3), masks.n_pieces, 2) for r in (got, want)]
-            assert torch.equal(kept[0], kept[1])
+        for path in (grouped_query_attention, small_query_attention):
+            got = path(q, k, v, plan, masks, d**-0.5)
+            torch.testing.assert_close(got.out.float(), want.out.float(), rtol=tol, atol=tol)
+            if plan.want_stats:
+                torch.testing.assert_close(got.stats.entropy_sum, want.stats.entropy_sum, rtol=tol, atol=tol)
+                torch.testing.assert_close(got.stats.rows, want.stats.rows)
+            if plan.scores_only:
+                torch.testing.assert_close(got.piece_scores, want.piece_scores, rtol=tol, atol=tol)
+                kept = [select_pieces(topn_sum(r.piece_scores, "HT", 3), masks.n_pieces, 2) for r in (got, want)]
+                assert torch.equal(kept[0], kept[1])
+
+
+def test_query_paths_build_every_tensor_on_the_query_device():
+    """On the meta device, a tensor built on the host that meets the query's in an op raises (as on CUDA)."""
+    gen = torch.Generator().manual_seed(4)
+    for one_request in (True, False):
+        store, q_valid = _store("meta", torch.float32, one_request, 2, 2, 16, gen)
+        q = torch.empty(store.batch, 4, 2, 16, device="meta")
+        k, v = store.append_query(0, torch.empty(store.batch, 2, 2, 16, device="meta"),
+                                  torch.empty(store.batch, 2, 2, 16, device="meta"))
+        for plan in _plans(store, q_valid, {"top_k": 2, "score_topn": 2, "aggr_topn": 3}, "meta"):
+            masks = build_query_masks(plan, "meta", k.shape[2], groups=True)
+            assert all(t.device.type == "meta" for t in _mask_tensors(masks))
+            for path in (grouped_query_attention, small_query_attention):
+                got = path(q, k, v, plan, masks, 0.25)
+                assert got.out.device.type == "meta" and got.out.shape == (store.batch, 2, 4, 16)
+            assert eager_query_attention(q, k, v, plan, masks, 0.25, None).out.device.type == "meta"
+
+
+def test_fast_path_picks_small_rows_by_memory(monkeypatch):
+    q, k = torch.empty(1, 4, 3, 8), torch.empty(1, 2, 100, 8)
+    assert query_fast.is_small(q, k)
+    monkeypatch.setattr(query_fast, "SMALL_QUERY_BYTES", 4 * 3 * 100 * 4 - 1)
+    assert not query_fast.is_small(q, k)
+    monkeypatch.setattr(query_fast, "SMALL_QUERY_BYTES", 2**30)
+    monkeypatch.setattr(query_fast, "SMALL_QUERY_ROWS", 2)
+    assert not query_fast.is_small(q, k)
+
+
+@pytest.mark.parametrize("n_keys", (7, 300, 320, 1000, 4097))
+def test_topn_values_is_topk(n_keys, monkeypatch):
+    monkeypatch.setattr(query_fast, "TOPN_BLOCK", 16)
+    gen = torch.Generator().manual_seed(n_keys)
+    x = torch.randn(3, 5, n_keys, generator=gen)
+    x[0, 0, : n_keys // 2] = 1.5  # ties across blocks
+    x[1, 1, -3:] = 9.0  # the largest values in the padded last block
+    for n in (1, 3, 5):
+        assert torch.equal(topn_values(x, n), x.topk(min(n, n_keys), dim=-1).values)
+
+
+@pytest.mark.parametrize("n_keys", (5, 64, 100))
+def test_split_output_is_the_product(n_keys, monkeypatch):
+    monkeypatch.setattr(query_fast, "SPLIT_KEYS", 16)
+    gen = torch.Generator().manual_seed(n_keys)
+    p = torch.rand(2, 6, 3, n_keys, generator=gen)
+    v = torch.randn(2, 2, n_keys, 8, generator=gen)
+    want = p.double() @ repeat_kv(v, 3).double()
+    torch.testing.assert_close(split_output(p, v).double(), want, rtol=1e-5, atol=1e-5)
 
 
 @pytest.mark.parametrize("device,dtype,tol", DEVICES)
@@ -132,16 +197,18 @@ def test_a_dropped_piece_leaves_softmax_over_the_kept_keys():
     k, v = store.append_query(0, torch.randn(1, 2, 2, 8, generator=gen), torch.randn(1, 2, 2, 8, generator=gen))
     keep = torch.tensor([[False, True, True, False]])[:, None, None, :]
     plan = QueryPlan(store, q_valid, forced_keep=keep, want_stats=True)
-    masks = build_query_masks(plan, "cpu", k.shape[2])
-    got = fast_query_attention(q, k, v, plan, masks, 8**-0.5, None)
+    masks = build_query_masks(plan, "cpu", k.shape[2], groups=True)
     group = masks.group_index[0]  # [K]
     kept = masks.visible[0] & ((group == 1) | (group == 2) | (group == 4))  # [Q, K]
     logits = (q.double() @ repeat_kv(k, 2).double().transpose(-1, -2)) * 8**-0.5
     p = logits.masked_fill(~kept, -math.inf).softmax(-1)
-    torch.testing.assert_close(got.out.double(), (p @ repeat_kv(v, 2).double()).transpose(1, 2), rtol=1e-5, atol=1e-5)
     entropy = -torch.xlogy(p, p).sum(-1) * q_valid[:, None]  # [1, H, Q]: the padded query row adds nothing
     assert not q_valid.all()
-    torch.testing.assert_close(got.stats.entropy_sum.double(), entropy.sum((1, 2)), rtol=1e-5, atol=0)
+    for path in (grouped_query_attention, small_query_attention):
+        got = path(q, k, v, plan, masks, 8**-0.5)
+        torch.testing.assert_close(got.out.double(), (p @ repeat_kv(v, 2).double()).transpose(1, 2), rtol=1e-5,
+                                   atol=1e-5)
+        torch.testing.assert_close(got.stats.entropy_sum.double(), entropy.sum((1, 2)), rtol=1e-5, atol=0)
 
 
 def test_fast_path_refuses_softcap_and_is_chosen_by_query_impl(monkeypatch):
@@ -176,21 +243,27 @@ def _run_engine(model, device, selection):
 @pytest.mark.parametrize("device,dtype,tol", DEVICES)
 @pytest.mark.parametrize("family", ("llama", "qwen2", "gemma3", "phi3"))
 def test_fast_engine_equals_eager(device, dtype, tol, family, monkeypatch):
+    """Both fast paths: the tiny forwards are all small; SMALL_QUERY_BYTES = 0 sends them to the grouped one."""
     register()
     model = make_model(family, 384, seed=2).to(device, dtype)
     model.set_attn_implementation("pce")
     for selection in SELECTIONS:
-        runs = {}
-        for impl in ("eager", "fast"):
-            monkeypatch.setattr(attention, "QUERY_IMPL", impl)
-            runs[impl] = _run_engine(model, device, selection)
-        (s_eager, g_eager), (s_fast, g_fast) = runs["eager"], runs["fast"]
-        for (lp_e, greedy_e, st_e), (lp_f, greedy_f, st_f) in zip(s_eager, s_fast):
-            assert lp_f == pytest.approx(lp_e, rel=tol, abs=tol)
+        monkeypatch.setattr(attention, "QUERY_IMPL", "eager")
+        s_eager, g_eager = _run_engine(model, device, selection)
+        monkeypatch.setattr(attention, "QUERY_IMPL", "fast")
+        for small_bytes in (query_fast.SMALL_QUERY_BYTES, 0):
+            monkeypatch.setattr(query_fast, "SMALL_QUERY_BYTES", small_bytes)
+            _assert_engine_runs_equal((s_eager, g_eager), _run_engine(model, device, selection), dtype, tol)
+
+
+def _assert_engine_runs_equal(eager, fast, dtype, tol):
+    (s_eager, g_eager), (s_fast, g_fast) = eager, fast
+    for (lp_e, greedy_e, st_e), (lp_f, greedy_f, st_f) in zip(s_eager, s_fast):
+        assert lp_f == pytest.approx(lp_e, rel=tol, abs=tol)
+        assert st_f.entropy_sum == pytest.approx(st_e.entropy_sum, rel=tol, abs=tol)
+        if dtype == torch.float32:
+            assert greedy_f == greedy_e
+    for (tok_e, st_e), (tok_f, st_f) in zip(g_eager, g_fast):
+        if dtype == torch.float32:  # bf16 greedy tokens may flip on near ties
+            assert tok_f == tok_e
             assert st_f.entropy_sum == pytest.approx(st_e.entropy_sum, rel=tol, abs=tol)
-            if dtype == torch.float32:
-                assert greedy_f == greedy_e
-        for (tok_e, st_e), (tok_f, st_f) in zip(g_eager, g_fast):
-            if dtype == torch.float32:  # bf16 greedy tokens may flip on near ties
-                assert tok_f == tok_e
-                assert st_f.entropy_sum == pytest.approx(st_e.entropy_sum, rel=tol, abs=tol)
