@@ -120,6 +120,16 @@ def as_optional_path(name: str, value) -> str | None:
     return None if value in (None, "") else str(value)
 
 
+def as_split(name: str, value) -> str:
+    """A ``split=`` rule (docs/split.md), kept as its text: tokens, paragraph, sentence or regex:PATTERN."""
+    from .split import parse_split  # here, not at the top: split.py needs layout.py (torch)
+
+    try:
+        return str(parse_split(value))
+    except TypeError as err:
+        raise ValueError(str(err)) from None
+
+
 # ---------------------------------------------------------------------------------------------- settings
 
 SCORES, REPORTED, RUNTIME = "scores", "reported", "runtime"
@@ -163,6 +173,7 @@ class PCEConfig:
     rolling_score_len: int = setting(1024, as_positive_int, SCORES, "loglikelihood_rolling: tokens per window")
     context_cache_mb: int = setting(0, as_non_negative_int, RUNTIME, "MiB of encoded contexts kept for reuse")
     tokenize: str = setting("items", one_of("items", "joint"), SCORES, "items on their own, or the prompt whole")
+    split: str = setting("tokens", as_split, SCORES, "where unmarked contexts are cut (docs/split.md)")
     prefill_batch_tokens: int = setting(PREFILL_BATCH_TOKENS, as_positive_int, RUNTIME,
                                         "tokens per prefill forward")
     auto_batch_tokens: int = setting(16384, as_positive_int, RUNTIME,
@@ -213,11 +224,15 @@ class PCEConfig:
     def fingerprint(self) -> str:
         """Short hash of every setting that changes the responses (SCORES and REPORTED): names the
         ``--use_cache`` file, so that two configurations never share cached responses."""
-        kept = {k: v for k, v in self.as_dict().items() if SETTINGS[k].effect != RUNTIME}
+        kept = {k: v for k, v in self.as_dict().items()
+                if SETTINGS[k].effect != RUNTIME and not (k in HASHED_WHEN_SET and v == SETTINGS[k].default)}
         return hashlib.sha256(json.dumps(kept, sort_keys=True).encode()).hexdigest()[:12]
 
 
 SETTINGS = {f.name: Setting(f.name, f.default, **f.metadata) for f in fields(PCEConfig)}
+# Settings added after --use_cache files were first written: hashed only when not at their default, so that
+# the files of runs with the defaults keep their names.
+HASHED_WHEN_SET = frozenset({"split"})
 
 # lm-eval `hf` model_args that do not change scores (hardware, batching, loading).
 HF_RUNTIME_ARGS = frozenset({
