@@ -122,7 +122,8 @@ def as_optional_path(name: str, value) -> str | None:
 
 def as_split(name: str, value) -> str:
     """A ``split=`` rule (docs/split.md), kept as its text: tokens, paragraph, sentence or regex:PATTERN."""
-    from .split import parse_split  # here, not at the top: split.py needs layout.py (torch)
+    # imported here, not at the top: split.py needs layout.py (torch), and this module stays stdlib only
+    from .split import parse_split
 
     try:
         return str(parse_split(value))
