@@ -146,7 +146,7 @@ def test_killed_sweep_resumes_to_the_results_of_an_uninterrupted_one(tiny_llama_
     out = tmp_path / "killed"
     rng = random.Random(19)
     command = [sys.executable, "-m", "lm_eval_parallel", "sweep", *_sweep_args(tiny_llama_dir, task_dir, out)]
-    popen = dict(stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    popen = {"stdout": subprocess.DEVNULL, "stderr": subprocess.DEVNULL, "start_new_session": True}
     killed = []
 
     # 1: some configurations done, then a moment into the next one
@@ -160,7 +160,7 @@ def test_killed_sweep_resumes_to_the_results_of_an_uninterrupted_one(tiny_llama_
     # 3: while a samples file is half written (the results file of that configuration is already there)
     before = _finished(out)
     env = {**os.environ, "KILL_AT_SAMPLES_FILE": "1"}
-    writing = subprocess.run([sys.executable, "-c", _KILL_WHILE_WRITING, *command[4:]], env=env,
+    writing = subprocess.run([sys.executable, "-c", _KILL_WHILE_WRITING, *command[4:]], env=env, check=False,
                              capture_output=True, text=True)
     if len(before) < 4:
         assert writing.returncode == -signal.SIGKILL, writing.stderr[-2000:]
@@ -169,7 +169,7 @@ def test_killed_sweep_resumes_to_the_results_of_an_uninterrupted_one(tiny_llama_
         assert partial, "the kill came before the results file was written"
     assert any(killed) or len(before) < 4
 
-    resumed = subprocess.run(command, capture_output=True, text=True)
+    resumed = subprocess.run(command, check=False, capture_output=True, text=True)
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     assert not glob.glob(str(out / ".*"))  # no partial folder left
     assert main_sweep(_sweep_args(tiny_llama_dir, task_dir, tmp_path / "uninterrupted")) == 0
