@@ -224,6 +224,14 @@ def test_configurations_order_and_folder_names():
     assert Configuration(16, "sel", (("top_k", 1),)).name == "P16_sel_top_k=1"
 
 
+def test_grid_values_are_read_as_lm_eval_reads_a_model_arg_value():
+    from lm_eval_parallel.sweep import grid_values, parse_grid
+
+    raw = parse_grid(["sink_text='Read, then:',None", "split=regex:[.,],sentence", "top_k=1", "top_k=3,1"])
+    assert raw == {"sink_text": ["Read, then:", None], "split": ["regex:[.,]", "sentence"], "top_k": [1, 3, 1]}
+    assert grid_values(raw, {})["top_k"] == [1, 3]  # a repeated key adds values, each value once
+
+
 def test_a_half_written_results_file_is_not_done(tmp_path):
     from lm_eval_parallel.sweep import is_done, recorded_difference, results_file
 
@@ -278,8 +286,11 @@ def test_sweep_from_yaml_with_a_grid_and_a_chat_template(tiny_llama_dir, tmp_pat
         f"model_args: {{pretrained: {model_dir}, dtype: float32}}\ntasks: [pce_chat_probe]\n"
         f"include_path: {task_dir}\noutput_path: {out}\nP: [4]\nmethods: sel\ngrid: {{top_k: [1, 3]}}\n"
         "limit: 3\nlog_samples: true\napply_chat_template: true\nsystem_instruction: Answer briefly.\n")
-    assert main_sweep(["--config", str(sweep_yaml), "--limit", "2"]) == 0  # the flag's limit wins
+    cache = tmp_path / "cache" / "lm"
+    flags = ["--limit", "2", "--seed", "5", "--use_cache", str(cache)]
+    assert main_sweep(["--config", str(sweep_yaml), *flags]) == 0  # the flag's limit wins over the YAML's
     assert sorted(os.listdir(out)) == ["P4_sel_top_k=1", "P4_sel_top_k=3"]
+    assert len(glob.glob(f"{cache}*.db")) == 2  # --use_cache: one file per configuration (its settings' hash)
     boards = []
     for top_k in (1, 3):
         folder = out / f"P4_sel_top_k={top_k}"
@@ -288,6 +299,7 @@ def test_sweep_from_yaml_with_a_grid_and_a_chat_template(tiny_llama_dir, tmp_pat
             data = json.load(f)
         assert data["config"]["model_args"]["top_k"] == top_k and data["config"]["pce"]["top_k"] == top_k
         assert data["config"]["limit"] == 2.0 and data["config"]["device"] == EvaluatorConfig().device
+        assert data["config"]["random_seed"] == data["config"]["fewshot_seed"] == 5
         assert data["chat_template"] == CHAT_TEMPLATE and data["system_instruction"] == "Answer briefly."
         (samples,) = glob.glob(str(folder / "samples_pce_chat_probe_*.jsonl"))
         with open(samples) as f:
@@ -302,6 +314,6 @@ def test_sweep_from_yaml_with_a_grid_and_a_chat_template(tiny_llama_dir, tmp_pat
     assert {(r.method, r.P, r.config) for r in boards} == {("sel", 4, "dtype=float32,top_k=1"),
                                                            ("sel", 4, "dtype=float32,top_k=3")}
     capsys.readouterr()
-    assert main_sweep(["--config", str(sweep_yaml), "--limit", "2"]) == 0
+    assert main_sweep(["--config", str(sweep_yaml), *flags]) == 0
     assert capsys.readouterr().out.count("already in") == 2
     assert "limit=2.0 there, 3 now" in _error(capsys, ["--config", str(sweep_yaml)])
