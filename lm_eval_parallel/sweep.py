@@ -167,6 +167,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.epilog = ("examples:\n  lm-eval-parallel sweep --model_args pretrained=smollm2-135m --tasks pce_smoke "
                      "--output_path runs/smoke --P 2,4 --methods naive,sel --grid top_k=1,2\n"
                      "  lm-eval-parallel sweep --config sweep.yaml --limit 10    # flags override the YAML")
+    for action in parser._actions:  # the two flags that mean more here than in `lm_eval run`
+        if action.dest == "model":
+            action.help = "parallel_hf, the one model a sweep runs (may be left out)"
+        if action.dest == "config":
+            action.help = "YAML file of a whole sweep: one key per flag (P, methods, grid too); flags override it"
     ours = parser.add_argument_group("sweep (every other option is lm_eval run's)")
     ours.add_argument("--P", default=None, metavar="<P,P,...>", help=f"P values (default: {DEFAULT_P})")
     ours.add_argument("--methods", default=None, metavar="<method,...>",
