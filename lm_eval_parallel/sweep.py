@@ -303,6 +303,7 @@ def plan_sweep(args: argparse.Namespace) -> Plan:
 
     model_args = dict(cfg.model_args)
     model_args.setdefault("pretrained", DEFAULT_ALIAS)
+    cfg.metadata.setdefault("pretrained", model_args["pretrained"])  # what the tasks read (lm-eval: model_args)
     clash = [k for k in ("P", "method") if k in model_args]
     if clash:
         raise ValueError(f"{', '.join(clash)} must not be in --model_args; give them with --P / --methods")
@@ -315,17 +316,20 @@ def plan_sweep(args: argparse.Namespace) -> Plan:
     p_values = list(dict.fromkeys(SETTINGS["P"].parse("P", p) for p in _as_list(pick("P", DEFAULT_P))))
     methods = list(dict.fromkeys(SETTINGS["method"].parse("method", m)
                                  for m in _as_list(pick("methods", DEFAULT_METHODS))))
-    raw_grid = {key: _as_list(v) for key, v in (yaml_ours.get("grid") or {}).items()} \
-        if isinstance(yaml_ours.get("grid"), dict) else parse_grid(yaml_ours.get("grid") or [])
+    yaml_grid = yaml_ours.get("grid") or {}  # {KEY: [V1, V2]} or ["KEY=V1,V2", ...]
+    if isinstance(yaml_grid, dict):
+        raw_grid = {key: _as_list(v) for key, v in yaml_grid.items()}
+    else:
+        raw_grid = parse_grid(_as_list(yaml_grid))
     raw_grid.update(parse_grid(args.grid or []))  # a key given as a flag replaces the YAML's values
     values = grid_values(raw_grid, model_args)
     own.setdefault("context_cache_mb", SETTINGS["context_cache_mb"].parse(
         "context_cache_mb", pick("context_cache_mb", DEFAULT_CONTEXT_CACHE_MB)))
     planned = configurations(p_values, methods, values)
-    for conf in planned:  # the whole grid is checked before anything loads
-        PCEConfig.from_args(**own, **conf.settings())
     if not planned:
         raise ValueError("the grid is empty: give --P and --methods values")
+    for conf in planned:  # the whole grid is checked before anything loads
+        PCEConfig.from_args(**own, **conf.settings())
 
     check_output_path(cfg.output_path)
     todo = []
