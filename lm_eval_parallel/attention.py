@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
+import os
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import NamedTuple
@@ -28,12 +29,16 @@ from typing import NamedTuple
 import torch
 import torch.nn.functional as F
 
-from .kvstore import KVStore, RowRun
+from .kvstore import KeyGroups, KVStore, RowRun
 from .layout import causal
 from .selection import Selection, apply_keep, piece_scores, select_pieces, topn_sum
 
 ATTN_NAME = "pce"
 CHUNK_BYTES = 256 * 2**20  # memory budget of one chunk of eager attention rows
+QUERY_IMPLS = ("auto", "eager", "fast")
+# Query rows that need probabilities: "eager" (probabilities in fp32, the reference), "fast" (query_fast: groups
+# of keys merged by log-sum-exp, wherever it applies: no softcap, no analysis), "auto" (fast on CUDA).
+QUERY_IMPL = os.environ.get("LM_EVAL_PARALLEL_QUERY_IMPL", "auto")
 
 
 # ---------------------------------------------------------------------------------------------- encode stage
@@ -107,6 +112,7 @@ class QueryMasks:
     visible: torch.Tensor  # [B, Q, K] bool: the key is valid and not after the row (SPEC §5, query rows)
     q_valid: torch.Tensor  # [B, Q] bool
     n_valid_rows: torch.Tensor  # [B] float: real query rows of each request
+    groups: KeyGroups | None = None  # pieces and the other keys, when the plan needs probabilities
 
 
 def build_query_masks(plan: QueryPlan, device, n_k: int) -> QueryMasks:
@@ -118,8 +124,9 @@ def build_query_masks(plan: QueryPlan, device, n_k: int) -> QueryMasks:
     kv_idx = torch.arange(n_k, device=device)[None, :]  # [1, K]
     visible = key_valid[:, None, :] & causal(None, None, q_idx, kv_idx)[None]  # [B, Q, K]
     q_valid = plan.q_valid.to(device)
+    groups = plan.store.key_groups(n_k, device) if plan.needs_probs else None
     return QueryMasks(key_valid, group_index, keys.piece_index, keys.n_pieces, visible, q_valid,
-                      q_valid.float().sum(-1))
+                      q_valid.float().sum(-1), groups)
 
 
 @dataclass
@@ -353,11 +360,24 @@ def eager_query_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, pla
                        scores if plan.scores_only else None)
 
 
+def uses_fast_path(q: torch.Tensor, plan: QueryPlan, softcap: float | None) -> bool:
+    """Whether query rows that need probabilities go through ``query_fast`` (see QUERY_IMPL)."""
+    if QUERY_IMPL not in QUERY_IMPLS:
+        raise ValueError(f"QUERY_IMPL={QUERY_IMPL!r} is not allowed; choose one of {', '.join(QUERY_IMPLS)}")
+    applies = softcap is None and not plan.analysis
+    return applies and (QUERY_IMPL == "fast" or (QUERY_IMPL == "auto" and q.is_cuda))
+
+
 def _query_attention(q, k, v, forward: _QueryForward, scaling: float, softcap: float | None) -> LayerResult:
-    """Query rows over the whole store: SDPA when only the weighted values are needed, else eager."""
+    """Query rows over the whole store: SDPA when only the weighted values are needed, else eager or fast."""
     plan = forward.plan
     if plan.needs_probs or softcap is not None:
-        return eager_query_attention(q, k, v, plan, forward.masks_on(q.device, k.shape[2]), scaling, softcap)
+        masks = forward.masks_on(q.device, k.shape[2])
+        if plan.needs_probs and uses_fast_path(q, plan, softcap):
+            from .query_fast import fast_query_attention
+
+            return fast_query_attention(q, k, v, plan, masks, scaling, softcap)
+        return eager_query_attention(q, k, v, plan, masks, scaling, softcap)
     if q.shape[2] == 1 and plan.store.dense:
         # one new token per row and no padding anywhere: it sees every key, no mask needed
         return LayerResult(_sdpa(q, k, v, scaling).transpose(1, 2))

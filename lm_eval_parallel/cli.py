@@ -20,6 +20,10 @@ def main(argv: list[str] | None = None) -> int:
         from .leaderboard import main_leaderboard
 
         return main_leaderboard(argv[1:])
+    if argv and argv[0] == "analyze":
+        from .analysis import main as main_analyze
+
+        return main_analyze(argv[1:])
     if argv and argv[0] == "check":
         from .leaderboard import main_check
 

@@ -143,11 +143,24 @@ class Setting:
     parse: Callable[[str, object], object]  # (model_arg name, raw value) -> value
     effect: str    # SCORES, REPORTED or RUNTIME
     doc: str
+    hashed_at_default: bool = True  # False: in the fingerprint only when set to another value
 
 
-def setting(default, parse, effect: str, doc: str):
-    """A PCEConfig field with what the registry needs to know about it."""
-    return field(default=default, metadata={"parse": parse, "effect": effect, "doc": doc})
+def setting(default, parse, effect: str, doc: str, hashed_at_default: bool = True):
+    """A PCEConfig field with what the registry needs to know about it. A setting added after ``--use_cache``
+    files were written takes ``hashed_at_default=False``, so that default configurations keep their files."""
+    return field(default=default, metadata={"parse": parse, "effect": effect, "doc": doc,
+                                            "hashed_at_default": hashed_at_default})
+
+
+# preset= sets the defaults of other settings; a model_arg given explicitly overrides its preset (SPEC §11).
+PRESETS = {
+    "paper": {},  # the paper's text: every setting at its own default
+    "paper_code": {  # the released code (zzsfornlp/parallel_context_encoding_analysis)
+        "pos_round": "floor", "query_round": "floor", "harmonic_prefix": "min1", "lm_split": "ceil",
+        "gen_stop": "max_gen", "entropy_pool": "calls",
+    },
+}
 
 
 PREFILL_BATCH_TOKENS = 32768  # = ParallelEngine.PREFILL_BATCH_TOKENS, the default of callers without a config
@@ -157,11 +170,21 @@ PREFILL_BATCH_TOKENS = 32768  # = ParallelEngine.PREFILL_BATCH_TOKENS, the defau
 class PCEConfig:
     """Parallel-encoding settings: one per model instance, recorded in every results file (``config.pce``)."""
 
+    preset: str = setting("paper", one_of(*PRESETS), SCORES, "defaults of the settings below (SPEC §11)",
+                          hashed_at_default=False)
     P: int = setting(1, as_positive_int, SCORES, "pieces per request (SPEC §3)")
     method: str = setting("naive", as_method, SCORES, "one of METHODS (SPEC §4)")
     pos: str = setting("even", one_of("even", "left", "right", "harmonic", "serial"), SCORES,
                        "piece positions (SPEC §6)")
     pos_round: str = setting("none", one_of("none", "floor"), SCORES, "floor: the released code's integer cast")
+    query_round: str = setting("none", one_of("none", "floor"), SCORES, "floor: the query start too (SPEC §6)",
+                               hashed_at_default=False)
+    harmonic_prefix: str = setting("tokens", one_of("tokens", "min1"), SCORES,
+                                   "pos=harmonic, min1: an empty prefix spans one position (SPEC §6)",
+                                   hashed_at_default=False)
+    lm_split: str = setting("near_equal", one_of("near_equal", "ceil"), SCORES,
+                            "unmarked contexts: P near-equal chunks, or chunks of ceil(n/P) tokens (SPEC §1)",
+                            hashed_at_default=False)
     top_k: int = setting(2, as_positive_int, SCORES, "pieces kept by selection (SPEC §7)")
     score_topn: int = setting(5, as_positive_int, SCORES, "piece score = sum of its top-n probabilities")
     aggr: str = setting("auto", one_of("auto", "none", "H", "T", "HT", "LHT"), SCORES,
@@ -170,11 +193,18 @@ class PCEConfig:
     sink_text: str | None = setting(None, as_optional_text, SCORES, "sink when the task gives none")
     oracle_keys: bool = setting(False, as_bool, SCORES, "context keys from full attention (paper §4.3.2)")
     entropy: bool = setting(True, as_bool, REPORTED, "compute attn_entropy (SPEC §8)")
+    entropy_pool: str = setting("rows", one_of("rows", "calls"), SCORES,
+                                "attn_entropy over query rows, or over forward calls (SPEC §8)",
+                                hashed_at_default=False)
+    gen_stop: str = setting("eos", one_of("eos", "max_gen"), SCORES,
+                            "stop at EOS / stop strings, or decode max_gen_toks and cut after (SPEC §9)",
+                            hashed_at_default=False)
     analysis_path: str | None = setting(None, as_optional_path, RUNTIME, "JSON lines of per-layer statistics")
     rolling_score_len: int = setting(1024, as_positive_int, SCORES, "loglikelihood_rolling: tokens per window")
     context_cache_mb: int = setting(0, as_non_negative_int, RUNTIME, "MiB of encoded contexts kept for reuse")
     tokenize: str = setting("items", one_of("items", "joint"), SCORES, "items on their own, or the prompt whole")
-    split: str = setting("tokens", as_split, SCORES, "where unmarked contexts are cut (docs/split.md)")
+    split: str = setting("tokens", as_split, SCORES, "where unmarked contexts are cut (docs/split.md)",
+                         hashed_at_default=False)
     prefill_batch_tokens: int = setting(PREFILL_BATCH_TOKENS, as_positive_int, RUNTIME,
                                         "tokens per prefill forward")
     auto_batch_tokens: int = setting(16384, as_positive_int, RUNTIME,
@@ -185,7 +215,9 @@ class PCEConfig:
         unknown = set(args) - set(SETTINGS)
         if unknown:
             raise ValueError(f"unknown parallel option(s) {sorted(unknown)}; known: {sorted(SETTINGS)}")
-        values = {name: s.parse(name, args.get(name, s.default)) for name, s in SETTINGS.items()}
+        preset = SETTINGS["preset"].parse("preset", args.get("preset", SETTINGS["preset"].default))
+        defaults = {name: s.default for name, s in SETTINGS.items()} | PRESETS[preset]
+        values = {name: s.parse(name, args.get(name, defaults[name])) for name, s in SETTINGS.items()}
         if not get_method(values["method"]).parallel and values["P"] != 1:
             parallel = "/".join(m.name for m in METHODS if m.parallel)
             raise ValueError(f"P={values['P']} with method={values['method']}: it encodes one piece; use P=1, "
@@ -226,14 +258,11 @@ class PCEConfig:
         """Short hash of every setting that changes the responses (SCORES and REPORTED): names the
         ``--use_cache`` file, so that two configurations never share cached responses."""
         kept = {k: v for k, v in self.as_dict().items()
-                if SETTINGS[k].effect != RUNTIME and not (k in HASHED_WHEN_SET and v == SETTINGS[k].default)}
+                if SETTINGS[k].effect != RUNTIME and (SETTINGS[k].hashed_at_default or v != SETTINGS[k].default)}
         return hashlib.sha256(json.dumps(kept, sort_keys=True).encode()).hexdigest()[:12]
 
 
 SETTINGS = {f.name: Setting(f.name, f.default, **f.metadata) for f in fields(PCEConfig)}
-# Settings added after --use_cache files were first written: hashed only when not at their default, so that
-# the files of runs with the defaults keep their names.
-HASHED_WHEN_SET = frozenset({"split"})
 
 # lm-eval `hf` model_args that do not change scores (hardware, batching, loading).
 HF_RUNTIME_ARGS = frozenset({

@@ -101,6 +101,17 @@ def _forward_stats(outputs: QueryOutputs, n_layers: int, analysis: bool) -> dict
     return {name: torch.stack([getattr(st, name).to(device) for st in layers]).double() for name in names}
 
 
+def _per_call(step: dict) -> dict:
+    """``entropy_pool=calls`` (SPEC §8): one forward's sums rescaled so that the call counts as one row (per head,
+    with analysis), its rows' mean; summed over calls they give the mean over calls of each call's mean."""
+    n_heads = step["head_entropy_sum"].shape[-1] if "head_entropy_sum" in step else 1
+    weight = torch.where(step["rows"] > 0, n_heads / step["rows"].clamp_min(1), 0.0)  # [L, B]
+    out = dict(step, entropy_sum=step["entropy_sum"] * weight, rows=(step["rows"] > 0).double() * n_heads)
+    if "head_entropy_sum" in step:
+        out["head_entropy_sum"] = step["head_entropy_sum"] * weight[..., None]  # [L, B, H]
+    return out
+
+
 def _add_stats(total: dict | None, step: dict) -> dict:
     """Running sums over the forwards of a request batch; key norms are those of the context (first forward)."""
     if total is None:
@@ -169,11 +180,14 @@ class ParallelEngine:
     PREFILL_BATCH_TOKENS = 32768
 
     def __init__(self, model, device, *, pos: str = "even", pos_round: str = "none", want_stats: bool = True,
-                 analysis: bool = False, max_batch_tokens: int = PREFILL_BATCH_TOKENS, prefix_cache_size: int = 8):
+                 analysis: bool = False, max_batch_tokens: int = PREFILL_BATCH_TOKENS, prefix_cache_size: int = 8,
+                 query_round: str = "none", harmonic_prefix: str = "tokens", entropy_pool: str = "rows"):
         self.model = model
         self.device = device
         self.pos = pos
         self.pos_round = pos_round
+        self.position_rules = (query_round, harmonic_prefix)  # SPEC §6, after pos_round
+        self.entropy_pool = entropy_pool
         self.want_stats = want_stats or analysis
         self.analysis = analysis
         self.max_batch_tokens = max_batch_tokens
@@ -250,7 +264,7 @@ class ParallelEngine:
     @torch.no_grad()
     def encode(self, layout: Layout, reserve: int = 0, oracle_keys: bool = False) -> EncodedContext:
         """Prefill one context (or take it from the context cache); room for ``reserve`` query tokens."""
-        key = (layout, self.pos, self.pos_round, oracle_keys)
+        key = (layout, self.pos, self.pos_round, *self.position_rules, oracle_keys)
         if self.context_cache is not None:
             cached = self.context_cache.get(key)
             if cached is not None:
@@ -281,7 +295,7 @@ class ParallelEngine:
         store = KVStore(self.n_layers, torch.from_numpy(key_valid), torch.from_numpy(key_group),
                         torch.tensor([n_pieces]), torch.from_numpy(piece_index), n_ctx)
 
-        per_piece, query_start = piece_position_arrays(s, lengths, self.pos, self.pos_round)
+        per_piece, query_start = piece_position_arrays(s, lengths, self.pos, self.pos_round, *self.position_rules)
         if n_pieces:
             self._encode_pieces(layout, per_piece, store, offsets)
         elif s:  # no piece: the prefix alone is the context
@@ -316,7 +330,10 @@ class ParallelEngine:
         return out.logits, outputs
 
     def _stats(self, outputs: QueryOutputs) -> dict[str, torch.Tensor]:
-        return _forward_stats(outputs, self.n_layers, self.analysis)
+        stats = _forward_stats(outputs, self.n_layers, self.analysis)
+        if self.entropy_pool == "calls":
+            return _per_call(stats)
+        return stats
 
     @staticmethod
     def _pad_rows(rows: list[list[int]], starts: list[float]):

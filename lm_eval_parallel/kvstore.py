@@ -37,6 +37,20 @@ class KeyLayout(NamedTuple):
     n_pieces: torch.Tensor  # [B] long: number of pieces of each row
 
 
+class KeyGroups(NamedTuple):
+    """The keys of one query forward split for the grouped query stage (``query_fast``), on one device.
+
+    Each piece is a group: a key range shared by every row (``spans``) or, when rows hold their pieces at
+    different offsets, piece slot i of ``KeyLayout.piece_index`` (``gathered``). Every piece key is a context
+    key, visible to every query row. The rest (prefix, query and generated keys) needs the causal mask.
+    """
+
+    spans: tuple[tuple[int, int, int], ...]  # (start, end, piece slot): keys [start, end) of every row
+    gathered: bool  # pieces are read per row through piece_index (spans is then empty)
+    rest_index: torch.Tensor  # [B, R] long: the valid keys in no piece, padded with index 0
+    rest_valid: torch.Tensor  # [B, R] bool: False for that padding
+
+
 def _first_false(valid: torch.Tensor) -> int:
     """Index of the first column of ``valid`` [B, N] (bool) that is not all True; N if there is none."""
     columns = valid.numpy().all(0)
@@ -78,6 +92,33 @@ class KVStore:
             self._on_device[key] = KeyLayout(*(t.to(device, copy=True) for t in (
                 self.key_valid, self.group_index(), self.piece_index, self.n_pieces)))
         return self._on_device[key]
+
+    def key_groups(self, n_k: int, device) -> KeyGroups:
+        """The :class:`KeyGroups` of the first ``n_k`` keys, from the host copy of the layout."""
+        pieces = self.piece_index.numpy()  # [B, P, Lmax]
+        lengths = (pieces >= 0).sum(-1)  # [B, P]
+        spans: list[tuple[int, int, int]] = []
+        gathered = bool((pieces != pieces[:1]).any())
+        if not gathered:
+            for slot, n in enumerate(lengths[0].tolist()):
+                start = int(pieces[0, slot, 0])
+                if n and not (pieces[0, slot, :n] == np.arange(start, start + n)).all():
+                    gathered = True
+                    break
+                if n:
+                    spans.append((start, start + n, slot))
+        if gathered:
+            spans = []
+        rest = (self.key_group[:, :n_k].numpy() < 0) & self.key_valid[:, :n_k].numpy()  # [B, K]
+        n_rest = max(1, int(rest.sum(-1).max()))
+        rest_index = np.zeros((self.batch, n_rest), dtype=np.int64)
+        rest_valid = np.zeros((self.batch, n_rest), dtype=bool)
+        for row in range(self.batch):
+            keys = np.flatnonzero(rest[row])
+            rest_index[row, : len(keys)] = keys
+            rest_valid[row, : len(keys)] = True
+        return KeyGroups(tuple(spans), gathered, torch.from_numpy(rest_index).to(device),
+                         torch.from_numpy(rest_valid).to(device))
 
     def ensure_capacity(self, needed: int) -> None:
         if needed <= self.capacity:

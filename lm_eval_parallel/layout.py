@@ -30,10 +30,29 @@ def group_items(items: list, n_pieces: int) -> list[list]:
     return pieces
 
 
+def split_ceil(n: int, parts: int) -> list[int]:
+    """Sizes of contiguous chunks of ``ceil(n / parts)`` units, the last one shorter (the released code's LM
+    split, SPEC §11): 1066 tokens, P=8 -> 134 x 7 + 128. Fewer than ``parts`` chunks when the last ones would
+    be empty (9 tokens, P=4 -> 3 x 3)."""
+    if n <= 0:
+        return []
+    size = -(-n // max(1, parts))
+    return [min(size, n - start) for start in range(0, n, size)]
+
+
+def chunk_ceil(items: list, n_pieces: int) -> list[list]:
+    """``items`` cut into the contiguous chunks of :func:`split_ceil`."""
+    pieces, start = [], 0
+    for size in split_ceil(len(items), n_pieces):
+        pieces.append(items[start : start + size])
+        start += size
+    return pieces
+
+
 class TokenKind(IntEnum):
     """The group a token belongs to (SPEC §1)."""
 
-    PREFIX = 0  # the shared prefix: BOS, sink text, preamble
+    PREFIX = 0  # the shared prefix: BOS, preamble, sink text
     PIECE = 1  # a token of one of the pieces
     QUERY = 2  # query, continuation and generated tokens
 
@@ -48,7 +67,7 @@ class TokenGroups:
 
 @dataclass(frozen=True)
 class Layout:
-    """Token ids of one request: ``prefix`` (BOS + sink + preamble), ``pieces`` (encoded independently)."""
+    """Token ids of one request: ``prefix`` (BOS + preamble + sink), ``pieces`` (encoded independently)."""
 
     prefix: tuple[int, ...]
     pieces: tuple[tuple[int, ...], ...]
@@ -76,17 +95,25 @@ class Layout:
         return TokenGroups(kind, piece)
 
 
-def piece_positions(s: int, lengths: list[int], pos: str, pos_round: str) -> tuple[list[list[float]], float]:
+def piece_positions(s: int, lengths: list[int], pos: str, pos_round: str, query_round: str = "none",
+                    harmonic_prefix: str = "tokens") -> tuple[list[list[float]], float]:
     """Positions of every piece token and the position of the first query token (SPEC §6).
 
     ``s`` = prefix length, ``lengths`` = piece lengths. Returns ``(positions per piece, query_start)``.
     """
-    arrays, query_start = piece_position_arrays(s, lengths, pos, pos_round)
+    arrays, query_start = piece_position_arrays(s, lengths, pos, pos_round, query_round, harmonic_prefix)
     return [piece.tolist() for piece in arrays], query_start
 
 
-def piece_position_arrays(s: int, lengths: list[int], pos: str, pos_round: str) -> tuple[list[np.ndarray], float]:
-    """:func:`piece_positions` as one float64 array per piece (what the engine fills its rows from)."""
+def piece_position_arrays(s: int, lengths: list[int], pos: str, pos_round: str, query_round: str = "none",
+                          harmonic_prefix: str = "tokens") -> tuple[list[np.ndarray], float]:
+    """:func:`piece_positions` as one float64 array per piece (what the engine fills its rows from).
+
+    ``pos_round=floor``: piece positions become integers, floored after rounding to float32 (the positions the
+    model reads; the released code casts its float32 positions to long). ``query_round=floor``: the query start
+    too. ``harmonic_prefix=min1``: under ``harmonic`` an empty prefix still spans one position, so every piece
+    and query position moves up by one (the released code clamps every length at 1 in its harmonic mean).
+    """
     lengths = [int(n) for n in lengths]
     nonempty = [n for n in lengths if n > 0]
     longest = max(lengths, default=0)
@@ -100,10 +127,11 @@ def piece_position_arrays(s: int, lengths: list[int], pos: str, pos_round: str) 
             offset += n
         return out, float(offset)
     if pos == "harmonic":
+        start = max(s, 1) if harmonic_prefix == "min1" else s
         span = len(nonempty) / sum(1.0 / n for n in nonempty) if nonempty else 0.0
         for n in lengths:
-            out.append(s + np.arange(n) * span / n)  # s + j * span / n
-        query_start = s + span
+            out.append(start + np.arange(n) * span / n)  # start + j * span / n
+        query_start = start + span
     else:
         for n in lengths:
             j = np.arange(n)
@@ -117,14 +145,18 @@ def piece_position_arrays(s: int, lengths: list[int], pos: str, pos_round: str) 
                 raise ValueError(f"pos={pos!r} is not allowed; choose one of even, left, right, harmonic, serial")
         query_start = float(s + longest)
     if pos_round == "floor":
-        out = [np.floor(piece) for piece in out]
+        out = [np.floor(piece.astype(np.float32)).astype(np.float64) for piece in out]
+    if query_round == "floor":
+        query_start = float(np.floor(np.float32(query_start)))
     return out, query_start
 
 
-def layout_positions(layout: Layout, pos: str, pos_round: str) -> tuple[list[float], float]:
+def layout_positions(layout: Layout, pos: str, pos_round: str, query_round: str = "none",
+                     harmonic_prefix: str = "tokens") -> tuple[list[float], float]:
     """Positions of all context tokens in cache order and the first query position."""
     s = len(layout.prefix)
-    per_piece, query_start = piece_positions(s, [len(p) for p in layout.pieces], pos, pos_round)
+    per_piece, query_start = piece_positions(s, [len(p) for p in layout.pieces], pos, pos_round, query_round,
+                                             harmonic_prefix)
     flat = [float(j) for j in range(s)]
     for piece in per_piece:
         flat.extend(piece)

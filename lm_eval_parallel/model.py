@@ -65,6 +65,11 @@ def selection_for(pce: PCEConfig, request_type: str) -> Selection | None:
     return Selection(pce.top_k, pce.score_topn, pce.aggr_for(request_type), pce.aggr_topn)
 
 
+def until_eos(tokens: list[int], eos_ids: set[int]) -> list[int]:
+    """The tokens before the first EOS (all of them when there is none)."""
+    return next((tokens[:k] for k, t in enumerate(tokens) if t in eos_ids), tokens)
+
+
 def analysis_record(pce: PCEConfig, request_type: str, req, prepared: Prepared, stats) -> dict:
     """One line of the ``analysis_path`` JSONL: the request, its layout and the engine's statistics."""
     record = {
@@ -110,6 +115,7 @@ class ParallelHFLM(HFLM):
             self.model, self.device, pos=pce.pos, pos_round=pce.pos_round,
             want_stats=pce.entropy, analysis=pce.analysis_path is not None,
             max_batch_tokens=pce.prefill_batch_tokens,
+            query_round=pce.query_round, harmonic_prefix=pce.harmonic_prefix, entropy_pool=pce.entropy_pool,
         )
         if previous is not None:  # the shared prefix KV does not depend on P, method or pos
             self.engine._prefix_cache = previous._prefix_cache
@@ -239,6 +245,11 @@ class ParallelHFLM(HFLM):
         for prepared, _, max_gen in jobs:
             self.builder.check_fits(prepared, max_gen, self.sliding_window, self.max_length)
         selection = selection_for(self.pce, "generate_until")
+        # gen_stop=max_gen: every row decodes max_gen_toks tokens, cut at EOS / stop strings afterwards (SPEC §9).
+        # entropy_pool=calls: one token more is decoded, so that the last kept one is fed back (SPEC §8).
+        to_eos = self.pce.gen_stop == "eos"
+        fed_back = int(self.engine.want_stats and self.pce.entropy_pool == "calls")
+        engine_eos = eos_ids if to_eos and not fed_back else set()
         results: list = [None] * len(requests)
         order = sorted(range(len(jobs)), key=lambda i: -jobs[i][0].layout.n_context)
         pbar = tqdm(total=len(requests), disable=disable_tqdm or self.rank != 0, desc="parallel_hf generate_until")
@@ -258,14 +269,22 @@ class ParallelHFLM(HFLM):
             limits = [jobs[i][2] for i in batch]
 
             def is_done(b, tokens, stops=stops, limits=limits):
+                tokens = tokens[: len(tokens) - fed_back]  # the fed-back extra token is not the row's
                 if len(tokens) >= limits[b]:
+                    return True
+                if not to_eos or not tokens:
+                    return False
+                if fed_back and tokens[-1] in eos_ids:
                     return True
                 text = self.tokenizer.decode(tokens, skip_special_tokens=False)
                 return any(s and s in text for s in stops[b])
 
             out = self.engine.generate([encoded[jobs[i][0].layout] for i in batch], [jobs[i][0].query for i in batch],
-                                       max(limits), selection, is_done, eos_ids)
+                                       max(limits) + fed_back, selection, is_done, engine_eos)
             for i, (tokens, stats) in zip(batch, out):
+                tokens = tokens[: len(tokens) - fed_back]
+                if not to_eos:
+                    tokens = until_eos(tokens, eos_ids)
                 text = postprocess_generated_text(self.tok_decode(tokens), jobs[i][1], None)
                 results[i] = GenerationResult(text, stats.attn_entropy if stats is not None else math.nan)
                 self.cache_hook.add_partial("generate_until", requests[i].args, results[i])

@@ -11,7 +11,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from .config import PCEConfig
-from .layout import Layout, group_items
+from .layout import Layout, chunk_ceil, group_items
 from .log import warn_once
 from .split import parse_split, split_ids
 from .structure import PromptParts, split_prompt
@@ -176,9 +176,16 @@ class RequestBuilder:
 
     # ------------------------------------------------------------------ layout
     def _prefix(self, request_type: str, task_sink: str | None, preamble: Sequence[int] = ()) -> tuple[int, ...]:
-        """BOS (if any) + sink (sink methods) + preamble: what every piece attends to (SPEC §4)."""
+        """BOS (if any) + preamble + sink (sink methods): what every piece attends to (SPEC §4).
+
+        The preamble (a chat template's head, a task description) comes first, so the sink stands where it would
+        as the first item; a preamble that starts with the BOS already (a chat template's) keeps it the only one.
+        """
         sink = self.pce.sink_for(request_type, task_sink)
-        return tuple(self.bos + self.ids(sink or "") + list(preamble))
+        bos = self.bos
+        if bos and list(preamble[:1]) == bos:
+            bos = []
+        return tuple(bos + list(preamble) + self.ids(sink or ""))
 
     def _pieces(self, units: list[list[int]]) -> tuple[tuple[int, ...], ...]:
         """Items grouped into P contiguous pieces (SPEC §3)."""
@@ -189,7 +196,10 @@ class RequestBuilder:
         return tuple(tuple(t for unit in group for t in unit) for group in group_items(units, n_pieces))
 
     def _chunks(self, tokens: list[int]) -> tuple[tuple[int, ...], ...]:
-        """Unmarked context: contiguous chunks of near-equal token count (SPEC §1, the rule of §3 on tokens)."""
+        """Unmarked context: contiguous chunks of near-equal token count (SPEC §1, the rule of §3 on tokens), or
+        with ``lm_split=ceil`` chunks of ceil(n/P) tokens and a shorter last one (the released code's LM split)."""
+        if self.pce.lm_split == "ceil":
+            return tuple(tuple(chunk) for chunk in chunk_ceil(tokens, self.pce.n_pieces))
         return tuple(tuple(chunk) for chunk in group_items(tokens, self.pce.n_pieces) if chunk)
 
     def _split(self, ids: list[int], offsets, text: str) -> tuple[tuple[int, ...], ...]:

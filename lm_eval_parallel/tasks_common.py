@@ -1,16 +1,25 @@
-"""Shared helpers of the pce task suite: lengths, data folders, tokenizers, sampling, HELMET metrics.
+"""Shared helpers of the pce task suite: arguments, data files, tokenizers, the document cache, sampling, metrics.
 
-Every ``utils.py`` of a task family loads this file with :func:`load_common` (below, copied in each
-``utils.py``), so that all families share one module object (one tokenizer cache) whatever way
-lm-eval loads them (lm-eval imports a YAML's ``utils.py`` by file path, not as a package).
+Every ``task_configs/*/utils.py`` imports this module as ``from lm_eval_parallel import tasks_common as C``:
+lm-eval loads a YAML's ``utils.py`` by file path, but this module is a regular package module, so all
+families share one module object (one tokenizer memo, one document memo).
+
+A loader (``custom_dataset``) starts with :func:`task_args`, which validates lm-eval's metadata and the
+task's ``dataset_kwargs`` before any data is read; it then builds its documents through :func:`cached_docs`,
+keyed by everything that shapes them.
 """
 from __future__ import annotations
 
+import contextlib
+import csv
+import difflib
 import functools
-import math
+import hashlib
+import json
 import os
 import re
 import string
+from dataclasses import dataclass
 from pathlib import Path
 
 SEED = 42
@@ -18,10 +27,15 @@ N_SAMPLES = 100
 
 # Task length suffix -> total token budget (HELMET's lengths_mapping; "1k" for CPU smoke runs).
 LENGTHS = {"1k": 1024, "4k": 4096, "8k": 8192, "16k": 16384, "32k": 32768, "64k": 65536, "128k": 131072}
-PAPER_LENGTHS = ("4k", "8k", "16k")
 
 DATA_ENV = "PCE_DATA_DIR"
-CACHE_ENV = "PCE_CACHE_DIR"
+DOCS_CACHE_ENV = "PCE_DOCS_CACHE"
+_OFF = ("0", "false", "no", "off")
+
+# Every pce_* key a loader reads (from --metadata or dataset_kwargs); other pce_* keys are typos.
+METADATA_KEYS = ("pce_dataset", "pce_variant", "pce_length", "pce_n_samples", "pce_seed", "pce_source", "pce_fit")
+SOURCES = ("generate", "helmet")
+FAMILY_LABELS = {"icl": "ICL dataset", "rag": "RAG dataset", "ruler": "RULER variant", "ppl": "PPL dataset"}
 
 
 class PceDataError(RuntimeError):
@@ -42,14 +56,101 @@ def choose(name: str, value, allowed) -> str:
     return value
 
 
+def _as_int(name: str, value, low: int, high: int | None = None) -> int:
+    """An integer in [low, high) given as an int or a string of one, else a one-line error naming the key."""
+    allowed = f"an integer >= {low}" + (f" and < {high}" if high is not None else "")
+    if isinstance(value, bool) or not isinstance(value, (int, float, str)):
+        raise PceDataError(f"{name}={value!r} must be {allowed}")
+    try:
+        number = float(value)
+    except ValueError:
+        raise PceDataError(f"{name}={value!r} must be {allowed}") from None
+    if not number.is_integer() or number < low or (high is not None and number >= high):
+        raise PceDataError(f"{name}={value!r} must be {allowed}")
+    return int(number)
+
+
+def _as_bool(name: str, value) -> bool:
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, (int, float)) and value in (0, 1):
+        return bool(value)
+    if isinstance(value, str) and value.lower() in ("true", "false", "1", "0", "yes", "no"):
+        return value.lower() in ("true", "1", "yes")
+    raise PceDataError(f"{name}={value!r} is not a boolean; use true or false")
+
+
+def n_samples_arg(value) -> int:
+    return _as_int("pce_n_samples", N_SAMPLES if value is None else value, 1)
+
+
+def seed_arg(value) -> int:
+    return _as_int("pce_seed", SEED if value is None else value, 0, 2**32)  # numpy RandomState's range
+
+
+def check_metadata_keys(kwargs: dict) -> None:
+    """A ``pce_*`` key no loader reads is a typo: say so, with the closest known key."""
+    for key in kwargs:
+        if key.startswith("pce_") and key not in METADATA_KEYS:
+            close = difflib.get_close_matches(key, METADATA_KEYS, n=1, cutoff=0.6)
+            hint = f"did you mean {close[0]!r}? " if close else ""
+            raise PceDataError(f"unknown task option {key!r}; {hint}(task options: {', '.join(METADATA_KEYS)})")
+
+
+@dataclass(frozen=True)
+class TaskArgs:
+    """The validated arguments of one task build."""
+
+    task: str              # e.g. "pce_icl_nlu_8k"
+    dataset: str | None    # the family's dataset or RULER variant; None for JSON-KV
+    length: str            # "8k"
+    n_samples: int
+    seed: int
+    source: str | None     # "generate" | "helmet" (RULER, JSON-KV); None elsewhere
+    fit: bool              # ICL/RAG: drop items from the end to fit the length
+    tokenizer: tuple | None  # tokenizer_key(), or None when the build needs no tokenizer
+
+
+def task_args(kwargs: dict, family: str, *, datasets=None, lengths=None, sources=False,
+              tokenizer: str = "required") -> TaskArgs:
+    """Validate what lm-eval passes to ``custom_dataset`` (metadata + dataset_kwargs), before any data is read.
+
+    family: ``icl`` | ``rag`` | ``ruler`` | ``json_kv`` | ``ppl``; datasets: allowed ``pce_dataset`` values
+    (``pce_variant`` for RULER), None for JSON-KV; lengths: allowed suffixes (default every length);
+    sources: whether ``pce_source`` applies; tokenizer: ``required`` (always sized with it), ``generate``
+    (required when ``pce_source`` is ``generate``) or ``fit`` (optional, used when ``pce_fit`` is true).
+    """
+    check_metadata_keys(kwargs)
+    dataset = None
+    if datasets is not None:
+        key = "pce_variant" if family == "ruler" else "pce_dataset"
+        dataset = choose(FAMILY_LABELS[family], kwargs.get(key), tuple(datasets))
+    length = kwargs.get("pce_length")
+    length_tokens(length, lengths)
+    task = f"pce_{family}_{dataset}_{length}" if dataset is not None else f"pce_{family}_{length}"
+    n_samples = n_samples_arg(kwargs.get("pce_n_samples"))
+    seed = seed_arg(kwargs.get("pce_seed"))
+    source = choose("pce_source", kwargs.get("pce_source", "generate"), SOURCES) if sources else None
+    fit = _as_bool("pce_fit", kwargs.get("pce_fit", True))
+    if tokenizer == "fit":
+        tok = tokenizer_key(kwargs, required=False, task=task) if fit else None
+    elif tokenizer == "generate":
+        tok = tokenizer_key(kwargs, required=True, task=task) if source == "generate" else None
+    else:
+        tok = tokenizer_key(kwargs, required=True, task=task)
+    return TaskArgs(task, dataset, length, n_samples, seed, source, fit, tok)
+
+
+# --------------------------------------------------------------------------- data files
 def data_dir() -> Path | None:
-    """The local data folder (``$PCE_DATA_DIR``, laid out like ``../shared/data``), or None."""
+    """The local data folder (``$PCE_DATA_DIR``, the layout of task_configs/README.md), or None."""
     value = os.environ.get(DATA_ENV, "").strip()
     if not value:
         return None
     path = Path(value).expanduser()
     if not path.is_dir():
-        raise PceDataError(f"{DATA_ENV}={value!r} is not a folder; point it at a folder laid out like shared/data")
+        raise PceDataError(f"{DATA_ENV}={value!r} is not a folder; set it to the folder that holds the icl/, rag/, "
+                           f"essays/, ppl/ or helmet/ data (export {DATA_ENV}=/path/to/data), or unset it")
     return path.resolve()
 
 
@@ -58,47 +159,105 @@ def local_file(*parts: str, what: str) -> Path:
     root = data_dir()
     rel = "/".join(parts)
     if root is None:
-        raise PceDataError(f"{what}: set {DATA_ENV} to a folder that holds {rel}")
+        raise PceDataError(f"{what}: set {DATA_ENV} to a folder that holds {rel} (export {DATA_ENV}=/path/to/data)")
     path = root.joinpath(*parts)
     if not path.exists():
         raise PceDataError(f"{what}: {path} is missing; put {rel} under {DATA_ENV}={root}")
     return path
 
 
-def reads_local_files(loader):
-    """Decorator for loaders of ``$PCE_DATA_DIR`` files: a malformed file becomes one clear PceDataError."""
-    import csv
-    import functools
+@contextlib.contextmanager
+def local_data(what: str, expected: str):
+    """Reading ``$PCE_DATA_DIR`` files: an error the readers below did not name becomes one clear line."""
+    try:
+        yield
+    except PceDataError:
+        raise
+    except (ValueError, KeyError, IndexError, TypeError, OSError, EOFError, csv.Error) as exc:
+        raise PceDataError(f"{what}: the data under {DATA_ENV}={os.environ.get(DATA_ENV)} is not in the expected "
+                           f"layout ({type(exc).__name__}: {exc}); expected {expected}") from exc
 
-    @functools.wraps(loader)
-    def wrapper(*args, **kwargs):
-        try:
-            return loader(*args, **kwargs)
-        except PceDataError:
-            raise
-        except (ValueError, KeyError, IndexError, OSError, EOFError, csv.Error) as exc:  # json errors are ValueErrors
-            source = args[0] if args and isinstance(args[0], str) else loader.__name__.strip("_")
-            raise PceDataError(
-                f"{source}: a file under {DATA_ENV}={os.environ.get(DATA_ENV)} is corrupt or not in the expected "
-                f"layout ({type(exc).__name__}: {exc}); see the layout in shared/data/README.md"
-            ) from exc
 
-    return wrapper
+def read_text(path: Path, expected: str) -> str:
+    text = Path(path).read_text(encoding="utf-8", errors="replace")
+    if not text.strip():
+        raise PceDataError(f"{path}: the file is empty; expected {expected}")
+    return text
+
+
+def read_json(path: Path, expected: str):
+    text = read_text(path, expected)
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise PceDataError(f"{path}, line {exc.lineno} column {exc.colno}: not valid JSON ({exc.msg}; "
+                           f"truncated file?); expected {expected}") from None
+
+
+def iter_jsonl(path: Path, expected: str = "one JSON object per line"):
+    """The rows of a (gzipped) JSON-lines file; errors name the file, the line and what was expected."""
+    import gzip
+
+    opener = gzip.open if str(path).endswith(".gz") else open
+    line_no, rows = 0, 0
+    try:
+        with opener(path, "rt", encoding="utf-8") as f:
+            for line_no, line in enumerate(f, 1):
+                if not line.strip():
+                    continue
+                try:
+                    row = json.loads(line)
+                except json.JSONDecodeError as exc:
+                    raise PceDataError(f"{path}, line {line_no}: not valid JSON ({exc.msg}; truncated file?); "
+                                       f"expected {expected}") from None
+                if not isinstance(row, dict):
+                    raise PceDataError(f"{path}, line {line_no}: a JSON {type(row).__name__}; expected {expected}")
+                rows += 1
+                yield row
+    except (EOFError, gzip.BadGzipFile, UnicodeDecodeError) as exc:
+        raise PceDataError(f"{path}, line {line_no + 1}: unreadable ({type(exc).__name__}: {exc}; truncated "
+                           f"file?); expected {expected}") from None
+    if rows == 0:
+        raise PceDataError(f"{path}: the file has no rows; expected {expected}")
+
+
+def read_csv(path: Path, columns: tuple[str, ...]) -> list[dict]:
+    """Rows of a CSV file with a header holding ``columns``; every such cell must be non-empty."""
+    expected = f"a CSV file with a header and the non-empty columns {', '.join(columns)}"
+    with open(path, newline="", encoding="utf-8") as f:
+        reader = csv.DictReader(f)
+        if reader.fieldnames is None:
+            raise PceDataError(f"{path}: the file is empty; expected {expected}")
+        missing = [c for c in columns if c not in reader.fieldnames]
+        if missing:
+            raise PceDataError(f"{path}, line 1: the header {reader.fieldnames} lacks {', '.join(missing)}; "
+                               f"expected {expected}")
+        rows = []
+        for row in reader:
+            for c in columns:
+                if not (row.get(c) or "").strip():
+                    raise PceDataError(f"{path}, line {reader.line_num}: column {c!r} is empty; expected {expected}")
+            rows.append(row)
+    if not rows:
+        raise PceDataError(f"{path}: the file has a header but no rows; expected {expected}")
+    return rows
+
+
+def file_identity(paths) -> list:
+    """``[[path, size, mtime_ns], ...]``: what a document key records about the files it is built from
+    (``[path, None, None]`` for a missing file: its build fails and nothing is stored)."""
+    out = []
+    for path in paths:
+        st = os.stat(path) if os.path.exists(path) else None
+        out.append([str(path), st and st.st_size, st and st.st_mtime_ns])
+    return out
 
 
 def cache_dir() -> Path:
-    value = os.environ.get(CACHE_ENV)
-    if value:
-        return Path(value).expanduser()
-    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return Path(base) / "lm_eval_parallel"
+    """The package's cache root: ``$PCE_CACHE_DIR``, default ``~/.cache/lm_eval_parallel``."""
+    from lm_eval_parallel.resolve import cache_root
 
-
-def n_samples_arg(value) -> int:
-    n = int(value if value is not None else N_SAMPLES)
-    if n <= 0:
-        raise PceDataError(f"pce_n_samples must be positive, got {value!r}")
-    return n
+    return cache_root()
 
 
 # --------------------------------------------------------------------------- tokenizers
@@ -106,15 +265,8 @@ def _none(value):
     return None if value in (None, "", "None", "none") else value
 
 
-@functools.lru_cache(maxsize=8)
-def _tokenizer(pretrained: str, gguf_file, tokenizer):
-    from lm_eval_parallel.resolve import load_tokenizer
-
-    return load_tokenizer(pretrained, gguf_file=gguf_file, tokenizer=tokenizer)
-
-
-def get_tokenizer(kwargs: dict, *, required: bool, task: str):
-    """The model's tokenizer from the metadata lm-eval passes to ``custom_dataset`` (model_args)."""
+def tokenizer_key(kwargs: dict, *, required: bool, task: str) -> tuple | None:
+    """``(source, gguf_file, tokenizer)`` of the model's tokenizer, from lm-eval's metadata (model_args)."""
     pretrained = _none(kwargs.get("pretrained"))
     tok = _none(kwargs.get("tokenizer"))
     if pretrained is None and tok is None:
@@ -126,7 +278,41 @@ def get_tokenizer(kwargs: dict, *, required: bool, task: str):
         return None
     if not isinstance(pretrained, str) and pretrained is not None:
         pretrained = getattr(pretrained, "name_or_path", None) or str(pretrained)
-    return _tokenizer(pretrained or tok, _none(kwargs.get("gguf_file")), tok if isinstance(tok, str) else None)
+    return (pretrained or tok, _none(kwargs.get("gguf_file")), tok if isinstance(tok, str) else None)
+
+
+def tokenizer_of(key: tuple | None):
+    """The tokenizer of a :func:`tokenizer_key` (one object per source and process), or None."""
+    if key is None:
+        return None
+    from lm_eval_parallel.resolve import load_tokenizer
+
+    pretrained, gguf_file, tokenizer = key
+    return load_tokenizer(pretrained, gguf_file=gguf_file, tokenizer=tokenizer)
+
+
+def get_tokenizer(kwargs: dict, *, required: bool, task: str):
+    """The model's tokenizer from the metadata lm-eval passes to ``custom_dataset`` (model_args)."""
+    return tokenizer_of(tokenizer_key(kwargs, required=required, task=task))
+
+
+_FINGERPRINTS: dict[int, tuple[object, str]] = {}
+
+
+def tokenizer_fingerprint(tok) -> str:
+    """A hash of what makes a tokenizer tokenise the way it does (vocabulary, merges, normalisation, specials)."""
+    if tok is None:
+        return "none"
+    held = _FINGERPRINTS.get(id(tok))
+    if held is not None and held[0] is tok:
+        return held[1]
+    backend = getattr(tok, "backend_tokenizer", None)
+    spec = backend.to_str() if backend is not None else json.dumps(sorted(tok.get_vocab().items()))
+    extra = json.dumps([type(tok).__name__, tok.special_tokens_map, getattr(tok, "add_bos_token", None),
+                        getattr(tok, "add_eos_token", None)], sort_keys=True, default=str)
+    digest = hashlib.sha256((spec + extra).encode()).hexdigest()
+    _FINGERPRINTS[id(tok)] = (tok, digest)
+    return digest
 
 
 def count_tokens(tok, text: str) -> int:
@@ -153,6 +339,86 @@ def fit_items(tok, items: list[str], query: str, budget: int) -> list[str]:
     return items[:n]
 
 
+# --------------------------------------------------------------------------- document cache
+_BUILT: dict[str, list[dict]] = {}
+
+
+def docs_cache_enabled() -> bool:
+    return os.environ.get(DOCS_CACHE_ENV, "1").strip().lower() not in _OFF
+
+
+@functools.lru_cache(maxsize=32)
+def _source_hash(path: str, size: int, mtime_ns: int) -> str:
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+def code_version(*files: str) -> str:
+    """A hash of the builder's source files and of this module: any edit invalidates the documents built."""
+    digests = []
+    for path in (*files, __file__):
+        st = os.stat(path)
+        digests.append(_source_hash(os.path.realpath(path), st.st_size, st.st_mtime_ns))
+    return hashlib.sha256("".join(digests).encode()).hexdigest()[:16]
+
+
+def docs_key(args: TaskArgs, *, inputs, builder: str) -> dict:
+    """Everything that shapes a task's documents: the arguments, the inputs read (file identities, word lists,
+    dataset ids), the tokenizer (by content), and the builder's code version."""
+    return {
+        "task": args.task, "length": args.length, "n_samples": args.n_samples, "seed": args.seed,
+        "source": args.source, "fit": args.fit, "inputs": inputs,
+        "tokenizer": tokenizer_fingerprint(tokenizer_of(args.tokenizer)), "code": code_version(builder),
+    }
+
+
+def cached_docs(key: dict, build) -> list[dict]:
+    """The documents of ``key``: from this process, else from ``$PCE_CACHE_DIR/docs/<task>/``, else ``build()``
+    (then stored; written to a temporary file and renamed). ``PCE_DOCS_CACHE=0`` keeps nothing on disk."""
+    blob = json.dumps(key, sort_keys=True, default=str)
+    digest = hashlib.sha256(blob.encode()).hexdigest()[:24]
+    if digest in _BUILT:
+        return _BUILT[digest]
+    path = cache_dir() / "docs" / key["task"] / f"{digest}.json"
+    docs = None
+    if docs_cache_enabled() and path.is_file():
+        try:
+            stored = json.loads(path.read_text(encoding="utf-8"))
+            if json.dumps(stored["key"], sort_keys=True) == blob:
+                docs = stored["docs"]
+        except (OSError, ValueError, KeyError):
+            docs = None  # unreadable: build again and overwrite
+    if docs is None:
+        docs = build()
+        if docs_cache_enabled():
+            _write_atomic(path, json.dumps({"key": json.loads(blob), "docs": docs}))
+    _BUILT[digest] = docs
+    return docs
+
+
+def clear_memory_cache() -> None:
+    """Forget the documents built in this process (the disk cache stays), as a new process would."""
+    _BUILT.clear()
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    import logging
+    import tempfile
+
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    except OSError as exc:  # a read-only cache: the documents are still returned, just not kept
+        logging.getLogger("lm_eval_parallel").warning(f"cannot write the document cache {path.parent} ({exc})")
+        return
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+        os.replace(tmp, path)  # readers see the whole file or none
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
 # --------------------------------------------------------------------------- sampling
 def sample_indices(n_total: int, n: int, seed: int = SEED) -> list[int]:
     """The paper's sampling: ``np.random.RandomState(seed).shuffle(rows)`` then the first ``n``."""
@@ -163,11 +429,11 @@ def sample_indices(n_total: int, n: int, seed: int = SEED) -> list[int]:
     return [int(i) for i in order[:n]]
 
 
-def to_dataset(rows: list[dict], split: str = "test"):
+def to_dataset(rows: list[dict], task: str = "", split: str = "test"):
     import datasets
 
     if not rows:
-        raise PceDataError("no documents were built")
+        raise PceDataError(f"{task or 'pce task'}: no documents were built (the source has no usable rows)")
     return {split: datasets.Dataset.from_list(rows)}
 
 
@@ -227,6 +493,7 @@ def ruler_recall(prediction: str, answers) -> float:
     return sum(a.lower() in pred for a in answers) / len(answers)
 
 
+# --------------------------------------------------------------------------- what every generation task shares
 def entropy(results) -> float:
     from lm_eval_parallel.response import attn_entropy_of
 
@@ -239,8 +506,16 @@ def doc_to_text(doc: dict) -> str:
     return parallel_prompt(list(doc["items"]), doc["query"])
 
 
-def nan_to_none(x: float):
-    return None if x is None or (isinstance(x, float) and math.isnan(x)) else x
+def generation_scorer(metric: str, score, prefix: str = ""):
+    """The ``process_results`` of a generation task: ``score(prefix + output, doc["answers"])`` reported as
+    ``metric`` and as ``score``, plus the request's ``attn_entropy``. ``prefix`` is the last query line the
+    paper puts before the output when scoring (``"Answer:"``, ``"label:"``, ...)."""
+
+    def process_results(doc, results):
+        value = score(prefix + str(results[0]), doc["answers"])
+        return {metric: value, "score": value, "attn_entropy": entropy(results)}
+
+    return process_results
 
 
 # --------------------------------------------------------------------------- HELMET's data.tar.gz
@@ -299,28 +574,17 @@ def _stream_extract(member: str, target: Path) -> None:
     raise FileNotFoundError(f"{member} is not in {HELMET_REPO}/{HELMET_ARCHIVE}")
 
 
-def _iter_jsonl(path: Path):
-    import gzip
-    import json
-
-    opener = gzip.open if str(path).endswith(".gz") else open
-    with opener(path, "rt", encoding="utf-8") as f:
-        for line in f:
-            if line.strip():
-                yield json.loads(line)
-
-
-def select_jsonl(path: Path, n: int, keep=None, seed: int = SEED) -> list[dict]:
+def select_jsonl(path: Path, n: int, keep=None, seed: int = SEED, expected: str = "one JSON object per line"):
     """The paper's sample of a JSONL file: rows passing ``keep``, shuffled with RandomState(seed), first ``n``.
 
     Two streaming passes, so that large files (HELMET's k105 files) never sit in memory whole.
     """
-    total = sum(1 for row in _iter_jsonl(path) if keep is None or keep(row))
+    total = sum(1 for row in iter_jsonl(path, expected) if keep is None or keep(row))
     chosen = sample_indices(total, min(n, total), seed)
     rank = {idx: r for r, idx in enumerate(chosen)}
     out: list = [None] * len(chosen)
     idx = -1
-    for row in _iter_jsonl(path):
+    for row in iter_jsonl(path, expected):
         if keep is not None and not keep(row):
             continue
         idx += 1

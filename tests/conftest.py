@@ -5,6 +5,13 @@ import pytest
 
 sys.path.insert(0, os.path.dirname(__file__))
 
+# Tests never write the user's cache folder: converted GGUFs and built documents go to a folder of this run
+# (subprocesses inherit it). An explicit PCE_CACHE_DIR is kept.
+if "PCE_CACHE_DIR" not in os.environ:
+    import tempfile
+
+    os.environ["PCE_CACHE_DIR"] = tempfile.mkdtemp(prefix="pce-test-cache-")
+
 SHARED_DATA = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data")
 
 

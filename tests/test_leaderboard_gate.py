@@ -2,11 +2,12 @@
 from __future__ import annotations
 
 import json
+import math
 
 import pytest
 
-from lm_eval_parallel.leaderboard import compare, is_regression, load_board_json, main_check, main_leaderboard
-from test_leaderboard import BASE_SCORES, SWEEP, T0, is_ppl, write_run, write_sweep
+from lm_eval_parallel.leaderboard import compare, is_regression, load_board_json, main_check, main_leaderboard, stats
+from test_leaderboard import BASE_SCORES, MODEL, SWEEP, T0, is_ppl, write_run, write_sweep
 
 
 @pytest.fixture
@@ -107,3 +108,96 @@ def test_compare_uses_the_baseline_direction_and_config(baseline):
     result = compare(rows, worse, 0.02)
     # doubling helps accuracy-like scores and hurts perplexities
     assert {c.key[4] for c in result.regressions} == {t for t in BASE_SCORES if is_ppl(t)}
+
+
+# ---------------------------------------------------------------------------------------------- per-document results
+
+NQ, PG19 = "pce_rag_nq_8k", "pce_ppl_pg19_8k"
+NQ_BASELINE = [1] * 30 + [0] * 10          # 30 of 40 right
+PG19_TOKENS = [100] * 10
+PG19_LOSS = [2.0] * 10                     # nats per token of each document
+
+
+def write_documents(root, nq: list[int], pg19_loss: list[float], date: float, log_samples=True) -> str:
+    """One naive P=2 run whose samples JSONL holds the given per-document outcomes (NQ) and losses (PG19)."""
+    from lm_eval_parallel.leaderboard.reader import samples_file_for
+
+    ll = [-loss * tokens for loss, tokens in zip(pg19_loss, PG19_TOKENS)]
+    scores = {NQ: sum(nq) / len(nq), PG19: math.exp(-sum(ll) / sum(PG19_TOKENS))}
+    path = write_run(str(root), {"pretrained": MODEL, "P": 2, "method": "naive", "dtype": "float32"}, scores, date,
+                     log_samples=log_samples)
+    if log_samples:
+        for task, values in ((NQ, nq), (PG19, [[v, t] for v, t in zip(ll, PG19_TOKENS)])):
+            metric = "substring_exact_match" if task == NQ else "perplexity"
+            with open(samples_file_for(path, task), "w") as f:
+                f.writelines(json.dumps({"doc_id": i, "filter": "none", metric: v}) + "\n"
+                             for i, v in enumerate(values))
+    return str(root)
+
+
+def board_of(tmp_path, name: str, folder: str) -> str:
+    out = tmp_path / name
+    assert main_leaderboard([folder, "--out", str(out), "--no-plots"]) == 0
+    return str(out / "board.json")
+
+
+def binomial_two_sided(b: int, c: int) -> float:
+    return min(1.0, 2 * sum(math.comb(b + c, i) for i in range(min(b, c) + 1)) / 2 ** (b + c))
+
+
+def test_a_drop_inside_the_baseline_interval_passes(tmp_path, capsys):
+    baseline = board_of(tmp_path, "base", write_documents(tmp_path / "base_run", NQ_BASELINE, PG19_LOSS, T0))
+    # one document flips (-0.025 > 0.02) and PG19 moves +2.5 % through noise: both beyond the tolerance
+    nq = [0] + NQ_BASELINE[1:]
+    loss = [2.0 + (0.3 if i % 2 else -0.25) for i in range(10)]
+    assert math.exp(sum(loss) / 10 - 2.0) > 1.02
+    new = write_documents(tmp_path / "new_run", nq, loss, T0 + 10)
+    assert main_check([new, "--baseline", baseline, "--tolerance", "0.02"]) == 0
+    out = capsys.readouterr().out
+    assert regression_lines(out) == []
+    assert "2 row(s) judged by a paired test" in out
+    assert "2 beyond the tolerance but within the baseline's interval" in out
+    # the fixed tolerance alone would fail both
+    assert main_check([new, "--baseline", baseline, "--tolerance", "0.02", "--tolerance-only"]) == 1
+    assert len(regression_lines(capsys.readouterr().out)) == 2
+
+
+def test_a_drop_outside_the_baseline_interval_fails(tmp_path, capsys):
+    baseline = board_of(tmp_path, "base", write_documents(tmp_path / "base_run", NQ_BASELINE, PG19_LOSS, T0))
+    nq = [0] * 12 + NQ_BASELINE[12:]        # 12 right answers lost, none gained
+    loss = [2.05] * 10                      # every document 0.05 nats per token worse: PPL +5.1 %
+    new = write_documents(tmp_path / "new_run", nq, loss, T0 + 10)
+    assert main_check([new, "--baseline", baseline, "--tolerance", "0.02"]) == 1
+    lines = regression_lines(capsys.readouterr().out)
+    assert len(lines) == 2
+    (nq_line,) = [line for line in lines if NQ in line]
+    p_nq = binomial_two_sided(12, 0)
+    # Holm over 2 tests: PG19's p is 0 (every resample is worse), so NQ's adjusted p is its own
+    assert f"exact McNemar on 40 documents p={p_nq:.3g}, Holm p={p_nq:.3g}" in nq_line
+    low, high = (float(v) for v in stats.wilson_interval(30, 40))
+    assert f"baseline 95% interval [{low:.4f}, {high:.4f}]" in nq_line
+    (ppl_line,) = [line for line in lines if PG19 in line]
+    assert "paired bootstrap on 10 documents p=0" in ppl_line and "lower is better" in ppl_line
+    # a stricter alpha still fails them; a tolerance above both drops lets them through
+    assert main_check([new, "--baseline", baseline, "--alpha", "0.001"]) == 1
+    assert main_check([new, "--baseline", baseline, "--tolerance", "0.31"]) == 0
+
+
+def test_without_per_document_results_the_tolerance_decides_and_says_so(tmp_path, capsys):
+    baseline = board_of(tmp_path, "base",
+                        write_documents(tmp_path / "base_run", NQ_BASELINE, PG19_LOSS, T0, log_samples=False))
+    new = write_documents(tmp_path / "new_run", [0] + NQ_BASELINE[1:], PG19_LOSS, T0 + 10)
+    assert main_check([new, "--baseline", baseline, "--tolerance", "0.02"]) == 1
+    out = capsys.readouterr().out
+    (line,) = regression_lines(out)
+    assert NQ in line and "tolerance only (no per-document results in the baseline)" in line
+    assert "2 row(s) judged by the fixed tolerance alone (2 rows: no per-document results in the baseline)" in out
+
+
+def test_documents_must_match_and_alpha_is_checked(tmp_path, capsys):
+    baseline = board_of(tmp_path, "base", write_documents(tmp_path / "base_run", NQ_BASELINE, PG19_LOSS, T0))
+    new = write_documents(tmp_path / "new_run", [1] * 20 + [0] * 10, PG19_LOSS[:9], T0 + 10)  # 30 documents, 0.67
+    assert main_check([new, "--baseline", baseline]) == 1
+    assert "documents differ (40 in the baseline, 30 in the new run)" in capsys.readouterr().out
+    assert main_check([new, "--baseline", baseline, "--alpha", "1.5"]) == 2
+    assert "--alpha must be between 0 and 1, got 1.5" in capsys.readouterr().err

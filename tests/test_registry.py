@@ -18,7 +18,8 @@ OTHER_VALUES = {
     "P": 4, "method": "sel", "pos": "left", "pos_round": "floor", "top_k": 3, "score_topn": 2, "aggr": "HT",
     "aggr_topn": 3, "sink_text": "Read:", "oracle_keys": True, "entropy": False, "analysis_path": "a.jsonl",
     "rolling_score_len": 256, "context_cache_mb": 64, "tokenize": "joint", "prefill_batch_tokens": 4096,
-    "auto_batch_tokens": 2048, "split": "sentence",
+    "auto_batch_tokens": 2048, "preset": "paper_code", "query_round": "floor", "harmonic_prefix": "min1",
+    "lm_split": "ceil", "entropy_pool": "calls", "gen_stop": "max_gen", "split": "sentence",
 }
 
 

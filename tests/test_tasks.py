@@ -48,6 +48,12 @@ def tiny(tmp_path_factory):
     return save_tiny(str(tmp_path_factory.mktemp("tiny") / "llama"))
 
 
+@pytest.fixture(autouse=True)
+def own_cache(tmp_path_factory, monkeypatch):
+    """Documents built here go to a cache folder of the test session, not the user's."""
+    monkeypatch.setenv("PCE_CACHE_DIR", str(tmp_path_factory.getbasetemp() / "pce_cache"))
+
+
 @pytest.fixture
 def no_data(monkeypatch):
     monkeypatch.delenv("PCE_DATA_DIR", raising=False)
@@ -123,13 +129,15 @@ def test_icl_and_rag_and_ruler_process_results():
     out = RAG.process_results({"answers": ["Paris", "City of Light"]}, [GenerationResult(" the city of light", 1.25)])
     assert out["subem"] == 1.0 and out["attn_entropy"] == 1.25
     assert math.isnan(RAG.process_results({"answers": ["x"]}, [" y"])["attn_entropy"])
-    r = SYN.process_results_ruler({"answers": ["1111111", "2222222", "3333333", "4444444"]}, [" 2222222, 4444444 and 9"])
+    answers = {"answers": ["1111111", "2222222", "3333333", "4444444"]}
+    r = SYN.process_results_ruler(answers, [" 2222222, 4444444 and 9"])
     assert r["ruler_recall"] == 0.5
     assert SYN.process_results_json_kv({"answers": ["ab-cd"]}, [' "AB-CD"'])["subem"] == 1.0
 
 
 def test_ppl_process_results_weights():
     from lm_eval.api.metrics import bits_per_byte, weighted_perplexity
+
     from lm_eval_parallel.response import LoglikelihoodResult
 
     docs = [{"n_tokens": 10, "n_bytes": 40}, {"n_tokens": 30, "n_bytes": 100}]
@@ -142,9 +150,12 @@ def test_ppl_process_results_weights():
 
 # --------------------------------------------------------------------------- synthetic (generated, no data)
 RULER_Q = {
-    "mk2": "\n\nA special magic number is hidden within the above text. The special magic number for {k} mentioned in the provided text is",
-    "mk3": "\n\nA special magic uuid is hidden within the above text. The special magic uuid for {k} mentioned in the provided text is",
-    "mv": "\n\nSome special magic numbers are hidden within the above text. The special magic numbers for {k} mentioned in the provided text are",
+    "mk2": "\n\nA special magic number is hidden within the above text. "
+           "The special magic number for {k} mentioned in the provided text is",
+    "mk3": "\n\nA special magic uuid is hidden within the above text. "
+           "The special magic uuid for {k} mentioned in the provided text is",
+    "mv": "\n\nSome special magic numbers are hidden within the above text. "
+          "The special magic numbers for {k} mentioned in the provided text are",
 }
 
 
@@ -160,10 +171,11 @@ def test_ruler_generated_prompt_and_size(tiny, no_data, variant):
     assert query == RULER_Q[variant].format(k=doc["key"])
     assert plain == "".join(doc["items"]) + query
     for value in doc["answers"]:
-        assert f"One of the special magic {'uuids' if variant == 'mk3' else 'numbers'} for {doc['key']} is: {value}." in plain
+        kind = "uuids" if variant == "mk3" else "numbers"
+        assert f"One of the special magic {kind} for {doc['key']} is: {value}." in plain
     assert len(doc["answers"]) == (4 if variant == "mv" else 1)
     budget = 1024 - {"mk2": 50, "mk3": 100, "mv": 50}[variant] - 1
-    tok = C._tokenizer(tiny, None, None)
+    tok = C.tokenizer_of((tiny, None, None))
     n = C.count_tokens(tok, plain)
     assert n <= budget and n > 0.8 * budget
     if variant == "mv":
@@ -179,14 +191,17 @@ def test_json_kv_generated_prompt(tiny, no_data):
                           f"Key: {doc['key']}\nCorresponding value:")
 
 
-def test_generated_docs_are_deterministic(tiny, no_data):
+def test_generated_docs_are_deterministic(tiny, no_data, monkeypatch):
+    monkeypatch.setenv("PCE_DOCS_CACHE", "0")  # every build below generates (the cache is tested elsewhere)
+    C.clear_memory_cache()
     a = SYN.load_ruler(pce_variant="mk2", pce_length="1k", pce_n_samples=3, pretrained=tiny)["test"].to_list()
-    SYN._ruler_generated.cache_clear()
+    C.clear_memory_cache()
     b = SYN.load_ruler(pce_variant="mk2", pce_length="1k", pce_n_samples=3, pretrained=tiny)["test"].to_list()
-    c = SYN.load_ruler(pce_variant="mk2", pce_length="1k", pce_n_samples=3, pce_seed=7, pretrained=tiny)["test"].to_list()
+    c = SYN.load_ruler(pce_variant="mk2", pce_length="1k", pce_n_samples=3, pce_seed=7,
+                       pretrained=tiny)["test"].to_list()
     assert repr(a) == repr(b) and repr(a) != repr(c)
     k1 = SYN.load_json_kv(pce_length="1k", pce_n_samples=2, pretrained=tiny)["test"].to_list()
-    SYN._json_kv_generated.cache_clear()
+    C.clear_memory_cache()
     assert repr(k1) == repr(SYN.load_json_kv(pce_length="1k", pce_n_samples=2, pretrained=tiny)["test"].to_list())
 
 
@@ -221,9 +236,10 @@ def test_corrupt_or_misplaced_local_data_is_named(tmp_path, monkeypatch, tiny):
     (tmp_path / "rag").mkdir()
     (tmp_path / "rag" / "nq-open-oracle.jsonl.gz").write_bytes(gzip.compress(b'{"question": "q"')[:-6])
     monkeypatch.setenv("PCE_DATA_DIR", str(tmp_path))
-    with pytest.raises(C.PceDataError, match=r"banking77: a file under PCE_DATA_DIR=.* is corrupt"):
+    with pytest.raises(C.PceDataError, match=r"banking77/categories.json, line 1 column 2: not valid JSON .*"
+                                             r"expected a JSON list of label names"):
         ICL.load_icl(pce_dataset="banking77", pce_length="4k")
-    with pytest.raises(C.PceDataError, match=r"is corrupt or not in the expected layout"):
+    with pytest.raises(C.PceDataError, match=r"nq-open-oracle.jsonl.gz, line 1: unreadable .*truncated file"):
         RAG.load_rag(pce_dataset="nq", pce_length="4k")
     monkeypatch.setenv("PCE_DATA_DIR", str(tmp_path / "nowhere"))
     with pytest.raises(C.PceDataError, match=r"PCE_DATA_DIR='.*nowhere' is not a folder"):
@@ -267,7 +283,7 @@ def test_icl_local_prompt(shared_data, dataset):
 @needs_data
 def test_icl_fit_to_length(shared_data, tiny):
     doc = ICL.load_icl(pce_dataset="trec_coarse", pce_length="4k", pce_n_samples=1, pretrained=tiny)["test"][0]
-    tok = C._tokenizer(tiny, None, None)
+    tok = C.tokenizer_of((tiny, None, None))
     assert C.count_tokens(tok, plain_prompt(ICL.doc_to_text(doc))) <= 4096 - 20 - 1
     assert 0 < doc["n_items"] <= 200
 
@@ -292,7 +308,7 @@ def test_rag_local_prompt(shared_data, dataset, k):
 @pytest.mark.parametrize("dataset", ["pg19", "proof_pile"])
 def test_ppl_windows_round_trip(shared_data, tiny, dataset):
     ds = PPL.load_ppl(pce_dataset=dataset, pce_length="1k", pce_n_samples=5, pretrained=tiny)["test"]
-    tok = C._tokenizer(tiny, None, None)
+    tok = C.tokenizer_of((tiny, None, None))
     assert len(ds) == 5
     for doc in ds:
         ctx, cont = PPL.encode_pair(tok, doc["context"], doc["continuation"])
@@ -338,7 +354,8 @@ def test_helmet_files_lookup_and_clear_error(tmp_path, monkeypatch):
         raise OSError("no network")
 
     monkeypatch.setattr(C, "_stream_extract", offline)
-    with pytest.raises(C.PceDataError, match=r"HELMET file .*triviaqa.*download https://huggingface.co/datasets/princeton-nlp/HELMET"):
+    with pytest.raises(C.PceDataError,
+                       match=r"HELMET file .*triviaqa.*download https://huggingface.co/datasets/princeton-nlp/HELMET"):
         RAG.load_rag(pce_dataset="triviaqa", pce_length="4k")
     # an unpacked copy under $PCE_DATA_DIR/helmet is used as is
     import json
@@ -357,3 +374,32 @@ def test_helmet_files_lookup_and_clear_error(tmp_path, monkeypatch):
 
 def test_popqa_filter():
     assert RAG.popqa_keep({"s_pop": 999}) and not RAG.popqa_keep({"s_pop": 1000})
+
+
+@pytest.mark.parametrize("dataset,field,test_split", [("trec_coarse", "coarse_label", "test"),
+                                                      ("trec_fine", "fine_label", "test"),
+                                                      ("banking77", "label", "test"),
+                                                      ("clinc150", "intent", "validation"),
+                                                      ("nlu", "label", None)])
+def test_icl_online_sources_read_the_fields_helmet_reads(monkeypatch, dataset, field, test_split):
+    """The HF datasets of HF_SOURCES, without a network: a stand-in load_dataset with their columns."""
+    import datasets
+
+    def fake(repo, config=None, revision=None):
+        assert (repo, config, revision) == ICL.HF_SOURCES[dataset]
+        features = datasets.Features({"text": datasets.Value("string"), field: datasets.ClassLabel(num_classes=4)})
+        def rows(n, offset):
+            data = {"text": [f"t{offset + i}" for i in range(n)], field: [i % 4 for i in range(n)]}
+            return datasets.Dataset.from_dict(data, features=features)
+
+        splits = {"train": rows(20, 0)} | ({test_split: rows(6, 100)} if test_split else {})
+        return datasets.DatasetDict(splits)
+
+    monkeypatch.setattr(datasets, "load_dataset", fake)
+    train, test, n_labels = ICL._online(dataset)
+    assert n_labels == 4
+    if test_split:
+        assert train == [(f"t{i}", i % 4) for i in range(20)] and test == [(f"t{100 + i}", i % 4) for i in range(6)]
+    else:  # nlu: HELMET's 90/10 split of the one train split, seed 42
+        assert len(train) == 18 and len(test) == 2
+        assert sorted(train + test) == sorted((f"t{i}", i % 4) for i in range(20))

@@ -14,7 +14,7 @@ import os
 import sys
 
 from .board import Board, CategoryCell, category_cells, collect, load_board_json, pearson, write_csv, write_json
-from .gate import GateResult, compare, is_regression, report_lines
+from .gate import GateResult, compare, is_regression, report_lines, samples_reader
 from .metrics import choose_score_metric
 from .naming import parse_task_name
 from .reader import BoardRow, find_results_files, parse_model_args, read_results_file, run_settings
@@ -88,15 +88,20 @@ def load_rows(path: str) -> list[BoardRow]:
 def main_check(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(
         prog="lm-eval-parallel check",
-        description="Regression gate: exit 1 when a score of the new run fell below the baseline by more than "
-                    "the tolerance (absolute on the 0-1 scale; relative for perplexities), 2 on usage errors or "
-                    "no overlap.",
+        description="Regression gate: exit 1 when a score of the new run fell below the baseline by more than the "
+                    "tolerance (absolute on the 0-1 scale; relative for perplexities) and, where both sides have "
+                    "per-document results, significantly by a paired test (docs/ci.md); 2 on usage errors or no "
+                    "overlap.",
     )
     parser.add_argument("paths", nargs="+", metavar="DIR",
                         help="new results (directories, results files or a board.json)")
     parser.add_argument("--baseline", required=True, help="baseline board.json, e.g. leaderboards/NAME/board.json")
     parser.add_argument("--tolerance", type=float, default=0.02,
                         help="allowed drop: absolute for 0-1 scores, relative for perplexity (default 0.02)")
+    parser.add_argument("--alpha", type=float, default=0.05,
+                        help="level of the paired tests, Holm-corrected over the tested rows (default 0.05)")
+    parser.add_argument("--tolerance-only", action="store_true",
+                        help="ignore per-document results: a drop beyond the tolerance is a regression")
     parser.add_argument("--require-all", action="store_true",
                         help="fail when a baseline configuration is missing from the new run")
     args = _parse(parser, argv)
@@ -104,6 +109,9 @@ def main_check(argv: list[str]) -> int:
         return args
     if args.tolerance < 0:
         print("error: --tolerance must be >= 0", file=sys.stderr)
+        return EXIT_USAGE
+    if not 0 < args.alpha < 1:
+        print(f"error: --alpha must be between 0 and 1, got {args.alpha:g}", file=sys.stderr)
         return EXIT_USAGE
 
     for path in [args.baseline] + args.paths:
@@ -120,7 +128,8 @@ def main_check(argv: list[str]) -> int:
         print(f"error: no lm-eval results found under {', '.join(args.paths)}", file=sys.stderr)
         return EXIT_USAGE
 
-    result = compare(baseline, new, args.tolerance)
+    samples = None if args.tolerance_only else samples_reader(os.path.dirname(os.path.abspath(args.baseline)))
+    result = compare(baseline, new, args.tolerance, samples=samples, alpha=args.alpha)
     if not result.compared:
         print("error: the new run and the baseline have no (model, method, P, config, task) in common", file=sys.stderr)
         for label, rows in (("baseline", baseline), ("new run", new)):
@@ -143,7 +152,7 @@ __all__ = [
     "main_leaderboard", "main_check", "build_leaderboard", "load_rows",
     "Board", "BoardRow", "CategoryCell", "GateResult",
     "collect", "category_cells", "pearson", "load_board_json", "write_csv", "write_json",
-    "compare", "is_regression", "report_lines",
+    "compare", "is_regression", "report_lines", "samples_reader",
     "find_results_files", "read_results_file", "run_settings", "parse_model_args",
     "parse_task_name", "choose_score_metric",
 ]

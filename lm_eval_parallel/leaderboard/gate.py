@@ -1,12 +1,46 @@
-"""Regression gate: compare a new run with a baseline board.json."""
+"""Regression gate: compare a new run with a baseline board.json.
+
+A score regresses when it got worse by more than the tolerance and, where both sides have per-document
+results (lm-eval samples, `--log_samples`), the drop is significant by the board's paired test on the
+same documents (exact McNemar for 0/1 scores, paired bootstrap for other means and for perplexity),
+Holm-corrected over every row the gate tested. Rows without per-document results on both sides fall back
+to the tolerance alone, and the report says which and why.
+"""
 from __future__ import annotations
 
+import gzip
+import json
+import os
+from collections.abc import Callable
 from dataclasses import dataclass
 
-from .reader import BoardRow
+import numpy as np
+
+from . import stats
+from .reader import BoardRow, samples_file_for
 
 # (model, method, P, config, task). `length` is part of the task name.
 GateKey = tuple
+ALPHA = 0.05
+
+
+@dataclass(frozen=True)
+class DocScores:
+    """Per-document results of one row, in document order. Accuracy-like rows have `scores` (0-1 scale);
+    perplexity rows have the per-document `loglikelihoods` and `n_tokens` (PPL = exp(-sum ll / sum tokens))."""
+    doc_ids: tuple
+    scores: np.ndarray | None = None
+    loglikelihoods: np.ndarray | None = None
+    n_tokens: np.ndarray | None = None
+
+    def subset(self, doc_ids: tuple) -> DocScores:
+        index = {doc_id: i for i, doc_id in enumerate(self.doc_ids)}
+        take = np.array([index[doc_id] for doc_id in doc_ids], dtype=np.int64)
+        pick = (lambda a: None if a is None else a[take])
+        return DocScores(doc_ids, pick(self.scores), pick(self.loglikelihoods), pick(self.n_tokens))
+
+
+SampleSource = Callable[[BoardRow], "DocScores | None"]
 
 
 @dataclass
@@ -18,6 +52,13 @@ class Comparison:
     new: float
     regressed: bool
     partial: bool
+    beyond_tolerance: bool = False
+    test: str | None = None         # "mcnemar" / "paired_bootstrap"; None: tolerance only
+    pvalue: float | None = None
+    adjusted_pvalue: float | None = None  # Holm over the rows the gate tested
+    n_docs: int | None = None
+    fallback: str | None = None     # why the tolerance alone decided
+    baseline_interval: stats.Interval | None = None  # 95 %, for regressed rows with per-document results
 
 
 @dataclass
@@ -25,10 +66,15 @@ class GateResult:
     compared: list[Comparison]
     missing: list[BoardRow]   # in the baseline, not in the new run
     extra: list[BoardRow]     # in the new run, not in the baseline
+    alpha: float = ALPHA
 
     @property
     def regressions(self) -> list[Comparison]:
         return [c for c in self.compared if c.regressed]
+
+    @property
+    def tested(self) -> list[Comparison]:
+        return [c for c in self.compared if c.test is not None]
 
 
 def gate_key(row: BoardRow) -> GateKey:
@@ -48,24 +94,139 @@ def is_regression(baseline: float, new: float, higher_is_better: bool, tolerance
     return new > baseline * (1 + tolerance)
 
 
-def compare(baseline_rows: list[BoardRow], new_rows: list[BoardRow], tolerance: float) -> GateResult:
+# ---------------------------------------------------------------------------------------------- per-document results
+
+def read_doc_scores(path: str, metric: str, higher_is_better: bool) -> DocScores | None:
+    """Per-document values of `metric` from a samples JSONL (lm-eval's `samples_<task>_<date>.jsonl`, or the
+    same gzip-compressed). A line holds `doc_id` and the metric's value: a number, or `[loglikelihood,
+    n_tokens]` for perplexity. Compact lines `{"doc_id", "score"}` / `{"doc_id", "ll", "n_tokens"}` are read
+    too. Only the first filter of the file is used. None when the file has no value for the metric."""
+    opener = gzip.open if path.endswith(".gz") else open
+    doc_ids, values, seen_filter = [], [], None
+    with opener(path, "rt", encoding="utf-8") as f:
+        for line in f:
+            if not line.strip():
+                continue
+            sample = json.loads(line)
+            seen_filter = seen_filter or sample.get("filter", "none")
+            if sample.get("filter", "none") != seen_filter:
+                continue
+            value = sample.get(metric)
+            if value is None:
+                value = sample.get("score") if higher_is_better else (
+                    [sample["ll"], sample["n_tokens"]] if "ll" in sample and "n_tokens" in sample else None)
+            if value is None or "doc_id" not in sample:
+                return None
+            doc_ids.append(sample["doc_id"])
+            values.append(value)
+    if not values or len(set(doc_ids)) != len(doc_ids):
+        return None
+    if higher_is_better:
+        return DocScores(tuple(doc_ids), scores=np.asarray(values, dtype=float))
+    pairs = np.asarray(values, dtype=float)
+    if pairs.ndim != 2 or pairs.shape[1] != 2:
+        return None
+    return DocScores(tuple(doc_ids), loglikelihoods=pairs[:, 0], n_tokens=pairs[:, 1])
+
+
+def samples_reader(*roots: str) -> SampleSource:
+    """A `SampleSource` that finds a row's per-document results: the file a row names in a `samples` field
+    (when its board has one), else lm-eval's samples JSONL beside the row's results file. Relative paths are
+    tried as they are, then under each of `roots` (e.g. the baseline board's folder)."""
+    def resolve(path: str | None) -> str | None:
+        if not path:
+            return None
+        candidates = [path] + ([os.path.join(root, path) for root in roots] if not os.path.isabs(path) else [])
+        return next((c for c in candidates if os.path.isfile(c)), None)
+
+    def read(row: BoardRow) -> DocScores | None:
+        path = resolve(getattr(row, "samples", None))
+        if path is None:
+            source = resolve(row.source)
+            path = samples_file_for(source, row.task) if source else None
+        return read_doc_scores(path, row.metric, row.higher_is_better) if path else None
+
+    return read
+
+
+def _paired(old: DocScores, new: DocScores, higher_is_better: bool) -> stats.PairedTest:
+    """new vs baseline on the same documents; the difference is new - baseline (mean, or log perplexity)."""
+    if higher_is_better:
+        return stats.paired_test(new.scores, old.scores)
+    return stats.paired_bootstrap_perplexity(new.loglikelihoods, new.n_tokens, old.loglikelihoods, old.n_tokens)
+
+
+def _baseline_interval(old: DocScores, higher_is_better: bool) -> stats.Interval:
+    if not higher_is_better:
+        return stats.bootstrap_perplexity(old.loglikelihoods, old.n_tokens)
+    if stats.is_binary(old.scores):
+        return stats.accuracy_interval(old.scores)
+    return stats.bootstrap_mean(old.scores)
+
+
+def _pair_documents(old: DocScores | None, new: DocScores | None) -> tuple[DocScores, DocScores] | str:
+    """Both sides on the same documents, or the reason why the tolerance alone must decide."""
+    if old is None and new is None:
+        return "no per-document results in the baseline or the new run"
+    if old is None:
+        return "no per-document results in the baseline"
+    if new is None:
+        return "no per-document results in the new run"
+    if set(old.doc_ids) != set(new.doc_ids):
+        return f"documents differ ({len(old.doc_ids)} in the baseline, {len(new.doc_ids)} in the new run)"
+    if len(old.doc_ids) < 2:
+        return "a single document"
+    return old, new.subset(old.doc_ids)
+
+
+def compare(baseline_rows: list[BoardRow], new_rows: list[BoardRow], tolerance: float,
+            samples: SampleSource | None = None, alpha: float = ALPHA) -> GateResult:
+    """Match rows by (model, method, P, config, task). Without `samples`, or for a row whose per-document
+    results are not on both sides, a row regresses when it is beyond the tolerance. With them, it must also
+    be worse by the paired test at `alpha` after Holm over every tested row."""
     baseline = {gate_key(r): r for r in baseline_rows}
     new = {gate_key(r): r for r in new_rows}
-    compared = []
+    compared, tests = [], []
     for key in sorted(set(baseline) & set(new), key=str):
         old_row, new_row = baseline[key], new[key]
         if old_row.metric != new_row.metric:  # different score metric: not comparable, report as missing+extra
             continue
-        compared.append(Comparison(
+        beyond = is_regression(old_row.score, new_row.score, old_row.higher_is_better, tolerance)
+        comparison = Comparison(
             key=key, metric=new_row.metric, higher_is_better=old_row.higher_is_better,
-            baseline=old_row.score, new=new_row.score,
-            regressed=is_regression(old_row.score, new_row.score, old_row.higher_is_better, tolerance),
-            partial=new_row.partial or old_row.partial,
-        ))
+            baseline=old_row.score, new=new_row.score, regressed=beyond,
+            partial=new_row.partial or old_row.partial, beyond_tolerance=beyond,
+            fallback="per-document results not used",
+        )
+        compared.append(comparison)
+        if samples is None:
+            continue
+        paired = _pair_documents(samples(old_row), samples(new_row))
+        if isinstance(paired, str):
+            comparison.fallback = paired
+            continue
+        old_docs, new_docs = paired
+        test = _paired(old_docs, new_docs, old_row.higher_is_better)
+        comparison.test, comparison.pvalue, comparison.n_docs, comparison.fallback = (
+            test.test, test.pvalue, test.n, None)
+        tests.append((comparison, test, old_docs))
+
+    holm = stats.holm_bonferroni([test.pvalue for _, test, _ in tests], alpha)
+    for (comparison, test, old_docs), adjusted, significant in zip(tests, holm.adjusted, holm.significant):
+        worse = test.difference < 0 if comparison.higher_is_better else test.difference > 0
+        comparison.adjusted_pvalue = float(adjusted)
+        comparison.regressed = bool(comparison.beyond_tolerance and worse and significant)
+        if comparison.regressed:
+            comparison.baseline_interval = _baseline_interval(old_docs, comparison.higher_is_better)
     compared_keys = {c.key for c in compared}
     missing = [baseline[k] for k in sorted(set(baseline) - compared_keys, key=str)]
     extra = [new[k] for k in sorted(set(new) - compared_keys, key=str)]
-    return GateResult(compared=compared, missing=missing, extra=extra)
+    return GateResult(compared=compared, missing=missing, extra=extra, alpha=alpha)
+
+
+# ---------------------------------------------------------------------------------------------- report
+
+TEST_NAMES = {"mcnemar": "exact McNemar", "paired_bootstrap": "paired bootstrap"}
 
 
 def regression_line(c: Comparison, tolerance: float) -> str:
@@ -74,17 +235,45 @@ def regression_line(c: Comparison, tolerance: float) -> str:
     else:
         detail = (f"{c.baseline:.4f} -> {c.new:.4f} ({(c.new / c.baseline - 1) * 100:+.2f}%, "
                   f"allowed +{tolerance * 100:g}%, lower is better)")
+    if c.test is not None:
+        detail += f"; {TEST_NAMES[c.test]} on {c.n_docs} documents p={c.pvalue:.3g}, Holm p={c.adjusted_pvalue:.3g}"
+        if c.baseline_interval is not None:
+            detail += f", baseline 95% interval [{c.baseline_interval.low:.4f}, {c.baseline_interval.high:.4f}]"
+    else:
+        detail += f"; tolerance only ({c.fallback})"
     return f"REGRESSION {describe_key(c.key)}: {c.metric} {detail}" + (" (partial run)" if c.partial else "")
+
+
+def _fallback_summary(result: GateResult) -> str | None:
+    untested = [c for c in result.compared if c.test is None]
+    if not untested:
+        return None
+    reasons: dict[str, int] = {}
+    for c in untested:
+        reasons[c.fallback] = reasons.get(c.fallback, 0) + 1
+    listed = "; ".join(f"{n} {'row' if n == 1 else 'rows'}: {reason}" for reason, n in sorted(reasons.items()))
+    return f"check: {len(untested)} row(s) judged by the fixed tolerance alone ({listed})"
 
 
 def report_lines(result: GateResult, tolerance: float) -> list[str]:
     lines = [regression_line(c, tolerance) for c in result.regressions]
     for row in result.missing:
         lines.append(f"MISSING {describe_key(gate_key(row))}: in the baseline, not in the new run")
+    tested = result.tested
+    held = [c for c in tested if c.beyond_tolerance and not c.regressed]
+    if tested:
+        lines.append(
+            f"check: {len(tested)} row(s) judged by a paired test on per-document results (exact McNemar for 0/1 "
+            f"scores, paired bootstrap otherwise; Holm over {len(tested)} tests, alpha {result.alpha:g}); "
+            f"{len(held)} beyond the tolerance but within the baseline's interval"
+        )
+    fallback = _fallback_summary(result)
+    if fallback:
+        lines.append(fallback)
     n_regressed = len(result.regressions)
     lines.append(
         f"check: {len(result.compared)} compared, {n_regressed} regressed, "
-        f"{len(result.compared) - n_regressed} within tolerance, {len(result.missing)} missing from the new run, "
+        f"{len(result.compared) - n_regressed} passed, {len(result.missing)} missing from the new run, "
         f"{len(result.extra)} new (not in the baseline); tolerance {tolerance:g}"
     )
     return lines

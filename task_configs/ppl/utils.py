@@ -17,7 +17,6 @@ rows whose meta config is ``arxiv`` (250 documents drawn with RandomState(42), a
 from __future__ import annotations
 
 import json
-from functools import lru_cache
 
 from lm_eval_parallel import tasks_common as C
 
@@ -32,14 +31,21 @@ def scored_tokens(window: int) -> int:
 
 
 # --------------------------------------------------------------------------- sources
-@C.reads_local_files
-def _local_texts(dataset: str) -> list[tuple[str, str]]:
-    folder, pattern = DATASETS[dataset]
-    path = C.local_file("ppl", folder, what=f"pce_ppl_{dataset}")
+HF_SOURCES = {"pg19": ("emozilla/pg19", "validation"),
+              "proof_pile": ("hf://datasets/hoskinson-center/proof-pile/dev/*.jsonl.gz", "arxiv")}
+
+
+def _local_files(args) -> list:
+    folder, pattern = DATASETS[args.dataset]
+    path = C.local_file("ppl", folder, what=args.task)
     files = sorted(path.glob(pattern))
     if not files:
-        raise C.PceDataError(f"pce_ppl_{dataset}: no {pattern} files in {path}")
-    return [(f.name, f.read_text(encoding="utf-8", errors="replace")) for f in files]
+        raise C.PceDataError(f"{args.task}: no {pattern} files in {path}; expected one document per file")
+    return files
+
+
+def _local_texts(files) -> list[tuple[str, str]]:
+    return [(f.name, C.read_text(f, "the text of one document")) for f in files]
 
 
 def _online_texts(dataset: str) -> list[tuple[str, str]]:
@@ -47,17 +53,17 @@ def _online_texts(dataset: str) -> list[tuple[str, str]]:
 
     try:
         if dataset == "pg19":
-            d = datasets.load_dataset("emozilla/pg19", split="validation")
+            d = datasets.load_dataset(HF_SOURCES["pg19"][0], split="validation")
             return [(str(r.get("short_book_title") or i), r["text"]) for i, r in enumerate(d)]
-        d = datasets.load_dataset("json", data_files="hf://datasets/hoskinson-center/proof-pile/dev/*.jsonl.gz", split="train")
+        d = datasets.load_dataset("json", data_files=HF_SOURCES["proof_pile"][0], split="train")
         rows = [r for r in d if json.loads(r["meta"]).get("config") == "arxiv"] if "meta" in d.column_names else list(d)
         rows = [rows[i] for i in C.sample_indices(len(rows), min(PROOF_PILE_DOCS, len(rows)))]
         return [(str(i), r["text"]) for i, r in enumerate(rows)]
     except Exception as exc:
         folder, pattern = DATASETS[dataset]
         raise C.PceDataError(
-            f"pce_ppl_{dataset}: could not load the HF dataset ({type(exc).__name__}: {exc}); offline, set "
-            f"{C.DATA_ENV} to a folder with ppl/{folder}/{pattern}") from exc
+            f"pce_ppl_{dataset}: could not load the HF dataset ({type(exc).__name__}: {exc}); offline, "
+            f"export {C.DATA_ENV}=/path/to/data with ppl/{folder}/{pattern} under it") from exc
 
 
 # --------------------------------------------------------------------------- windows
@@ -96,7 +102,7 @@ class _Doc:
         return (ctx, cont) if len(c) == window - scored and len(t) == scored else None
 
 
-def cut_window(tok, doc: "_Doc", slot: int, window: int, scored: int):
+def cut_window(tok, doc: _Doc, slot: int, window: int, scored: int):
     """Window number ``slot`` of a document: tokens [slot*N, (slot+1)*N), moved by the smallest shift
     (0, -1, +1, -2, ...; at most MAX_SHIFT tokens) that makes its text round-trip through the tokenizer."""
     base = slot * window
@@ -108,44 +114,45 @@ def cut_window(tok, doc: "_Doc", slot: int, window: int, scored: int):
     return None, None
 
 
-@lru_cache(maxsize=16)
-def _docs(dataset, length, n, seed, local, tok_key):
-    tok = C._tokenizer(*tok_key)
-    window = C.LENGTHS[length]
+def _build(args, files) -> list[dict]:
+    tok = C.tokenizer_of(args.tokenizer)
+    window = C.LENGTHS[args.length]
     scored = scored_tokens(window)
-    texts = _local_texts(dataset) if local is not None else _online_texts(dataset)
+    if files is not None:
+        with C.local_data(args.task, f"ppl/{'/'.join(DATASETS[args.dataset])} text files (UTF-8)"):
+            texts = _local_texts(files)
+    else:
+        texts = _online_texts(args.dataset)
     tokenized = [_Doc(tok, name, text) for name, text in texts]
     slots = [(d, w) for d, doc in enumerate(tokenized) for w in range(doc.n // window)]
     if not slots:
-        raise C.PceDataError(f"pce_ppl_{dataset}_{length}: no document is {window} tokens long")
+        longest = max((doc.n for doc in tokenized), default=0)
+        raise C.PceDataError(f"{args.task}: no document is {window} tokens long (the longest has {longest})")
     docs = []
-    for idx in C.sample_indices(len(slots), len(slots), seed):
-        if len(docs) >= n:
+    for idx in C.sample_indices(len(slots), len(slots), args.seed):
+        if len(docs) >= args.n_samples:
             break
         d, w = slots[idx]
         got, shift = cut_window(tok, tokenized[d], w, window, scored)
         if got is None:  # no round-tripping boundary near this window: skip it
             continue
         doc = {"context": got[0], "continuation": got[1], "source": tokenized[d].name, "window": w, "shift": shift}
-        doc.update(task=f"ppl_{dataset}", idx=len(docs), window_tokens=window, n_tokens=scored,
+        doc.update(task=f"ppl_{args.dataset}", idx=len(docs), window_tokens=window, n_tokens=scored,
                    n_bytes=len(got[1].encode("utf-8")))
         docs.append(doc)
     return docs
 
 
-def load_ppl(pce_dataset=None, pce_length=None, pce_n_samples=None, pce_seed=C.SEED, **kwargs):
+def load_ppl(**kwargs):
     """``custom_dataset`` of ``pce_ppl_{pg19,proof_pile}_{len}``."""
-    dataset = C.choose("PPL dataset", pce_dataset, tuple(DATASETS))
-    task = f"pce_ppl_{dataset}_{pce_length}"
-    C.length_tokens(pce_length)
-    n = C.n_samples_arg(pce_n_samples)
-    C.get_tokenizer(kwargs, required=True, task=task)
-    pretrained = C._none(kwargs.get("pretrained"))
-    tokenizer = C._none(kwargs.get("tokenizer"))
-    tok_key = (pretrained or tokenizer, C._none(kwargs.get("gguf_file")), tokenizer)
-    return C.to_dataset([dict(d) for d in _docs(dataset, pce_length, n, int(pce_seed), C.data_dir(), tok_key)])
+    args = C.task_args(kwargs, "ppl", datasets=tuple(DATASETS))
+    files = _local_files(args) if C.data_dir() is not None else None
+    inputs = {"local": C.file_identity(files)} if files is not None else {"hf": HF_SOURCES[args.dataset]}
+    key = C.docs_key(args, inputs=inputs, builder=__file__)
+    return C.to_dataset(C.cached_docs(key, lambda: _build(args, files)), args.task)
 
 
 def process_results(doc, results):
     ll = float(results[0][0])
-    return {"perplexity": (ll, doc["n_tokens"]), "bits_per_byte": (ll, doc["n_bytes"]), "attn_entropy": C.entropy(results)}
+    return {"perplexity": (ll, doc["n_tokens"]), "bits_per_byte": (ll, doc["n_bytes"]),
+            "attn_entropy": C.entropy(results)}

@@ -17,8 +17,8 @@ like dep3).
 """
 from __future__ import annotations
 
+import functools
 import math
-from functools import lru_cache
 
 from lm_eval_parallel import tasks_common as C
 
@@ -55,11 +55,16 @@ def popqa_keep(row) -> bool:
 
 
 # --------------------------------------------------------------------------- local stand-ins
-@C.reads_local_files
-def _nq_local(k: int, n: int, seed: int) -> list[dict]:
+NQ_ROW = 'one JSON object per line with "question", "answers" and "ctxs" (the gold passage first: title, text)'
+HOTPOTQA_ROW = 'one JSON object per line with "question", "answers" and "ctxs" (its passages: title, text)'
+KILT_ROW = 'one JSON object per line with "question", "answers", "ctxs" (title, text) and "depth"'
+
+
+def _nq_local(path, args: C.TaskArgs) -> list[dict]:
     import numpy as np
 
-    rows = list(C._iter_jsonl(C.local_file("rag", "nq-open-oracle.jsonl.gz", what="pce_rag_nq")))
+    k, n, seed = K_DOCS[args.length], args.n_samples, args.seed
+    rows = list(C.iter_jsonl(path, NQ_ROW))
     golds = [r["ctxs"][0] for r in rows]
     docs = []
     for row_idx in C.sample_indices(len(rows) * len(DEPTHS6), n, seed):
@@ -75,11 +80,11 @@ def _nq_local(k: int, n: int, seed: int) -> list[dict]:
     return docs
 
 
-@C.reads_local_files
-def _hotpotqa_local(k: int, n: int, seed: int) -> list[dict]:
+def _hotpotqa_local(path, args: C.TaskArgs) -> list[dict]:
     import numpy as np
 
-    rows = list(C._iter_jsonl(C.local_file("rag", "hotpotqa_dev_200.jsonl", what="pce_rag_hotpotqa")))
+    k, n, seed = K_DOCS[args.length], args.n_samples, args.seed
+    rows = list(C.iter_jsonl(path, HOTPOTQA_ROW))
     pool = [(q, c) for q, r in enumerate(rows) for c in r["ctxs"]]
     docs = []
     for row_idx in C.sample_indices(len(rows) * len(DEPTHS3), n, seed):
@@ -104,57 +109,58 @@ def _hotpotqa_local(k: int, n: int, seed: int) -> list[dict]:
     return docs
 
 
-# --------------------------------------------------------------------------- entry point
-@lru_cache(maxsize=8)
-def _docs(dataset, length, n, seed, source_key):
-    k = K_DOCS[length]
-    member = helmet_member(dataset, k)
-    root = C.data_dir()
-    task = f"pce_rag_{dataset}_{length}"
-    keep = popqa_keep if dataset == "popqa" else None
-    if root is not None and not (root / "helmet" / member).is_file():
-        if dataset == "nq":
-            return _nq_local(k, n, seed), "local:nq-open-oracle"
-        if dataset == "hotpotqa":
-            return _hotpotqa_local(k, n, seed), "local:hotpotqa_dev_200"
-        raise C.PceDataError(
-            f"{task}: no local source for {dataset}; put HELMET's {member} under {root / 'helmet'} "
-            f"(from https://huggingface.co/datasets/{C.HELMET_REPO} data.tar.gz), or unset {C.DATA_ENV} to stream it")
-    path = C.helmet_file(member, task)
+def _helmet(path, args: C.TaskArgs) -> list[dict]:
+    keep = popqa_keep if args.dataset == "popqa" else None
     docs = []
-    for row in C.select_jsonl(path, n, keep=keep, seed=seed):
+    for row in C.select_jsonl(path, args.n_samples, keep=keep, seed=args.seed, expected=KILT_ROW):
         doc = rag_doc(row["ctxs"], row["question"], row["answers"])
         doc.update(depth=float(row.get("depth", -1) if row.get("depth") is not None else -1), gold_pos=-1)
         docs.append(doc)
-    return docs, "helmet"
+    return docs
 
 
-def load_rag(pce_dataset=None, pce_length=None, pce_n_samples=None, pce_seed=C.SEED, pce_fit=True, **kwargs):
-    """``custom_dataset`` of ``pce_rag_{dataset}_{len}``."""
-    dataset = C.choose("RAG dataset", pce_dataset, DATASETS)
-    C.length_tokens(pce_length, K_DOCS)
-    n = C.n_samples_arg(pce_n_samples)
-    built, source = _docs(dataset, pce_length, n, int(pce_seed), str(C.data_dir()))
-    tok = C.get_tokenizer(kwargs, required=False, task=f"pce_rag_{dataset}_{pce_length}") if pce_fit else None
-    budget = C.LENGTHS[pce_length] - MAX_GEN - 1
-    docs = []
-    for i, d in enumerate(built):
-        doc = dict(d)
+# --------------------------------------------------------------------------- entry point
+LOCAL_STAND_INS = {  # dataset: (source name, file under $PCE_DATA_DIR, builder, what a row holds)
+    "nq": ("local:nq-open-oracle", "rag/nq-open-oracle.jsonl.gz", _nq_local, NQ_ROW),
+    "hotpotqa": ("local:hotpotqa_dev_200", "rag/hotpotqa_dev_200.jsonl", _hotpotqa_local, HOTPOTQA_ROW),
+}
+
+
+def _source(args: C.TaskArgs):
+    """(source name, file, builder, what a row holds) for this task, in the order of the module docstring."""
+    member = helmet_member(args.dataset, K_DOCS[args.length])
+    root = C.data_dir()
+    if root is not None and not (root / "helmet" / member).is_file():
+        if args.dataset not in LOCAL_STAND_INS:
+            raise C.PceDataError(
+                f"{args.task}: no local source for {args.dataset}; put HELMET's {member} under {root / 'helmet'} "
+                f"(from https://huggingface.co/datasets/{C.HELMET_REPO} data.tar.gz), or unset {C.DATA_ENV} to "
+                f"stream it")
+        source, rel, build, row = LOCAL_STAND_INS[args.dataset]
+        return source, C.local_file(*rel.split("/"), what=args.task), build, row
+    return "helmet", C.helmet_file(member, args.task), _helmet, KILT_ROW
+
+
+def _build(args: C.TaskArgs, source: str, path, build, row: str) -> list[dict]:
+    with C.local_data(args.task, f"{path}: {row}"):
+        built = build(path, args)
+    tok = C.tokenizer_of(args.tokenizer)
+    budget = C.LENGTHS[args.length] - MAX_GEN - 1
+    for i, doc in enumerate(built):
         doc["items"] = C.fit_items(tok, doc["items"], doc["query"], budget)
-        doc.update(task=f"rag_{dataset}", idx=i, source=source, n_items=len(doc["items"]))
-        docs.append(doc)
-    return C.to_dataset(docs)
+        doc.update(task=f"rag_{args.dataset}", idx=i, source=source, n_items=len(doc["items"]))
+    return built
+
+
+def load_rag(**kwargs):
+    """``custom_dataset`` of ``pce_rag_{dataset}_{len}``."""
+    args = C.task_args(kwargs, "rag", datasets=DATASETS, lengths=K_DOCS, tokenizer="fit")
+    source, path, build, row = _source(args)
+    key = C.docs_key(args, inputs={source: C.file_identity([path])}, builder=__file__)
+    return C.to_dataset(C.cached_docs(key, lambda: _build(args, source, path, build, row)), args.task)
 
 
 doc_to_text = C.doc_to_text
-
-
-def doc_to_target(doc) -> str:
-    return doc["answers"][0]
-
-
-def process_results(doc, results):
-    # The paper scores "last query line + output" = "Answer:" + generation (HELMET prepends "Answer:" too).
-    output = "Answer:" + str(results[0])
-    score = C.subem_full_or_parsed(output, doc["answers"], "Answer:")
-    return {"subem": score, "score": score, "attn_entropy": C.entropy(results)}
+# The paper scores "last query line + output" = "Answer:" + generation (HELMET prepends "Answer:" too).
+process_results = C.generation_scorer("subem", functools.partial(C.subem_full_or_parsed, prefix="Answer:"),
+                                      prefix="Answer:")

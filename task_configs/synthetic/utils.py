@@ -4,12 +4,14 @@ Default source ``generate``: documents are generated here, deterministically fro
 to the task length with the model's tokenizer (``pretrained`` from model_args), as RULER does.
 ``pce_source: helmet`` (e.g. ``--metadata '{"pce_source": "helmet"}'``) reads HELMET's own files instead.
 
-Prompt format: the paper's (helmet.md §8): items are the pieces of the haystack / the JSON lines, the
+Prompt format: the paper's: items are the pieces of the haystack / the JSON lines, the
 query (instruction + question) comes last.
 """
 from __future__ import annotations
 
 import codecs
+import functools
+import hashlib
 import importlib.util
 import json
 import random
@@ -27,17 +29,20 @@ RULER_VARIANTS = {
     "mv": ("essay", "words", "numbers", 4, 50, "niah_multivalue"),
 }
 RULER_QUERIES = {
-    "mk2": "A special magic number is hidden within the above text. The special magic number for {query} mentioned in the provided text is",
-    "mk3": "A special magic uuid is hidden within the above text. The special magic uuid for {query} mentioned in the provided text is",
-    "mv": "Some special magic numbers are hidden within the above text. The special magic numbers for {query} mentioned in the provided text are",
+    "mk2": "A special magic number is hidden within the above text. "
+           "The special magic number for {query} mentioned in the provided text is",
+    "mk3": "A special magic uuid is hidden within the above text. "
+           "The special magic uuid for {query} mentioned in the provided text is",
+    "mv": "Some special magic numbers are hidden within the above text. "
+          "The special magic numbers for {query} mentioned in the provided text are",
 }
 NEEDLE = "One of the special magic {type_v} for {key} is: {value}."
-JSON_KV_QUERY = "}}\n\nExtract the value corresponding to the specified key in the JSON object above.\n\nKey: {question}\nCorresponding value:"
+JSON_KV_QUERY = ("}}\n\nExtract the value corresponding to the specified key in the JSON object above.\n\n"
+                 "Key: {question}\nCorresponding value:")
 JSON_KV_MAX_GEN = 100
 JSON_KV_HELMET_K = {"4k": 50, "8k": 105, "16k": 220, "32k": 440, "64k": 900, "128k": 1800}
 DEPTHS = [round(i * 100 / 39) for i in range(40)]  # np.round(np.linspace(0, 100, 40)) as ints
 KV_DEPTHS = [0.0, 0.2, 0.4, 0.6, 0.8, 1.0]
-SOURCES = ("generate", "helmet")
 
 
 # --------------------------------------------------------------------------- word lists and haystacks
@@ -56,11 +61,10 @@ def zen_of_python() -> str:
     """PEP 20 (public domain), read from the stdlib module ``this`` without importing it (it prints)."""
     origin = importlib.util.find_spec("this").origin
     source = Path(origin).read_text(encoding="utf-8")
-    encoded = re.search(r'^s = """(.*?)"""', source, flags=re.S | re.M).group(1)
+    encoded = re.search(r'^s = """(.*?)"""', source, flags=re.DOTALL | re.MULTILINE).group(1)
     return codecs.decode(encoded, "rot13")
 
 
-@lru_cache(maxsize=2)
 def essay_text(folder: str | None) -> tuple[str, str]:
     """(text, source name) of the mv haystack.
 
@@ -69,10 +73,14 @@ def essay_text(folder: str | None) -> tuple[str, str]:
     public domain, shipped with every Python as ``this.py``), which the haystack repeats.
     """
     if folder:
-        files = sorted(Path(folder).glob("*.txt"))
+        files = essay_files(folder)
         if files:
-            return "".join(f.read_text(encoding="utf-8") for f in files), "paul_graham_essays"
+            return "".join(C.read_text(f, "the text of one essay") for f in files), "paul_graham_essays"
     return zen_of_python(), "zen_of_python"
+
+
+def essay_files(folder: str | None) -> list[Path]:
+    return sorted(Path(folder).glob("*.txt")) if folder else []
 
 
 def _essays_folder() -> str | None:
@@ -170,22 +178,38 @@ def _generate(make, tok, budget: int, n_samples: int, start: int) -> list[dict]:
     return docs
 
 
-@lru_cache(maxsize=16)
-def _ruler_generated(variant, length, n_samples, seed, tok_key):
-    tok = C._tokenizer(*tok_key)
+def _ruler_generated(args: C.TaskArgs, essay: str, essay_source: str) -> list[dict]:
+    variant = args.dataset
+    tok = C.tokenizer_of(args.tokenizer)
     max_gen = RULER_VARIANTS[variant][4]
-    budget = C.LENGTHS[length] - max_gen - 1  # one token of room for a BOS
-    essay, essay_source = essay_text(_essays_folder()) if RULER_VARIANTS[variant][0] == "essay" else ("", "")
-    base = seed * 1_000_003 + sum(map(ord, variant)) * 1009
+    budget = C.LENGTHS[args.length] - max_gen - 1  # one token of room for a BOS
+    base = args.seed * 1_000_003 + sum(map(ord, variant)) * 1009
 
     def make(n, i):
         return ruler_sample(variant, n, base + i, essay)
 
     start = max(8, budget // (16 if RULER_VARIANTS[variant][0] == "needle" else 1))
-    docs = _generate(make, tok, budget, n_samples, start)
+    docs = _generate(make, tok, budget, args.n_samples, start)
     for i, doc in enumerate(docs):
         doc.update(task=f"ruler_{variant}", idx=i, source="generated", haystack=essay_source or "needles")
     return docs
+
+
+@lru_cache(maxsize=1)
+def word_lists_hash() -> str:
+    adjs, nouns = word_lists()
+    return hashlib.sha256("\n".join(adjs + ["|"] + nouns).encode()).hexdigest()[:16]
+
+
+def _generation_inputs(variant: str) -> dict:
+    """What a generated RULER document is drawn from besides the seed: word lists, the essay haystack."""
+    haystack, type_k, *_ = RULER_VARIANTS[variant]
+    inputs = {"words": word_lists_hash() if type_k == "words" else None}
+    if haystack == "essay":
+        files = essay_files(_essays_folder())
+        zen = "zen:" + hashlib.sha256(zen_of_python().encode()).hexdigest()[:16]
+        inputs["essays"] = C.file_identity(files) if files else zen
+    return inputs
 
 
 # --------------------------------------------------------------------------- JSON-KV generation
@@ -204,98 +228,83 @@ def json_kv_doc(pairs, question: str, answer: str) -> dict:
     return {"items": items, "query": JSON_KV_QUERY.format(question=question), "answers": [answer], "key": question}
 
 
-@lru_cache(maxsize=16)
-def _json_kv_generated(length, n_samples, seed, tok_key):
-    tok = C._tokenizer(*tok_key)
-    budget = C.LENGTHS[length] - JSON_KV_MAX_GEN - 1
-    base = seed * 1_000_003 + 7
+def _json_kv_generated(args: C.TaskArgs) -> list[dict]:
+    tok = C.tokenizer_of(args.tokenizer)
+    budget = C.LENGTHS[args.length] - JSON_KV_MAX_GEN - 1
+    base = args.seed * 1_000_003 + 7
 
     def make(n, i):
         return json_kv_sample(n, base + i)
 
-    docs = _generate(make, tok, budget, n_samples, max(4, budget // 64))
+    docs = _generate(make, tok, budget, args.n_samples, max(4, budget // 64))
     for i, doc in enumerate(docs):
         doc.update(task="json_kv", idx=i, source="generated")
     return docs
 
 
 # --------------------------------------------------------------------------- HELMET files
-def _ruler_helmet(variant, length, n_samples):
+RULER_ROW = 'one JSON object per line with "context", "query" and "answer" (or "outputs")'
+JSON_KV_ROW = 'one JSON object per line with "context" (a header line, then a JSON object), "question", "answer"'
+
+
+def _ruler_helmet(args: C.TaskArgs) -> list[dict]:
+    variant = args.dataset
     folder = RULER_VARIANTS[variant][5]
-    path = C.helmet_file(f"data/ruler/{folder}/validation_{C.LENGTHS[length]}.jsonl", f"pce_ruler_{variant}_{length}")
+    path = C.helmet_file(f"data/ruler/{folder}/validation_{C.LENGTHS[args.length]}.jsonl", args.task)
     docs = []
-    for i, row in enumerate(C.select_jsonl(path, n_samples)):
-        answers = row.get("answer", row.get("outputs"))
-        answers = [answers] if isinstance(answers, str) else list(answers)
-        docs.append({"items": items_from_context(row["context"]), "query": "\n\n" + RULER_QUERIES[variant].format(query=row["query"]),
-                     "answers": answers, "key": str(row["query"]), "task": f"ruler_{variant}", "idx": i, "source": "helmet"})
+    with C.local_data(args.task, f"{path}: {RULER_ROW}"):
+        for i, row in enumerate(C.select_jsonl(path, args.n_samples, expected=RULER_ROW)):
+            answers = row.get("answer", row.get("outputs"))
+            answers = [answers] if isinstance(answers, str) else list(answers)
+            docs.append({"items": items_from_context(row["context"]),
+                         "query": "\n\n" + RULER_QUERIES[variant].format(query=row["query"]),
+                         "answers": answers, "key": str(row["query"]), "task": f"ruler_{variant}", "idx": i,
+                         "source": "helmet"})
     return docs
 
 
-def _json_kv_helmet(length, n_samples):
-    if length not in JSON_KV_HELMET_K:
-        raise C.PceDataError(f"pce_json_kv_{length}: HELMET has no file for {length}; allowed: {', '.join(JSON_KV_HELMET_K)}")
-    path = C.helmet_file(f"data/json_kv/test_k{JSON_KV_HELMET_K[length]}_dep6.jsonl", f"pce_json_kv_{length}")
+def _json_kv_helmet(args: C.TaskArgs) -> list[dict]:
+    if args.length not in JSON_KV_HELMET_K:
+        raise C.PceDataError(f"{args.task}: HELMET has no file for {args.length}; "
+                             f"allowed: {', '.join(JSON_KV_HELMET_K)}")
+    path = C.helmet_file(f"data/json_kv/test_k{JSON_KV_HELMET_K[args.length]}_dep6.jsonl", args.task)
     docs = []
-    for i, row in enumerate(C.select_jsonl(path, n_samples)):
-        kv = json.loads(row["context"].split("\n", 1)[1])
-        doc = json_kv_doc(list(kv.items()), row["question"], row["answer"])
-        doc.update(task="json_kv", idx=i, source="helmet", depth=float(row.get("depth", -1)))
-        docs.append(doc)
+    with C.local_data(args.task, f"{path}: {JSON_KV_ROW}"):
+        for i, row in enumerate(C.select_jsonl(path, args.n_samples, expected=JSON_KV_ROW)):
+            kv = json.loads(row["context"].split("\n", 1)[1])
+            doc = json_kv_doc(list(kv.items()), row["question"], row["answer"])
+            doc.update(task="json_kv", idx=i, source="helmet", depth=float(row.get("depth", -1)))
+            docs.append(doc)
     return docs
 
 
 # --------------------------------------------------------------------------- lm-eval entry points
-def _tok_key(kwargs, task):
-    tok = C.get_tokenizer(kwargs, required=True, task=task)  # raises the clear error; warms the cache
-    del tok
-    pretrained = C._none(kwargs.get("pretrained"))
-    tokenizer = C._none(kwargs.get("tokenizer"))
-    return (pretrained or tokenizer, C._none(kwargs.get("gguf_file")), tokenizer)
-
-
-def load_ruler(pce_variant=None, pce_length=None, pce_n_samples=None, pce_source="generate", pce_seed=C.SEED, **kwargs):
+def load_ruler(**kwargs):
     """``custom_dataset`` of ``pce_ruler_{mk2,mk3,mv}_{len}`` (called with metadata + dataset_kwargs)."""
-    variant = C.choose("RULER variant", pce_variant, tuple(RULER_VARIANTS))
-    task = f"pce_ruler_{variant}_{pce_length}"
-    C.length_tokens(pce_length)
-    n = C.n_samples_arg(pce_n_samples)
-    source = C.choose("pce_source", pce_source, SOURCES)
-    if source == "helmet":
-        docs = _ruler_helmet(variant, pce_length, n)
-    else:
-        docs = [dict(d) for d in _ruler_generated(variant, pce_length, n, int(pce_seed), _tok_key(kwargs, task))]
-    return C.to_dataset(docs)
+    args = C.task_args(kwargs, "ruler", datasets=tuple(RULER_VARIANTS), sources=True, tokenizer="generate")
+    if args.source == "helmet":
+        return C.to_dataset(_ruler_helmet(args), args.task)
+    key = C.docs_key(args, inputs=_generation_inputs(args.dataset), builder=__file__)
+
+    def build():
+        is_essay = RULER_VARIANTS[args.dataset][0] == "essay"
+        essay, essay_source = essay_text(_essays_folder()) if is_essay else ("", "")
+        return _ruler_generated(args, essay, essay_source)
+
+    return C.to_dataset(C.cached_docs(key, build), args.task)
 
 
-def load_json_kv(pce_length=None, pce_n_samples=None, pce_source="generate", pce_seed=C.SEED, **kwargs):
+def load_json_kv(**kwargs):
     """``custom_dataset`` of ``pce_json_kv_{len}``."""
-    task = f"pce_json_kv_{pce_length}"
-    C.length_tokens(pce_length)
-    n = C.n_samples_arg(pce_n_samples)
-    source = C.choose("pce_source", pce_source, SOURCES)
-    if source == "helmet":
-        docs = _json_kv_helmet(pce_length, n)
-    else:
-        docs = [dict(d) for d in _json_kv_generated(pce_length, n, int(pce_seed), _tok_key(kwargs, task))]
-    return C.to_dataset(docs)
+    args = C.task_args(kwargs, "json_kv", sources=True, tokenizer="generate")
+    if args.source == "helmet":
+        return C.to_dataset(_json_kv_helmet(args), args.task)
+    key = C.docs_key(args, inputs={}, builder=__file__)
+    return C.to_dataset(C.cached_docs(key, lambda: _json_kv_generated(args)), args.task)
 
 
 doc_to_text = C.doc_to_text
-
-
-def doc_to_target(doc) -> str:
-    return doc["answers"][0]
-
-
-def process_results_ruler(doc, results):
-    output = str(results[0])
-    score = C.ruler_recall(output, doc["answers"])
-    return {"ruler_recall": score, "score": score, "attn_entropy": C.entropy(results)}
-
-
-def process_results_json_kv(doc, results):
-    # The paper scores "last query line + output" = "Corresponding value:" + generation.
-    output = "Corresponding value:" + str(results[0])
-    score = C.subem_full_or_parsed(output, doc["answers"], "Corresponding value:")
-    return {"subem": score, "score": score, "attn_entropy": C.entropy(results)}
+process_results_ruler = C.generation_scorer("ruler_recall", C.ruler_recall)
+# The paper scores "last query line + output" = "Corresponding value:" + generation.
+process_results_json_kv = C.generation_scorer(
+    "subem", functools.partial(C.subem_full_or_parsed, prefix="Corresponding value:"), prefix="Corresponding value:")

@@ -1,0 +1,196 @@
+"""The grouped query stage (``query_fast``) equals the eager one: outputs, entropy, piece scores, kept pieces.
+
+CPU: float32, 1e-5 relative, through the CPU flash kernel. CUDA (skipped without it): float32 and bfloat16.
+Layer level: random q/k/v over stores whose pieces are key ranges shared by every row (one request) or sit at
+different offsets per row (a left-padded batch). Model level: tiny models of every unsoftcapped family,
+loglikelihood and generation with every method x aggregation, fast vs eager.
+"""
+import math
+
+import pytest
+import torch
+from tiny_models import make_model
+
+from lm_eval_parallel import attention
+from lm_eval_parallel.attention import (
+    QueryPlan,
+    build_query_masks,
+    eager_query_attention,
+    register,
+    repeat_kv,
+)
+from lm_eval_parallel.engine import ParallelEngine
+from lm_eval_parallel.kvstore import KVStore
+from lm_eval_parallel.layout import Layout
+from lm_eval_parallel.query_fast import attend_with_lse, fast_query_attention
+from lm_eval_parallel.selection import Selection, select_pieces, topn_sum
+
+AGGRS = ("none", "H", "T", "HT")
+CUDA = torch.cuda.is_available()
+DEVICES = [("cpu", torch.float32, 1e-5)] + (
+    [("cuda", torch.float32, 1e-4), ("cuda", torch.bfloat16, 3e-2)] if CUDA else [])  # bf16: 8 mantissa bits
+
+
+def _store(device, dtype, one_request: bool, n_q: int, hkv: int, d: int, gen: torch.Generator):
+    """A store of random keys/values: one request (pieces = shared key ranges) or two left-padded rows."""
+    engine_layouts = [Layout((0, 1), ((5, 6, 7, 8, 9), (8, 9, 10), (10, 11, 12, 13), (3,) * 6))]
+    if not one_request:
+        engine_layouts.append(Layout((0,), ((20, 21), (22,), (23, 24, 25))))
+    stores = []
+    for layout in engine_layouts:
+        lengths = [len(p) for p in layout.pieces]
+        s, n_ctx = len(layout.prefix), layout.n_context
+        key_group = torch.full((1, n_ctx + n_q), -1)
+        key_group[0, s:n_ctx] = torch.repeat_interleave(torch.arange(len(lengths)), torch.tensor(lengths))
+        key_valid = torch.zeros(1, n_ctx + n_q, dtype=torch.bool)
+        key_valid[0, :n_ctx] = True
+        piece_index = torch.full((1, len(lengths), max(lengths)), -1)
+        offset = s
+        for i, n in enumerate(lengths):
+            piece_index[0, i, :n] = torch.arange(offset, offset + n)
+            offset += n
+        store = KVStore(1, key_valid, key_group, torch.tensor([len(lengths)]), piece_index, n_ctx)
+        kv = torch.randn(2, hkv, n_ctx, d, generator=gen).to(device, dtype)
+        store.put_prefix(0, kv[0], kv[1])
+        stores.append(store)
+    store = KVStore.stack(stores, n_q)
+    q_valid = torch.ones(store.batch, n_q, dtype=torch.bool)
+    q_valid[-1, -1] = not one_request or n_q == 1  # a padded query row in the batch
+    store.mark(store.length, q_valid)
+    return store, q_valid
+
+
+def _plans(store, q_valid, sel_kwargs):
+    """Every plan shape the engine builds: selection per layer, LHT's two passes, entropy only."""
+    for aggr in AGGRS:
+        yield QueryPlan(store, q_valid, selection=Selection(aggr=aggr, **sel_kwargs), want_stats=True)
+    sel = Selection(aggr="LHT", **sel_kwargs)
+    yield QueryPlan(store, q_valid, selection=sel, scores_only=True)
+    keep = torch.tensor([[True, False, True, False]] * store.batch)[:, None, None, :]
+    yield QueryPlan(store, q_valid, forced_keep=keep, want_stats=True)
+    yield QueryPlan(store, q_valid, want_stats=True)
+
+
+@pytest.mark.parametrize("device,dtype,tol", DEVICES)
+@pytest.mark.parametrize("one_request", (True, False))
+@pytest.mark.parametrize("n_q", (1, 3))
+@pytest.mark.parametrize("heads", ((4, 2), (4, 4), (6, 2)))  # GQA ratios of Llama/Qwen2 (2, 7) and Phi3 (1)
+def test_fast_layer_equals_eager(device, dtype, tol, one_request, n_q, heads):
+    h, hkv = heads
+    d = 16
+    gen = torch.Generator().manual_seed(n_q + 10 * h)
+    store, q_valid = _store(device, dtype, one_request, n_q, hkv, d, gen)
+    q = (torch.randn(store.batch, h, n_q, d, generator=gen) * 2).to(device, dtype)
+    new_k, new_v = (torch.randn(store.batch, hkv, n_q, d, generator=gen).to(device, dtype) for _ in range(2))
+    k, v = store.append_query(0, new_k, new_v)
+    for plan in _plans(store, q_valid, {"top_k": 2, "score_topn": 2, "aggr_topn": 3}):
+        masks = build_query_masks(plan, device, k.shape[2])
+        assert masks.groups.gathered == (not one_request)
+        want = eager_query_attention(q, k, v, plan, masks, d**-0.5, None)
+        got = fast_query_attention(q, k, v, plan, masks, d**-0.5, None)
+        torch.testing.assert_close(got.out.float(), want.out.float(), rtol=tol, atol=tol)
+        if plan.want_stats:
+            torch.testing.assert_close(got.stats.entropy_sum, want.stats.entropy_sum, rtol=tol, atol=tol)
+            torch.testing.assert_close(got.stats.rows, want.stats.rows)
+        if plan.scores_only:
+            torch.testing.assert_close(got.piece_scores, want.piece_scores, rtol=tol, atol=tol)
+            kept = [select_pieces(topn_sum(r.piece_scores, "HT", 3), masks.n_pieces, 2) for r in (got, want)]
+            assert torch.equal(kept[0], kept[1])
+
+
+@pytest.mark.parametrize("device,dtype,tol", DEVICES)
+def test_attend_with_lse_is_softmax_attention(device, dtype, tol):
+    gen = torch.Generator().manual_seed(3)
+    q, k, v = (torch.randn(2, 3, n, 16, generator=gen).to(device, dtype) for n in (5, 37, 37))
+    bias = torch.zeros(2, 1, 1, 37, device=device)
+    bias[1, ..., 30:] = torch.finfo(torch.float32).min
+    out, lse = attend_with_lse(q, k, v, bias, 0.3)
+    scores = (q.double() @ k.double().transpose(-1, -2)) * 0.3 + bias.double()
+    torch.testing.assert_close(lse.double(), torch.logsumexp(scores, -1), rtol=tol, atol=tol)
+    torch.testing.assert_close(out.double(), scores.softmax(-1) @ v.double(), rtol=tol, atol=tol)
+
+
+def test_entropy_and_piece_score_identities():
+    """H = lse - sum p s with sum p s = scaling <q, sum p k>; top-n probabilities = exp(top-n scores - lse)."""
+    gen = torch.Generator().manual_seed(0)
+    q, k = torch.randn(7, 16, generator=gen, dtype=torch.float64), torch.randn(50, 16, generator=gen,
+                                                                                dtype=torch.float64)
+    s = (q @ k.T) * 0.25
+    p = s.softmax(-1)
+    lse = torch.logsumexp(s, -1)
+    torch.testing.assert_close(-torch.xlogy(p, p).sum(-1), lse - 0.25 * (q * (p @ k)).sum(-1))
+    piece = slice(10, 30)
+    torch.testing.assert_close(p[:, piece].topk(4).values.sum(-1),
+                               torch.exp(s[:, piece].topk(4).values - lse[:, None]).sum(-1))
+
+
+def test_a_dropped_piece_leaves_softmax_over_the_kept_keys():
+    """The merge of kept groups is softmax over the kept keys (the eager path renormalises the same)."""
+    gen = torch.Generator().manual_seed(1)
+    store, q_valid = _store("cpu", torch.float32, True, 2, 2, 8, gen)
+    q = torch.randn(1, 4, 2, 8, generator=gen)
+    k, v = store.append_query(0, torch.randn(1, 2, 2, 8, generator=gen), torch.randn(1, 2, 2, 8, generator=gen))
+    keep = torch.tensor([[False, True, True, False]])[:, None, None, :]
+    plan = QueryPlan(store, q_valid, forced_keep=keep, want_stats=True)
+    masks = build_query_masks(plan, "cpu", k.shape[2])
+    got = fast_query_attention(q, k, v, plan, masks, 8**-0.5, None)
+    group = masks.group_index[0]  # [K]
+    kept = masks.visible[0] & ((group == 1) | (group == 2) | (group == 4))  # [Q, K]
+    logits = (q.double() @ repeat_kv(k, 2).double().transpose(-1, -2)) * 8**-0.5
+    p = logits.masked_fill(~kept, -math.inf).softmax(-1)
+    torch.testing.assert_close(got.out.double(), (p @ repeat_kv(v, 2).double()).transpose(1, 2), rtol=1e-5, atol=1e-5)
+    entropy = -torch.xlogy(p, p).sum(-1) * q_valid[:, None]  # [1, H, Q]: the padded query row adds nothing
+    assert not q_valid.all()
+    torch.testing.assert_close(got.stats.entropy_sum.double(), entropy.sum((1, 2)), rtol=1e-5, atol=0)
+
+
+def test_fast_path_refuses_softcap_and_is_chosen_by_query_impl(monkeypatch):
+    store, q_valid = _store("cpu", torch.float32, True, 1, 2, 8, torch.Generator().manual_seed(0))
+    plan = QueryPlan(store, q_valid, want_stats=True)
+    q = torch.zeros(1, 4, 1, 8)
+    with pytest.raises(ValueError, match="softcapped"):
+        fast_query_attention(q, q, q, plan, build_query_masks(plan, "cpu", 1), 1.0, 50.0)
+    assert not attention.uses_fast_path(q, plan, None)  # auto: fast on CUDA only
+    monkeypatch.setattr(attention, "QUERY_IMPL", "fast")
+    assert attention.uses_fast_path(q, plan, None) and not attention.uses_fast_path(q, plan, 50.0)
+    monkeypatch.setattr(attention, "QUERY_IMPL", "quick")
+    with pytest.raises(ValueError, match="QUERY_IMPL='quick' is not allowed"):
+        attention.uses_fast_path(q, plan, None)
+
+
+# ---------------------------------------------------------------------------------------------- model level
+LAYOUTS = [Layout((0, 5), ((7, 8, 9, 10, 11), (12, 13, 14), (15, 16, 17, 18), (19, 20, 21, 22, 23, 24))),
+           Layout((0,), ((30, 31), (32, 33, 34), (35,)))]
+SELECTIONS = [None] + [Selection(top_k=2, score_topn=2, aggr=a, aggr_topn=3) for a in AGGRS + ("LHT",)]
+
+
+def _run_engine(model, device, selection):
+    engine = ParallelEngine(model, device, want_stats=True)
+    contexts = [engine.encode(layout, reserve=8) for layout in LAYOUTS]
+    scored = engine.score(contexts, [[40, 41], [42]], [[43, 44, 45], [46, 47]], selection)
+    generated = engine.generate(contexts, [[40, 41], [42, 43, 44]], 4, selection, lambda b, t: False, set())
+    alone = engine.generate(contexts[:1], [[40, 41]], 4, selection, lambda b, t: False, set())
+    return scored, generated + alone
+
+
+@pytest.mark.parametrize("device,dtype,tol", DEVICES)
+@pytest.mark.parametrize("family", ("llama", "qwen2", "gemma3", "phi3"))
+def test_fast_engine_equals_eager(device, dtype, tol, family, monkeypatch):
+    register()
+    model = make_model(family, 384, seed=2).to(device, dtype)
+    model.set_attn_implementation("pce")
+    for selection in SELECTIONS:
+        runs = {}
+        for impl in ("eager", "fast"):
+            monkeypatch.setattr(attention, "QUERY_IMPL", impl)
+            runs[impl] = _run_engine(model, device, selection)
+        (s_eager, g_eager), (s_fast, g_fast) = runs["eager"], runs["fast"]
+        for (lp_e, greedy_e, st_e), (lp_f, greedy_f, st_f) in zip(s_eager, s_fast):
+            assert lp_f == pytest.approx(lp_e, rel=tol, abs=tol)
+            assert st_f.entropy_sum == pytest.approx(st_e.entropy_sum, rel=tol, abs=tol)
+            if dtype == torch.float32:
+                assert greedy_f == greedy_e
+        for (tok_e, st_e), (tok_f, st_f) in zip(g_eager, g_fast):
+            if dtype == torch.float32:  # bf16 greedy tokens may flip on near ties
+                assert tok_f == tok_e
+                assert st_f.entropy_sum == pytest.approx(st_e.entropy_sum, rel=tol, abs=tol)
