@@ -263,7 +263,7 @@ def run_hf(args, tasks: list[str], cuda: bool, built_tasks: list) -> dict:
     from lm_eval import simple_evaluate
     from lm_eval.tasks import TaskManager
 
-    from lm_eval_parallel.cli import _register
+    from lm_eval_parallel._autoload import register as _register
     from lm_eval_parallel.resolve import resolve_pretrained
     from lm_eval_parallel.sweep import build_tasks
 

@@ -9,7 +9,12 @@ post-import finder (stdlib, no lm-eval or torch import); when lm-eval itself imp
 * ``lm_eval.tasks.manager``  -> ``TaskManager`` also indexes our ``task_configs/``;
 * ``lm_eval.models.huggingface`` -> lm-eval's ``hf`` model reads marked prompts as plain prompts,
   so every pce task also runs on the stock ``hf`` model;
-* ``lm_eval.api.model`` -> ``--use_cache`` files are keyed by the parallel settings too;
+* ``lm_eval.models.huggingface`` -> also: ``pretrained=smollm2-135m`` works for ``hf``; ``pretrained``,
+  ``dtype``, ``device`` and parallel options given to ``hf`` are checked before loading (``preflight.py``);
+* ``lm_eval.api.model`` -> ``--use_cache`` files are keyed by the model's identity and the parallel settings;
+* ``lm_eval.evaluator`` -> model_args, ``--output_path``, ``--num_fewshot`` checked and pce tasks built
+  before the model loads (``preflight.py``);
+* ``lm_eval._cli.run`` -> the results file is printed at the end of a run; unsaved results fail the run;
 * ``lm_eval.api.task`` -> ``--cache_requests`` files of pce tasks are keyed by the metadata that builds
   their documents (``pce_seed``, ``pce_n_samples``, ``pce_source``, ``pce_fit``, the tokenizer, ...).
 
@@ -120,8 +125,10 @@ def _on_task_manager(module) -> None:
 
 
 def _on_huggingface(module) -> None:
+    from lm_eval_parallel import preflight
     from lm_eval_parallel.structure import is_marked, plain_prompt
 
+    preflight.patch_hflm(module)
     hflm = module.HFLM
     if getattr(hflm.tok_encode, "_lm_eval_parallel", False):
         return
@@ -141,7 +148,8 @@ def _on_huggingface(module) -> None:
 
 
 def _on_api_model(module) -> None:
-    """``--use_cache``: give every parallel configuration its own cache file (the key is only req.args)."""
+    """``--use_cache``: every model and parallel configuration gets its own cache file (the key is only
+    req.args): ``cache_fingerprint()`` of ``parallel_hf``, the ``cache_identity`` of other ``hf`` models."""
     caching = module.CachingLM
     original = caching.__init__
     if getattr(original, "_lm_eval_parallel", False):
@@ -149,9 +157,15 @@ def _on_api_model(module) -> None:
 
     def __init__(self, lm, cache_db):
         fingerprint = getattr(lm, "cache_fingerprint", None)
-        if callable(fingerprint):
+        identity = getattr(lm, "cache_identity", None)
+        name = fingerprint() if callable(fingerprint) else None
+        if name is None and isinstance(identity, dict):
+            from lm_eval_parallel.identity import identity_fingerprint
+
+            name = identity_fingerprint(identity)
+        if name:
             root, ext = os.path.splitext(cache_db)
-            cache_db = f"{root}_{fingerprint()}{ext}"
+            cache_db = f"{root}_{name}{ext}"
         original(self, lm, cache_db)
 
     __init__._lm_eval_parallel = True
@@ -215,7 +229,21 @@ def _on_api_task(module) -> None:
     module.load_from_cache, module.save_to_cache = load_from_cache, save_to_cache
 
 
+def _on_evaluator(module) -> None:
+    from lm_eval_parallel import preflight
+
+    preflight.patch_evaluator(module)
+
+
+def _on_cli_run(module) -> None:
+    from lm_eval_parallel import preflight
+
+    preflight.patch_cli_run(module)
+
+
 _HOOKS = {
+    "lm_eval._cli.run": _on_cli_run,
+    "lm_eval.evaluator": _on_evaluator,
     "lm_eval.api.model": _on_api_model,
     "lm_eval.api.registry": _on_registry,
     "lm_eval.api.task": _on_api_task,

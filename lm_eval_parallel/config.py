@@ -18,6 +18,7 @@ from __future__ import annotations
 import difflib
 import hashlib
 import json
+import os
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, fields
 
@@ -95,7 +96,10 @@ def as_positive_int(name: str, value) -> int:
 def as_non_negative_int(name: str, value) -> int:
     if value in (0, "0"):
         return 0
-    return as_positive_int(name, value)
+    try:
+        return as_positive_int(name, value)
+    except ValueError:
+        raise ValueError(f"{name}={value!r} must be an integer >= 0 (0 = off)") from None
 
 
 def one_of(*allowed: str):
@@ -129,6 +133,38 @@ def as_split(name: str, value) -> str:
         return str(parse_split(value))
     except TypeError as err:
         raise ValueError(str(err)) from None
+
+
+def as_output_file(name: str, value) -> str | None:
+    """A file the run will write: refused now if its folder cannot be made or written."""
+    from .checks import check_writable_file
+
+    path = as_optional_path(name, value)
+    if path is not None:
+        check_writable_file(path, name)
+    return path
+
+
+def as_text_file(name: str, value) -> str | None:
+    """A file whose text is read as a setting (``sink_text_file``): it must exist and hold UTF-8 text."""
+    path = as_optional_path(name, value)
+    if path is None:
+        return None
+    if not os.path.isfile(path):
+        raise ValueError(f"{name}={path!r} is not a file")
+    return path
+
+
+def read_text_file(name: str, path: str) -> str:
+    """The file's text verbatim (trailing newlines included: they are part of a sink); never empty."""
+    try:
+        with open(path, encoding="utf-8", newline="") as f:
+            text = f.read()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ValueError(f"{name}={path!r} cannot be read as UTF-8 text ({type(exc).__name__})") from None
+    if not text:
+        raise ValueError(f"{name}={path!r} is empty")
+    return text
 
 
 # ---------------------------------------------------------------------------------------------- settings
@@ -191,6 +227,9 @@ class PCEConfig:
                         "aggregation of piece scores over heads / query rows / layers")
     aggr_topn: int = setting(5, as_positive_int, SCORES, "aggregation = sum of the top-n values")
     sink_text: str | None = setting(None, as_optional_text, SCORES, "sink when the task gives none")
+    # RUNTIME: the file's text becomes sink_text, which is what the scores (and the cache key) depend on.
+    sink_text_file: str | None = setting(None, as_text_file, RUNTIME,
+                                         "file whose text is sink_text (a sink with commas)")
     oracle_keys: bool = setting(False, as_bool, SCORES, "context keys from full attention (paper §4.3.2)")
     entropy: bool = setting(True, as_bool, REPORTED, "compute attn_entropy (SPEC §8)")
     entropy_pool: str = setting("rows", one_of("rows", "calls"), SCORES,
@@ -199,7 +238,7 @@ class PCEConfig:
     gen_stop: str = setting("eos", one_of("eos", "max_gen"), SCORES,
                             "stop at EOS / stop strings, or decode max_gen_toks and cut after (SPEC §9)",
                             hashed_at_default=False)
-    analysis_path: str | None = setting(None, as_optional_path, RUNTIME, "JSON lines of per-layer statistics")
+    analysis_path: str | None = setting(None, as_output_file, RUNTIME, "JSON lines of per-layer statistics")
     rolling_score_len: int = setting(1024, as_positive_int, SCORES, "loglikelihood_rolling: tokens per window")
     context_cache_mb: int = setting(0, as_non_negative_int, RUNTIME, "MiB of encoded contexts kept for reuse")
     tokenize: str = setting("items", one_of("items", "joint"), SCORES, "items on their own, or the prompt whole")
@@ -218,6 +257,10 @@ class PCEConfig:
         preset = SETTINGS["preset"].parse("preset", args.get("preset", SETTINGS["preset"].default))
         defaults = {name: s.default for name, s in SETTINGS.items()} | PRESETS[preset]
         values = {name: s.parse(name, args.get(name, defaults[name])) for name, s in SETTINGS.items()}
+        if values["sink_text_file"] is not None:
+            if values["sink_text"] is not None:
+                raise ValueError("sink_text and sink_text_file are both given; give one of them")
+            values["sink_text"] = read_text_file("sink_text_file", values["sink_text_file"])
         if not get_method(values["method"]).parallel and values["P"] != 1:
             parallel = "/".join(m.name for m in METHODS if m.parallel)
             raise ValueError(f"P={values['P']} with method={values['method']}: it encodes one piece; use P=1, "

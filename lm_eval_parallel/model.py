@@ -18,16 +18,20 @@ from lm_eval.utils import get_rolling_token_windows, make_disjoint_window
 from tqdm import tqdm
 
 from . import attention
+from .checks import check_device, check_dtype
 from .config import PCEConfig, take_own_args
 from .engine import ContextCache, ParallelEngine
+from .identity import identity_fingerprint, identity_of
 from .layout import Layout
 from .log import warn_once
 from .requests import Prepared, RequestBuilder
-from .resolve import DEFAULT_ALIAS, resolve_pretrained
+from .resolve import DEFAULT_ALIAS, check_pretrained, resolve_pretrained
 from .response import GenerationResult, LoglikelihoodResult, RollingResult
 from .selection import Selection
 
 _HFLM_ARGS = set(inspect.signature(HFLM.__init__).parameters)
+_HFLM_DEFAULTS = {name: p.default for name, p in inspect.signature(HFLM.__init__).parameters.items()}
+LONG_SINK_TOKENS = 512  # the paper's sinks are about 15 tokens; every piece attends to the whole sink
 
 
 def check_model_supported(model) -> None:
@@ -91,6 +95,9 @@ class ParallelHFLM(HFLM):
     def __init__(self, pretrained=DEFAULT_ALIAS, **kwargs):
         self.pce = PCEConfig.from_args(**take_own_args(kwargs, _HFLM_ARGS))  # bad values fail before loading
         pretrained, gguf_file = resolve_pretrained(pretrained, kwargs.pop("gguf_file", None))
+        check_pretrained(pretrained)
+        check_dtype(kwargs.get("dtype"))
+        check_device(kwargs.get("device", _HFLM_DEFAULTS["device"]))
         if gguf_file:
             kwargs["gguf_file"] = gguf_file
         if kwargs.get("attn_implementation") not in (None, attention.ATTN_NAME):
@@ -99,6 +106,7 @@ class ParallelHFLM(HFLM):
         kwargs.pop("attn_implementation", None)
         attention.register()
         super().__init__(pretrained=pretrained, **kwargs)
+        self.cache_identity = identity_of(self, pretrained, gguf_file, kwargs.get("subfolder"))
         check_model_supported(self.model)
         self.model.set_attn_implementation(attention.ATTN_NAME)
         self.sliding_window = sliding_window_of(self.model)
@@ -122,6 +130,12 @@ class ParallelHFLM(HFLM):
             self.engine.context_cache = previous.context_cache
         if self.engine.context_cache is None and pce.context_cache_mb > 0:
             self.engine.context_cache = ContextCache(pce.context_cache_mb * 2**20)
+        if pce.uses_sink and pce.sink_text is not None:
+            n_tokens = len(self.builder.ids(pce.sink_text))
+            if n_tokens > LONG_SINK_TOKENS:
+                warn_once(f"sink{n_tokens}", f"sink_text is {n_tokens} tokens ({len(pce.sink_text)} characters): "
+                                             "every piece attends to all of it and starts after it; the paper's "
+                                             "sinks are about 15 tokens")
         if pce.uses_selection and pce.P <= pce.top_k:
             warn_once(f"sel{pce.P}", f"method={pce.method} with top_k={pce.top_k} >= P={pce.P}: "
                                      "selection keeps every piece and changes nothing")
@@ -296,8 +310,8 @@ class ParallelHFLM(HFLM):
         return results
 
     def cache_fingerprint(self) -> str:
-        """Names the ``--use_cache`` file (see ``PCEConfig.fingerprint``)."""
-        return self.pce.fingerprint()
+        """Names the ``--use_cache`` file: the settings (``PCEConfig.fingerprint``) and the model's identity."""
+        return f"{self.pce.fingerprint()}-{identity_fingerprint(self.cache_identity)}"
 
     def get_model_info(self) -> dict:
         info = super().get_model_info()

@@ -307,3 +307,22 @@ def _convert(path: str, out: Path) -> None:
     record = {"source": real, "size": size, "mtime_ns": mtime, "transformers": transformers.__version__,
               "format": GGUF_FORMAT, "metadata": asdict(meta)}
     (out / GGUF_MARKER).write_text(json.dumps(record, indent=1) + "\n")
+
+
+def check_pretrained(pretrained) -> None:
+    """Refuse a ``pretrained=`` (after :func:`resolve_pretrained`) that names nothing from_pretrained can load:
+    not a folder, not a ``.gguf`` file, and not shaped like a hub id (``name`` or ``owner/name``)."""
+    if not isinstance(pretrained, str) or os.path.isdir(pretrained):
+        return
+    if pretrained.endswith(".gguf") and os.path.isfile(pretrained):
+        return
+    if not os.path.exists(pretrained):
+        from huggingface_hub.utils import HFValidationError, validate_repo_id
+
+        try:
+            validate_repo_id(pretrained)
+            return
+        except HFValidationError:
+            pass
+    raise ValueError(f"pretrained={pretrained!r} is not a folder, a .gguf file, an alias ({DEFAULT_ALIAS}) "
+                     "or a hub id")

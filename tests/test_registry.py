@@ -2,6 +2,7 @@
 the board's configuration key, the board's method order and the model_args parser."""
 import hashlib
 import json
+import os
 
 import pytest
 
@@ -20,7 +21,11 @@ OTHER_VALUES = {
     "rolling_score_len": 256, "context_cache_mb": 64, "tokenize": "joint", "prefill_batch_tokens": 4096,
     "auto_batch_tokens": 2048, "preset": "paper_code", "query_round": "floor", "harmonic_prefix": "min1",
     "lm_split": "ceil", "entropy_pool": "calls", "gen_stop": "max_gen", "split": "sentence",
+    "sink_text_file": os.path.join(os.path.dirname(__file__), "sink_text.txt"),
 }
+# What a setting stands for: sink_text_file is RUNTIME because its text becomes sink_text, which changes scores.
+with open(OTHER_VALUES["sink_text_file"], encoding="utf-8", newline="") as sink_file:
+    IMPLIED = {"sink_text_file": {"sink_text": sink_file.read()}}
 
 
 def test_every_setting_has_another_value_here():
@@ -31,7 +36,7 @@ def test_every_setting_has_another_value_here():
 
 @pytest.mark.parametrize("name", sorted(SETTINGS))
 def test_a_setting_that_does_not_change_scores_is_in_neither_the_fingerprint_nor_the_board_key(name):
-    base = PCEConfig.from_args(P=2, method="naive")
+    base = PCEConfig.from_args(P=2, method="naive", **IMPLIED.get(name, {}))
     changed = PCEConfig.from_args(**{"P": 2, "method": "naive", name: OTHER_VALUES[name]})
     effect = SETTINGS[name].effect
     assert (changed.fingerprint() != base.fingerprint()) == (effect != RUNTIME)

@@ -13,6 +13,7 @@ import json
 import os
 import sys
 
+from ..checks import check_writable_dir
 from .board import Board, CategoryCell, category_cells, collect, load_board_json, pearson, write_csv, write_json
 from .gate import GateResult, compare, is_regression, report_lines, samples_reader
 from .metrics import choose_score_metric
@@ -30,11 +31,10 @@ def _parse(parser: argparse.ArgumentParser, argv: list[str]) -> argparse.Namespa
         return exit_.code if isinstance(exit_.code, int) else EXIT_USAGE
 
 
-def build_leaderboard(paths: list[str], out_dir: str, title: str | None = None, plots: bool = True) -> Board:
-    """Read every results file under `paths` and write README.md, board.csv, board.json and plots/."""
+def write_board(board: Board, out_dir: str, title: str, plots: bool = True) -> None:
+    """README.md, board.csv, board.json and plots/ of `board` into `out_dir`."""
     from .report import render_readme
 
-    board = collect(paths)
     os.makedirs(out_dir, exist_ok=True)
     write_csv(board.rows, os.path.join(out_dir, "board.csv"))
     write_json(board.rows, os.path.join(out_dir, "board.json"))
@@ -43,9 +43,41 @@ def build_leaderboard(paths: list[str], out_dir: str, title: str | None = None, 
         from .plots import write_plots
 
         plot_paths = write_plots(category_cells(board.rows), out_dir)
-    title = title or os.path.basename(os.path.normpath(out_dir))
     with open(os.path.join(out_dir, "README.md"), "w", encoding="utf-8") as f:
         f.write(render_readme(board, title, plot_paths))
+
+
+def replace_files(staging: str, out_dir: str) -> None:
+    """Move every file under `staging` to the same place under `out_dir` (each one an atomic rename);
+    files of `out_dir` that `staging` does not have are kept."""
+    for root, _, names in os.walk(staging):
+        target = os.path.join(out_dir, os.path.relpath(root, staging))
+        os.makedirs(target, exist_ok=True)
+        for name in names:
+            os.replace(os.path.join(root, name), os.path.join(target, name))
+
+
+def build_leaderboard(paths: list[str], out_dir: str, title: str | None = None, plots: bool = True) -> Board:
+    """Read every results file under `paths` and write README.md, board.csv, board.json and plots/.
+
+    Nothing is written when no results file has task results; otherwise the board is written complete into
+    a temporary folder beside `out_dir` first, then moved into `out_dir` (an existing board is never left
+    half-replaced, nor wiped by an empty one)."""
+    import shutil
+    import tempfile
+
+    board = collect(paths)
+    if not board.rows:
+        return board
+    title = title or os.path.basename(os.path.normpath(out_dir))
+    parent = os.path.dirname(os.path.abspath(out_dir))
+    os.makedirs(parent, exist_ok=True)
+    staging = tempfile.mkdtemp(prefix=f".{os.path.basename(os.path.normpath(out_dir))}.", dir=parent)
+    try:
+        write_board(board, staging, title, plots)
+        replace_files(staging, out_dir)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
     return board
 
 
@@ -66,9 +98,15 @@ def main_leaderboard(argv: list[str]) -> int:
     if missing:
         print(f"error: no such file or directory: {', '.join(missing)}", file=sys.stderr)
         return EXIT_USAGE
+    try:
+        check_writable_dir(args.out, "--out")
+    except ValueError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return EXIT_USAGE
     board = build_leaderboard(args.paths, args.out, args.title, plots=not args.no_plots)
     if not board.rows:
-        print(f"error: no lm-eval results files with task results under {', '.join(args.paths)}", file=sys.stderr)
+        print(f"error: no lm-eval results files with task results under {', '.join(args.paths)}; "
+              f"nothing written to {args.out}", file=sys.stderr)
         return EXIT_USAGE
     print(f"leaderboard: {len(board.rows)} task result(s) from {len(board.files)} file(s) "
           f"({len(board.superseded)} older duplicate(s) dropped) -> {args.out}")

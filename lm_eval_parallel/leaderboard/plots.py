@@ -25,6 +25,21 @@ def method_style(method: str) -> dict:
     return {} if declared is None else {"color": declared.color, "marker": declared.marker}
 
 
+def layered_style(method: str, layer: int) -> dict:
+    """A method's style at ``layer`` (0 = drawn last, on top): lower layers are wider with bigger open
+    markers, so that equal lines of several methods stay visible as nested outlines."""
+    return {"marker": "o", **method_style(method), "linewidth": 1.2 + 0.9 * layer, "markersize": 5 + 2.5 * layer,
+            "markerfacecolor": "none", "markeredgewidth": 1.3}
+
+
+def wrapped_title(text: str, width_inches: float, fontsize: float) -> str:
+    """``text`` cut into lines that fit ``width_inches`` (about 0.55 em per character)."""
+    import textwrap
+
+    per_line = max(12, int(width_inches * 72 / (0.55 * fontsize)))
+    return "\n".join(textwrap.wrap(text, per_line, break_long_words=True, break_on_hyphens=False))
+
+
 def safe_name(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9._+-]+", "_", text).strip("_") or "model"
 
@@ -54,21 +69,23 @@ def plot_against_P(cells: dict[tuple, CategoryCell], model: str, config: str, pa
     if not categories or not methods:
         return False
 
+    width = max(4.2, 3.6 * len(categories))
     fig, axes = plt.subplots(len(lengths), len(categories), squeeze=False, layout="constrained",
-                             figsize=(3.6 * len(categories), 0.6 + 2.9 * len(lengths)))
+                             figsize=(width, 0.8 + 2.9 * len(lengths)))
     for i, length in enumerate(lengths):
         for j, category in enumerate(categories):
             ax = axes[i][j]
-            for method in methods:
+            for rank, method in enumerate(methods):
                 points = sorted((k[2], _shown(c, entropy)) for k, c in mine.items()
                                 if k[1] == method and k[4] == length and k[5] == category and k[2] > 1)
                 points = [(P, y) for P, y in points if y is not None]
                 if points:
                     ax.plot([p[0] for p in points], [p[1] for p in points], label=method,
-                            **method_style(method))
+                            **layered_style(method, len(methods) - 1 - rank))
             reference = full_attention_cell(cells, model, config, length, category)
             if reference is not None and _shown(reference, entropy) is not None:
-                ax.axhline(_shown(reference, entropy), color="black", linestyle="--", linewidth=1, label="full")
+                ax.axhline(_shown(reference, entropy), color="black", linestyle="--", linewidth=1, label="full",
+                           zorder=3)
             if not ax.lines:
                 ax.set_axis_off()
                 continue
@@ -82,9 +99,11 @@ def plot_against_P(cells: dict[tuple, CategoryCell], model: str, config: str, pa
             ax.set_ylabel(_y_label(category, entropy))
             ax.grid(alpha=0.3)
     handles, labels = next((ax.get_legend_handles_labels() for ax in axes.flat if ax.lines), ([], []))
-    fig.legend(handles, labels, loc="outside lower center", ncol=len(labels), frameon=False)
+    fig.legend(handles, labels, loc="outside lower center", ncol=min(len(labels), max(2, int(width / 1.1))),
+               frameon=False)
     what = "Attention entropy" if entropy else "Score"
-    fig.suptitle(f"{what} vs P — {model}{' (' + config + ')' if config else ''}", fontsize=11)
+    fig.suptitle(wrapped_title(f"{what} vs P — {model}{' (' + config + ')' if config else ''}", width, 11),
+                 fontsize=11)
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return True
@@ -96,22 +115,24 @@ def plot_entropy_vs_score(cells: dict[tuple, CategoryCell], model: str, config: 
     categories = [c for c in CATEGORIES if len(entropy_score_points(mine, model, c)) >= 2]
     if not categories:
         return False
-    fig, axes = plt.subplots(1, len(categories), squeeze=False, layout="constrained",
-                             figsize=(3.8 * len(categories), 3.4))
+    width = max(4.2, 3.8 * len(categories))
+    fig, axes = plt.subplots(1, len(categories), squeeze=False, layout="constrained", figsize=(width, 3.6))
     for ax, category in zip(axes[0], categories):
         points = entropy_score_points(mine, model, category)
-        for method in sorted({key[1] for _, _, key in points}, key=method_sort_key):
+        methods = sorted({key[1] for _, _, key in points}, key=method_sort_key)
+        for rank, method in enumerate(methods):
             xs = [x for x, _, key in points if key[1] == method]
             ys = [y * display_scale(mine[key].higher_is_better) for _, y, key in points if key[1] == method]
-            style = method_style(method)
-            ax.scatter(xs, ys, label=method, color=style.get("color"), marker=style.get("marker", "o"), s=24)
+            style = layered_style(method, len(methods) - 1 - rank)
+            ax.plot(xs, ys, linestyle="none", label=method, **{k: v for k, v in style.items() if k != "linewidth"})
         r, n_points = entropy_score_correlation(mine, model, category)
         ax.set_title(f"{category}: r = {'n/a' if r is None else f'{r:+.2f}'} (n={n_points})", fontsize=10)
         ax.set_xlabel("attention entropy")
         ax.set_ylabel(_y_label(category, entropy=False))
         ax.grid(alpha=0.3)
     axes[0][0].legend(fontsize=8)
-    fig.suptitle(f"Attention entropy vs score — {model}{' (' + config + ')' if config else ''}", fontsize=11)
+    fig.suptitle(wrapped_title(f"Attention entropy vs score — {model}{' (' + config + ')' if config else ''}",
+                               width, 11), fontsize=11)
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return True

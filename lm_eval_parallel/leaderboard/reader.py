@@ -4,6 +4,7 @@ One `BoardRow` per (results file, task). Group rows (`pce_rag_8k`, `pce_smoke`, 
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import re
@@ -17,6 +18,7 @@ from .naming import parse_task_name
 IDENTITY_ARGS = {"pretrained", "model_name", "P", "method"}
 # Defaults of our own settings: a value equal to its default is left out of the config key.
 DEFAULT_ARGS = {name: s.default for name, s in SETTINGS.items() if name not in IDENTITY_ARGS}
+MAX_KEY_VALUE_CHARS = 40
 
 
 @dataclass
@@ -80,6 +82,15 @@ def _same_value(value, default) -> bool:
     return str(value).lower() == str(default).lower()
 
 
+def config_value(value) -> str:
+    """A setting's value in the config key: as written, or ``sha256:<12 hex>`` for a long or multi-line text
+    (a sink read from ``sink_text_file``) that would not fit a table cell."""
+    text = str(value)
+    if len(text) <= MAX_KEY_VALUE_CHARS and not any(c in text for c in ",=\n\r\t"):
+        return text
+    return "sha256:" + hashlib.sha256(text.encode("utf-8")).hexdigest()[:12]
+
+
 def run_settings(results: dict) -> tuple[str, str, int, str]:
     """(model, method, P, config) of one results file."""
     run_config = results.get("config") or {}
@@ -108,7 +119,7 @@ def run_settings(results: dict) -> tuple[str, str, int, str]:
         value = args[key]
         if key in DEFAULT_ARGS and _same_value(value, DEFAULT_ARGS[key]):
             continue
-        config_items.append(f"{key}={value}")
+        config_items.append(f"{key}={config_value(value)}")
     return model, method, P, ",".join(config_items)
 
 
