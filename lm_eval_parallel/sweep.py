@@ -30,7 +30,6 @@ import os
 import re
 import shutil
 import sys
-import tempfile
 import time
 
 from . import config
@@ -244,19 +243,6 @@ def evaluator_config(args: argparse.Namespace, yaml_values: dict):
     return EvaluatorConfig(**values)._configure()
 
 
-def check_output_path(path: str) -> None:
-    """The output folder exists or can be made, and a file can be written in it."""
-    if os.path.exists(path) and not os.path.isdir(path):
-        raise ValueError(f"--output_path {path!r} is a file; sweep writes one folder per configuration there")
-    try:
-        os.makedirs(path, exist_ok=True)
-        fd, probe = tempfile.mkstemp(prefix=".write-check-", dir=path)
-        os.close(fd)
-        os.remove(probe)
-    except OSError as err:
-        raise ValueError(f"--output_path {path!r} is not writable ({err.strerror or err})") from None
-
-
 @dataclasses.dataclass
 class Plan:
     """Everything a sweep needs, checked before the model loads."""
@@ -331,7 +317,14 @@ def plan_sweep(args: argparse.Namespace) -> Plan:
     for conf in planned:  # the whole grid is checked before anything loads
         PCEConfig.from_args(**own, **conf.settings())
 
-    check_output_path(cfg.output_path)
+    from ._autoload import register
+    from .checks import check_num_fewshot, check_writable_dir
+    from .preflight import check_model_args
+
+    register()
+    check_model_args("parallel_hf", {**model_args, **own, **planned[0].settings()}, cfg.device)  # pretrained, dtype
+    check_num_fewshot(cfg.num_fewshot, cfg.tasks)
+    check_writable_dir(cfg.output_path, "--output_path")
     todo = []
     for conf in planned:
         folder = os.path.join(cfg.output_path, conf.name)
@@ -346,10 +339,6 @@ def plan_sweep(args: argparse.Namespace) -> Plan:
         print(f"sweep: {conf} already in {folder}; skipped")
     if not todo:
         return Plan(cfg, model_args, own, [], None, [])
-
-    from ._autoload import register
-
-    register()
     task_manager = cfg.process_tasks(cfg.metadata)  # lm-eval's task lookup: "Tasks not found: ..."
     return Plan(cfg, model_args, own, todo, task_manager, build_tasks(task_manager, cfg.tasks))
 

@@ -175,8 +175,8 @@ def test_bad_grid_values_give_the_message_of_the_same_model_arg(capsys, tmp_path
 
 
 def test_unknown_task_is_lm_evals_tasks_not_found(capsys, tmp_path):
-    assert _error(capsys, ["--tasks", "nope_task", "--output_path", str(tmp_path), "--P", "2"]) == (
-        "Tasks not found: nope_task")
+    assert _error(capsys, ["--model_args", f"pretrained={tmp_path}", "--tasks", "nope_task", "--output_path",
+                           str(tmp_path), "--P", "2"]) == "Tasks not found: nope_task"
 
 
 def test_output_path_must_be_writable_before_any_compute(capsys, tmp_path):
@@ -184,18 +184,33 @@ def test_output_path_must_be_writable_before_any_compute(capsys, tmp_path):
 
     a_file = tmp_path / "a_file"
     a_file.write_text("x")
-    base = ["--tasks", "nope_task", "--P", "2"]  # a task lookup would fail after the output check
-    assert "is a file" in _error(capsys, [*base, "--output_path", str(a_file)])
-    assert "not writable (Not a directory)" in _error(capsys, [*base, "--output_path", str(a_file / "sub")])
+    # a folder is a valid pretrained for the checks; a task lookup would fail after the output check
+    base = ["--model_args", f"pretrained={tmp_path}", "--tasks", "nope_task", "--P", "2"]
+    file_error = f"{a_file} is a file, not a folder"  # the check of lm_eval runs (checks.py), here as there
+    assert _error(capsys, [*base, "--output_path", str(a_file)]) == f"--output_path={str(a_file)!r}: {file_error}"
+    assert _error(capsys, [*base, "--output_path", str(a_file / "sub")]).endswith(file_error)
     if os.geteuid() == 0:
         pytest.skip("root writes into read-only folders")
     locked = tmp_path / "locked"
     locked.mkdir()
     locked.chmod(0o500)
     try:
-        assert "not writable (Permission denied)" in _error(capsys, [*base, "--output_path", str(locked / "out")])
+        assert _error(capsys, [*base, "--output_path", str(locked / "out")]).endswith(f"{locked} is not writable")
     finally:
         locked.chmod(0o700)
+
+
+def test_model_args_and_few_shot_are_checked_as_lm_eval_runs_check_them(capsys, tmp_path):
+    """The checks of an `lm_eval` run (preflight.py), before the task lookup (nope_task is never reached)."""
+    from lm_eval_parallel.preflight import check_model_args
+
+    out = ["--output_path", str(tmp_path / "out")]
+    missing = _message(lambda: check_model_args("parallel_hf", {"pretrained": "/nonexistent"}, "cpu"))
+    assert _error(capsys, ["--model_args", "pretrained=/nonexistent", "--tasks", "nope_task", *out]) == missing
+    assert _error(capsys, ["--model_args", f"pretrained={tmp_path},dtype=float77", "--tasks", "nope_task", *out]
+                  ).startswith("dtype='float77' is not allowed")
+    assert "take no few-shot examples" in _error(
+        capsys, ["--model_args", f"pretrained={tmp_path}", "--tasks", "pce_smoke", "--num_fewshot", "2", *out])
 
 
 def test_config_yaml_keys_are_checked(capsys, tmp_path):
