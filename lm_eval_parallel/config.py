@@ -124,6 +124,17 @@ def as_optional_path(name: str, value) -> str | None:
     return None if value in (None, "") else str(value)
 
 
+def as_split(name: str, value) -> str:
+    """A ``split=`` rule (docs/split.md), kept as its text: tokens, paragraph, sentence or regex:PATTERN."""
+    # imported here, not at the top: split.py needs layout.py (torch), and this module stays stdlib only
+    from .split import parse_split
+
+    try:
+        return str(parse_split(value))
+    except TypeError as err:
+        raise ValueError(str(err)) from None
+
+
 def as_output_file(name: str, value) -> str | None:
     """A file the run will write: refused now if its folder cannot be made or written."""
     from .checks import check_writable_file
@@ -231,6 +242,8 @@ class PCEConfig:
     rolling_score_len: int = setting(1024, as_positive_int, SCORES, "loglikelihood_rolling: tokens per window")
     context_cache_mb: int = setting(0, as_non_negative_int, RUNTIME, "MiB of encoded contexts kept for reuse")
     tokenize: str = setting("items", one_of("items", "joint"), SCORES, "items on their own, or the prompt whole")
+    split: str = setting("tokens", as_split, SCORES, "where unmarked contexts are cut (docs/split.md)",
+                         hashed_at_default=False)
     prefill_batch_tokens: int = setting(PREFILL_BATCH_TOKENS, as_positive_int, RUNTIME,
                                         "tokens per prefill forward")
     auto_batch_tokens: int = setting(16384, as_positive_int, RUNTIME,

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from .config import PCEConfig
 from .layout import Layout, chunk_ceil, group_items
 from .log import warn_once
+from .split import parse_split, split_ids
 from .structure import PromptParts, split_prompt
 
 
@@ -54,6 +55,10 @@ class RequestBuilder:
         self.pce = pce
         self.bos = [] if bos_token_id is None else [bos_token_id]  # SPEC §2: one BOS starts the prefix
         self.prefix_token_id = prefix_token_id  # the query of an empty context (lm-eval's convention)
+        self.split_rule = parse_split(pce.split)  # unmarked contexts (docs/split.md)
+        if self.split_rule.pattern is not None and not getattr(tokenizer, "is_fast", False):
+            raise ValueError(f"split={pce.split} needs a fast tokenizer (character offsets); this one is "
+                             f"{type(tokenizer).__name__}: use split=tokens")
 
     def ids(self, text: str) -> list[int]:
         return token_ids(self.tokenizer, text)
@@ -70,10 +75,21 @@ class RequestBuilder:
             else:
                 q_ids = [self.prefix_token_id]
             return Prepared(Layout(self._prefix("loglikelihood", None), ()), q_ids, c_ids)
-        return self.loglikelihood_tokens(*encode_pair(self.tokenizer, context, continuation))
+        if self.split_rule.pattern is None:
+            return self.loglikelihood_tokens(*encode_pair(self.tokenizer, context, continuation))
+        context, continuation = move_trailing_spaces(context, continuation)  # encode_pair, with offsets
+        enc = self.tokenizer(context, add_special_tokens=False, return_offsets_mapping=True)
+        ids = enc["input_ids"]
+        c_ids = self.ids(context + continuation)[len(ids) :]
+        pieces = self._split(ids[:-1], enc["offset_mapping"], context)
+        return Prepared(Layout(self._prefix("loglikelihood", None), pieces), ids[-1:], c_ids)
 
     def loglikelihood_tokens(self, context_ids: list[int], continuation_ids: list[int]) -> Prepared:
-        """Unmarked context (SPEC §1): its last token is the query, the tokens before it are the pieces."""
+        """Unmarked context (SPEC §1): its last token is the query, the tokens before it are the pieces.
+        Token ids without their text (``loglikelihood_rolling`` windows) are cut by ``split=tokens``."""
+        if self.split_rule.pattern is not None:
+            warn_once("split-rolling", f"split={self.pce.split} does not apply to loglikelihood_rolling windows "
+                                       "(token ids without text): they are cut by tokens; logged once")
         rest, q_ids = context_ids[:-1], context_ids[-1:]
         return Prepared(Layout(self._prefix("loglikelihood", None), self._chunks(rest)), q_ids, continuation_ids)
 
@@ -95,7 +111,10 @@ class RequestBuilder:
             if 0 < after <= len(ids) // 4:
                 n_query = after
         rest, q_ids = ids[:-n_query], ids[-n_query:]
-        return Prepared(Layout(self._prefix("generate_until", None), self._chunks(rest)), q_ids, [])
+        if self.split_rule.pattern is None:
+            return Prepared(Layout(self._prefix("generate_until", None), self._chunks(rest)), q_ids, [])
+        pieces = self._split(rest, enc["offset_mapping"], context)
+        return Prepared(Layout(self._prefix("generate_until", None), pieces), q_ids, [])
 
     def check_fits(self, prepared: Prepared, extra: int, sliding_window: int | None, max_length: int) -> None:
         """Sliding windows must cover the whole request (``extra``: tokens to generate); positions beyond
@@ -182,3 +201,9 @@ class RequestBuilder:
         if self.pce.lm_split == "ceil":
             return tuple(tuple(chunk) for chunk in chunk_ceil(tokens, self.pce.n_pieces))
         return tuple(tuple(chunk) for chunk in group_items(tokens, self.pce.n_pieces) if chunk)
+
+    def _split(self, ids: list[int], offsets, text: str) -> tuple[tuple[int, ...], ...]:
+        """Unmarked context under a ``split=`` rule other than tokens: ``ids``, the leading tokens of ``text``
+        (``offsets``: the spans of all of text's tokens), in pieces of whole units (docs/split.md)."""
+        pieces = split_ids(ids, offsets[: len(ids)], text, self.pce.n_pieces, self.split_rule)
+        return tuple(tuple(piece) for piece in pieces)

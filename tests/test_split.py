@@ -292,3 +292,117 @@ def test_lm_eval_ruler_niah_prompts_split_by_sentence(monkeypatch, smollm2_token
                 pieces = _pieces_of(prompt, enc, n_pieces, rule)
                 assert len(pieces) == n_pieces
                 assert _needles_cut(spans, pieces) == 0, (rule, n_pieces)
+
+
+# ---------------------------------------------------------------- split= through ParallelHFLM (a tiny model)
+SPLIT_TEXT = ("The grass is green. The sky is blue! Is the sea grey?\n\nThe second part starts here. It has two "
+              "sentences.\n\nA third paragraph, the last one before the question.\n\nWhich colour is the sky?")
+LL_PAIRS = [(SPLIT_TEXT, " Blue"), (SPLIT_TEXT.replace("\n\n", " "), " Blue"), ("Short one. Two.", " Three")]
+
+
+@pytest.fixture(scope="module")
+def tiny_lm(tiny_llama_dir):
+    from lm_eval_parallel.model import ParallelHFLM
+
+    return ParallelHFLM(pretrained=tiny_llama_dir, dtype="float32", device="cpu")
+
+
+def _configured(lm, **settings):
+    from lm_eval_parallel.config import PCEConfig
+
+    lm.configure(PCEConfig.from_args(**settings))
+    return lm
+
+
+def _scores(lm, pairs):
+    from lm_eval.api.instance import Instance
+
+    return [ll for ll, _ in lm.loglikelihood([Instance("loglikelihood", {}, p, i) for i, p in enumerate(pairs)])]
+
+
+def _generations(lm, contexts):
+    from lm_eval.api.instance import Instance
+
+    kwargs = {"until": ["\n\n"], "max_gen_toks": 6, "do_sample": False}
+    return lm.generate_until([Instance("generate_until", {}, (c, dict(kwargs)), i) for i, c in enumerate(contexts)])
+
+
+def test_split_is_a_registry_setting_validated_before_the_model_loads(tiny_llama_dir):
+    from lm_eval_parallel.config import SCORES, SETTINGS, PCEConfig
+    from lm_eval_parallel.model import ParallelHFLM
+
+    assert SETTINGS["split"].default == "tokens" and SETTINGS["split"].effect == SCORES
+    assert PCEConfig.from_args(split=r"regex:\n\n").split == r"regex:\n\n"
+    for bad in ("lines", "regex:(", 3):
+        with pytest.raises(ValueError, match="split=") as err:
+            ParallelHFLM(pretrained="/nonexistent/never/loaded", split=bad)  # fails on split, not on the path
+        assert "\n" not in str(err.value)
+
+
+def test_split_tokens_is_todays_rule_on_both_request_types(tiny_lm):
+    """split=tokens (given or not) lays out exactly the chunks of today's rule: the context's ids but the
+    query, in P contiguous chunks of near-equal count (layout.group_items), and scores the same."""
+    for P in (1, 2, 3, 5):
+        default = _configured(tiny_lm, P=P, method="naive")
+        want_ll = [default.prepare_loglikelihood(*pair) for pair in LL_PAIRS]
+        want_gen = [default.prepare_generation(ctx) for ctx, _ in LL_PAIRS]
+        want_scores = _scores(default, LL_PAIRS)
+        tokens = _configured(tiny_lm, P=P, method="naive", split="tokens")
+        for (ctx, cont), want in zip(LL_PAIRS, want_ll):
+            got = tokens.prepare_loglikelihood(ctx, cont)
+            assert got == want
+            ids = tiny_lm.tokenizer.encode(ctx, add_special_tokens=False)
+            assert got.layout.pieces == tuple(tuple(c) for c in group_items(ids[:-1], P) if c)
+        assert [tokens.prepare_generation(ctx) for ctx, _ in LL_PAIRS] == want_gen
+        assert _scores(tokens, LL_PAIRS) == want_scores
+
+
+@pytest.mark.parametrize("rule", ["paragraph", "sentence", r"regex:\n"])
+def test_split_rules_cut_pieces_where_the_rule_says(tiny_lm, rule):
+    """Both request types: the pieces put together are the context's ids (but the query), and every cut
+    between two pieces is a unit start of the rule."""
+    tok = tiny_lm.tokenizer
+    for P in (2, 3, 4, 8):
+        lm = _configured(tiny_lm, P=P, method="naive", split=rule)
+        for ctx, cont in LL_PAIRS:
+            enc = tok(ctx, add_special_tokens=False, return_offsets_mapping=True)
+            starts = [a for a, _ in enc["offset_mapping"]]
+            units = unit_starts(ctx, rule)
+            for prepared in (lm.prepare_loglikelihood(ctx, cont), lm.prepare_generation(ctx)):
+                pieces = prepared.layout.pieces
+                n_rest = sum(len(p) for p in pieces)
+                assert [t for p in pieces for t in p] + list(prepared.query) == enc["input_ids"]
+                assert len(pieces) == min(P, 1 + sum(1 for u in units if u <= starts[n_rest - 1]))
+                cut = 0
+                for piece in pieces[:-1]:
+                    cut += len(piece)
+                    assert starts[cut] in units or any(starts[cut - 1] < u <= starts[cut] for u in units)
+        paragraphs = tuple(tok.decode(p) for p in lm.prepare_generation(SPLIT_TEXT).layout.pieces)
+        if rule == "paragraph" and P >= 3:
+            assert paragraphs == ("The grass is green. The sky is blue! Is the sea grey?\n\n",
+                                    "The second part starts here. It has two sentences.\n\n",
+                                    "A third paragraph, the last one before the question.\n\n")
+
+
+def test_split_changes_scores_at_P_above_one_and_nothing_at_P_one(tiny_lm):
+    contexts = [ctx for ctx, _ in LL_PAIRS]
+    tokens_p1 = _configured(tiny_lm, P=1, method="naive")
+    want_scores, want_text = _scores(tokens_p1, LL_PAIRS), _generations(tokens_p1, contexts)
+    for rule in ("paragraph", "sentence", r"regex:\n"):
+        p1 = _configured(tiny_lm, P=1, method="naive", split=rule)
+        assert _scores(p1, LL_PAIRS) == want_scores  # one piece holds the whole context whatever the rule
+        assert _generations(p1, contexts) == want_text
+    by_tokens = _scores(_configured(tiny_lm, P=3, method="naive"), LL_PAIRS)
+    by_sentence = _scores(_configured(tiny_lm, P=3, method="naive", split="sentence"), LL_PAIRS)
+    assert by_sentence[0] != by_tokens[0]  # other cuts, other pieces, other scores
+
+
+def test_rolling_windows_are_cut_by_tokens_under_any_rule(tiny_lm):
+    """loglikelihood_rolling windows are token ids without their text: every rule scores them as tokens."""
+    from lm_eval.api.instance import Instance
+
+    request = [Instance("loglikelihood_rolling", {}, (SPLIT_TEXT * 3,), 0)]
+    want = _configured(tiny_lm, P=3, method="naive", rolling_score_len=16).loglikelihood_rolling(request)
+    got = _configured(tiny_lm, P=3, method="naive", rolling_score_len=16, split="sentence").loglikelihood_rolling(
+        request)
+    assert [float(r) for r in got] == [float(r) for r in want]

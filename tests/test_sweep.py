@@ -97,3 +97,238 @@ def test_context_cache_keeps_what_comes_next_when_full():
     assert cache.get("a") is None and cache.used == 0
     cache.put("c", context(1))
     assert cache.get("c") is not None
+
+
+# ---------------------------------------------------------------- every `lm_eval run` flag, and ours
+def _run_parser():
+    import argparse
+
+    from lm_eval._cli.run import Run
+
+    subparsers = argparse.ArgumentParser(prog="lm-eval").add_subparsers(dest="command")
+    Run.create(subparsers)
+    return subparsers.choices["run"]
+
+
+def test_sweep_takes_every_lm_eval_run_flag_and_refuses_unknown_ones(capsys):
+    import pytest
+
+    from lm_eval_parallel.sweep import build_parser
+
+    def options(parser):
+        return {o for action in parser._actions for o in action.option_strings}
+
+    ours = options(build_parser())
+    assert options(_run_parser()) <= ours  # -C/--config, --apply_chat_template, --metadata, --seed, ... all of them
+    assert ours - options(_run_parser()) == {"--P", "--methods", "--grid", "--context_cache_mb"}
+    args = build_parser().parse_args(
+        ["--tasks", "a,b", "--apply_chat_template", "--fewshot_as_multiturn", "false", "--system_instruction", "Hi",
+         "--metadata", '{"pce_seed": 3}', "--seed", "1,2,3,4", "--cache_requests", "refresh", "--predict_only",
+         "--samples", '{"a": [0, 1]}', "--use_cache", "c", "--wandb_args", "project=p", "--hf_hub_log_args",
+         "hub_results_org=o", "--grid", "top_k=1,2", "--grid", "aggr=H"])
+    assert args.tasks == ["a", "b"] and args.apply_chat_template is True and args.fewshot_as_multiturn is False
+    assert args.metadata == {"pce_seed": 3} and args.seed == [1, 2, 3, 4] and args.samples == {"a": [0, 1]}
+    assert args.cache_requests["rewrite_requests_cache"] and args.grid == ["top_k=1,2", "aggr=H"]
+    with pytest.raises(SystemExit) as exit_:
+        main_sweep(["--tasks", "x", "--output_path", "o", "--no_such_flag"])
+    assert exit_.value.code == 2 and "unrecognized arguments: --no_such_flag" in capsys.readouterr().err
+
+
+def _error(capsys, argv) -> str:
+    assert main_sweep(argv) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("lm-eval-parallel sweep: error: "), err
+    return err.removeprefix("lm-eval-parallel sweep: error: ").strip()
+
+
+def _message(build) -> str:
+    import pytest
+
+    with pytest.raises(ValueError) as err:
+        build()
+    return str(err.value)
+
+
+def test_bad_grid_values_give_the_message_of_the_same_model_arg(capsys, tmp_path):
+    """`--P 4,abc` says what `P=abc` in model_args says (both read by lm-eval's value parser, then the
+    registry), before anything loads: no model, no task lookup (the task name does not exist)."""
+    from lm_eval_parallel.config import PCEConfig
+    from lm_eval_parallel.model import ParallelHFLM
+
+    base = ["--tasks", "nope_task", "--output_path", str(tmp_path / "out")]
+    p_abc = _message(lambda: ParallelHFLM(pretrained="/never/loaded", P="abc"))
+    assert _error(capsys, [*base, "--P", "4,abc"]) == p_abc == _message(lambda: PCEConfig.from_args(P="abc"))
+    assert _error(capsys, [*base, "--P", "2.5"]) == _message(lambda: PCEConfig.from_args(P=2.5))
+    assert _error(capsys, [*base, "--methods", "sel,nope"]) == _message(lambda: PCEConfig.from_args(method="nope"))
+    assert _error(capsys, [*base, "--grid", "top_k=1,x"]) == _message(lambda: PCEConfig.from_args(top_k="x"))
+    assert _error(capsys, [*base, "--grid", "split=sentence,lines"]) == _message(
+        lambda: PCEConfig.from_args(split="lines"))
+    assert "did you mean 'top_k'" in _error(capsys, [*base, "--grid", "top_kk=1"])
+    assert "'dtype' is not a parallel_hf setting" in _error(capsys, [*base, "--grid", "dtype=float16"])
+    assert "--P" in _error(capsys, [*base, "--grid", "P=2"])
+    assert "not KEY=V1,V2" in _error(capsys, [*base, "--grid", "top_k"])
+    assert "in --model_args and in --grid" in _error(capsys, [*base, "--model_args", "top_k=1", "--grid", "top_k=2"])
+    assert "must not be in --model_args" in _error(capsys, [*base, "--model_args", "P=2"])
+    assert "parallel_hf only" in _error(capsys, [*base, "--model", "hf"])
+    assert "apply_chat_template" in _error(capsys, [*base, "--fewshot_as_multiturn"])  # lm-eval's own check
+    assert not (tmp_path / "out").exists()  # nothing was written for a sweep refused before it started
+
+
+def test_unknown_task_is_lm_evals_tasks_not_found(capsys, tmp_path):
+    assert _error(capsys, ["--model_args", f"pretrained={tmp_path}", "--tasks", "nope_task", "--output_path",
+                           str(tmp_path), "--P", "2"]) == "Tasks not found: nope_task"
+
+
+def test_output_path_must_be_writable_before_any_compute(capsys, tmp_path):
+    import pytest
+
+    a_file = tmp_path / "a_file"
+    a_file.write_text("x")
+    # a folder is a valid pretrained for the checks; a task lookup would fail after the output check
+    base = ["--model_args", f"pretrained={tmp_path}", "--tasks", "nope_task", "--P", "2"]
+    file_error = f"{a_file} is a file, not a folder"  # the check of lm_eval runs (checks.py), here as there
+    assert _error(capsys, [*base, "--output_path", str(a_file)]) == f"--output_path={str(a_file)!r}: {file_error}"
+    assert _error(capsys, [*base, "--output_path", str(a_file / "sub")]).endswith(file_error)
+    if os.geteuid() == 0:
+        pytest.skip("root writes into read-only folders")
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    locked.chmod(0o500)
+    try:
+        assert _error(capsys, [*base, "--output_path", str(locked / "out")]).endswith(f"{locked} is not writable")
+    finally:
+        locked.chmod(0o700)
+
+
+def test_model_args_and_few_shot_are_checked_as_lm_eval_runs_check_them(capsys, tmp_path):
+    """The checks of an `lm_eval` run (preflight.py), before the task lookup (nope_task is never reached)."""
+    from lm_eval_parallel.preflight import check_model_args
+
+    out = ["--output_path", str(tmp_path / "out")]
+    missing = _message(lambda: check_model_args("parallel_hf", {"pretrained": "/nonexistent"}, "cpu"))
+    assert _error(capsys, ["--model_args", "pretrained=/nonexistent", "--tasks", "nope_task", *out]) == missing
+    assert _error(capsys, ["--model_args", f"pretrained={tmp_path},dtype=float77", "--tasks", "nope_task", *out]
+                  ).startswith("dtype='float77' is not allowed")
+    assert "take no few-shot examples" in _error(
+        capsys, ["--model_args", f"pretrained={tmp_path}", "--tasks", "pce_smoke", "--num_fewshot", "2", *out])
+
+
+def test_config_yaml_keys_are_checked(capsys, tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("tasks: [x]\noutput_path: o\ngrids: {top_k: [1]}\n")
+    assert "unknown key 'grids'; did you mean 'grid'?" in _error(capsys, ["--config", str(bad)])
+    assert "Config file not found" in _error(capsys, ["--config", str(tmp_path / "missing.yaml")])
+    (tmp_path / "list.yaml").write_text("- a\n")
+    assert "YAML root must be a mapping" in _error(capsys, ["--config", str(tmp_path / "list.yaml")])
+
+
+def test_configurations_order_and_folder_names():
+    from lm_eval_parallel.sweep import Configuration, configurations, folder_value
+
+    confs = configurations([2, 4], ["sel", "naive", "full"], {"top_k": [1, 3], "split": ["tokens", r"regex:\n"]})
+    names = [c.name for c in confs]
+    assert len(names) == len(set(names)) == (1 + 2 * 2) * 4
+    hashed = folder_value(r"regex:\n")
+    assert hashed.startswith("sha-") and folder_value("sink+sel") == "sink+sel" and folder_value(1) == "1"
+    assert names[:4] == ["P1_full_top_k=1_split=tokens", f"P1_full_top_k=1_split={hashed}",
+                         "P1_full_top_k=3_split=tokens", f"P1_full_top_k=3_split={hashed}"]
+    # at one P, the methods that share encoded contexts run back to back for each combination of values
+    assert [c.method for c in confs if c.P == 2][:4] == ["naive", "sel", "naive", "sel"]
+    assert str(confs[4]) == "P=2 method=naive top_k=1 split=tokens"
+    assert configurations([2], ["naive", "sel"], {}) == [Configuration(2, "naive"), Configuration(2, "sel")]
+    assert Configuration(16, "sel", (("top_k", 1),)).name == "P16_sel_top_k=1"
+
+
+def test_grid_values_are_read_as_lm_eval_reads_a_model_arg_value():
+    from lm_eval_parallel.sweep import grid_values, parse_grid
+
+    raw = parse_grid(["sink_text='Read, then:',None", "split=regex:[.,],sentence", "top_k=1", "top_k=3,1"])
+    assert raw == {"sink_text": ["Read, then:", None], "split": ["regex:[.,]", "sentence"], "top_k": [1, 3, 1]}
+    assert grid_values(raw, {})["top_k"] == [1, 3]  # a repeated key adds values, each value once
+
+
+def test_a_half_written_results_file_is_not_done(tmp_path):
+    from lm_eval_parallel.sweep import is_done, recorded_difference, results_file
+
+    folder = tmp_path / "P2_sel"
+    folder.mkdir()
+    whole = json.dumps({"results": {"t": {"acc,none": 1.0}}, "config": {"model_args": {"P": 2}, "limit": None}})
+    (folder / "results_2025-01-01T00-00-00.json").write_text(whole[: len(whole) // 2])
+    assert not is_done(str(folder))
+    (folder / "results_2025-01-02T00-00-00.json").write_text(whole)
+    path = results_file(str(folder))
+    assert path.endswith("01-02T00-00-00.json") and is_done(str(folder))
+    assert recorded_difference(path, {"P": 2}, None) is None
+    assert "P=2 there, 4 now" in recorded_difference(path, {"P": 4}, None)
+    assert "limit=None there, 5.0 now" in recorded_difference(path, {"P": 2}, 5.0)
+
+
+def test_missing_logger_package_is_refused_before_anything_runs(capsys, tmp_path):
+    import importlib.util
+
+    import pytest
+
+    if importlib.util.find_spec("wandb") is not None:
+        pytest.skip("wandb is installed")
+    assert "--wandb_args needs the wandb package" in _error(
+        capsys, ["--tasks", "x", "--output_path", str(tmp_path), "--wandb_args", "project=p"])
+
+
+# ---------------------------------------------------------------- a whole sweep from YAML, with a chat template
+CHAT_TEMPLATE = ("{% for m in messages %}<|{{ m['role'] }}|>{{ m['content'] }}<|end|>\n{% endfor %}"
+                 "{% if add_generation_prompt %}<|assistant|>{% endif %}")
+
+
+def test_sweep_from_yaml_with_a_grid_and_a_chat_template(tiny_llama_dir, tmp_path, capsys):
+    """A YAML sweep (flags override it) over top_k, with --apply_chat_template and --system_instruction on a
+    tiny model whose tokenizer has a chat template; no --device: lm-eval's default device, which falls back
+    to the CPU here as `lm_eval run` does."""
+    from lm_eval.config.evaluate_config import EvaluatorConfig
+    from probe_task import write_probe_task
+    from transformers import AutoTokenizer
+
+    from lm_eval_parallel.leaderboard.reader import read_results_file
+
+    model_dir = tmp_path / "chat_model"
+    shutil.copytree(tiny_llama_dir, model_dir)
+    tok = AutoTokenizer.from_pretrained(model_dir)
+    tok.chat_template = CHAT_TEMPLATE
+    tok.save_pretrained(model_dir)
+    task_dir = write_probe_task(tmp_path / "task", "pce_chat_probe", n_docs=3, n_items=4, max_gen_toks=4)
+    out = tmp_path / "sweep"
+    sweep_yaml = tmp_path / "sweep.yaml"
+    sweep_yaml.write_text(
+        f"model_args: {{pretrained: {model_dir}, dtype: float32}}\ntasks: [pce_chat_probe]\n"
+        f"include_path: {task_dir}\noutput_path: {out}\nP: [4]\nmethods: sel\ngrid: {{top_k: [1, 3]}}\n"
+        "limit: 3\nlog_samples: true\napply_chat_template: true\nsystem_instruction: Answer briefly.\n")
+    cache = tmp_path / "cache" / "lm"
+    flags = ["--limit", "2", "--seed", "5", "--use_cache", str(cache)]
+    assert main_sweep(["--config", str(sweep_yaml), *flags]) == 0  # the flag's limit wins over the YAML's
+    assert sorted(os.listdir(out)) == ["P4_sel_top_k=1", "P4_sel_top_k=3"]
+    assert len(glob.glob(f"{cache}*.db")) == 2  # --use_cache: one file per configuration (its settings' hash)
+    boards = []
+    for top_k in (1, 3):
+        folder = out / f"P4_sel_top_k={top_k}"
+        (results,) = glob.glob(str(folder / "results_*.json"))
+        with open(results) as f:
+            data = json.load(f)
+        assert data["config"]["model_args"]["top_k"] == top_k and data["config"]["pce"]["top_k"] == top_k
+        assert data["config"]["limit"] == 2.0 and data["config"]["device"] == EvaluatorConfig().device
+        assert data["config"]["random_seed"] == data["config"]["fewshot_seed"] == 5
+        assert data["chat_template"] == CHAT_TEMPLATE and data["system_instruction"] == "Answer briefly."
+        (samples,) = glob.glob(str(folder / "samples_pce_chat_probe_*.jsonl"))
+        with open(samples) as f:
+            rows = [json.loads(line) for line in f]
+        assert len(rows) == 2
+        for row in rows:
+            prompt = row["arguments"]["gen_args_0"]["arg_0"]
+            assert prompt.startswith("<|system|>Answer briefly.<|end|>\n<|user|>")
+            assert prompt.endswith("<|assistant|>")
+        boards.extend(read_results_file(results))
+    # the board reads the grid value from the recorded model_args (dtype: a model_arg that changes scores)
+    assert {(r.method, r.P, r.config) for r in boards} == {("sel", 4, "dtype=float32,top_k=1"),
+                                                           ("sel", 4, "dtype=float32,top_k=3")}
+    capsys.readouterr()
+    assert main_sweep(["--config", str(sweep_yaml), *flags]) == 0
+    assert capsys.readouterr().out.count("already in") == 2
+    assert "limit=2.0 there, 3 now" in _error(capsys, ["--config", str(sweep_yaml)])

@@ -143,6 +143,7 @@ def with_files(trigger, **contents: str):
 
 
 METHODS_LIST = "full, naive, sink, sel, sink+sel, parallel"
+SWEEP = ("--model_args", "pretrained=DIR", "--tasks", "nope_task", "--output_path", "DIR/out")  # a task lookup fails
 
 # ---------------------------------------------------------------------------------------------- the cases
 CASES = [
@@ -164,6 +165,11 @@ CASES = [
          model_args(oracle_keys="maybe")),
     Case("model_args", "tokenize=bpe", "tokenize='bpe' is not allowed; choose one of items, joint",
          model_args(tokenize="bpe")),
+    Case("model_args", "split=lines",
+         "split='lines' is not allowed; choose one of tokens, paragraph, sentence, regex:PATTERN",
+         model_args(split="lines")),
+    Case("model_args", "split=regex:(", "split='regex:(' is not a valid regular expression (...",
+         model_args(split="regex:(")),
     Case("model_args", "context_cache_mb=-1", "context_cache_mb=-1 must be an integer >= 0 (0 = off)",
          model_args(context_cache_mb=-1)),
     Case("model_args", "methd=sel", "unknown model_arg 'methd'; did you mean 'method'? (parallel options: ...",
@@ -214,6 +220,31 @@ CASES = [
          prompt("split_prompt", "\ue002a\ue003q\ue003r")),
     Case("prompts", "a structure marker inside the sink (`\\ue000` ... `\\ue001`)", "split_prompt: markers nested inside the sink text",
          prompt("split_prompt", "\ue000a\ue002b\ue001\ue002c\ue003q")),
+    # sweep
+    Case("sweep", "sweep --P 4,abc", "lm-eval-parallel sweep: error: P='abc' must be a positive integer",
+         command("sweep", *SWEEP, "--P", "4,abc"), CommandFailed),
+    Case("sweep", "sweep --grid top_k=1,x", "lm-eval-parallel sweep: error: top_k='x' must be a positive integer",
+         command("sweep", *SWEEP, "--grid", "top_k=1,x"), CommandFailed),
+    Case("sweep", "sweep --grid top_kk=1",
+         "lm-eval-parallel sweep: error: --grid top_kk=...: 'top_kk' is not a parallel_hf setting; did you mean "
+         "'top_k'? the model loads once, so its own arguments go in --model_args (settings: ...",
+         command("sweep", *SWEEP, "--grid", "top_kk=1"), CommandFailed),
+    Case("sweep", "sweep --grid P=2,4", "lm-eval-parallel sweep: error: --grid P=...: give P values with --P and "
+         "methods with --methods", command("sweep", *SWEEP, "--grid", "P=2,4"), CommandFailed),
+    Case("sweep", "sweep --model_args P=2", "lm-eval-parallel sweep: error: P must not be in --model_args; give "
+         "them with --P / --methods", command("sweep", *SWEEP[2:], "--model_args", "pretrained=DIR,P=2"),
+         CommandFailed),
+    Case("sweep", "sweep --config DIR/sweep.yaml (with a key grids)",
+         "lm-eval-parallel sweep: error: --config 'DIR/sweep.yaml': unknown key 'grids'; did you mean 'grid'? "
+         "(keys: the flags' names, and P, methods, grid, context_cache_mb)",
+         command("sweep", "--config", "DIR/sweep.yaml", setup=files(**{"sweep.yaml": "grids: {top_k: [1]}\n"})),
+         CommandFailed),
+    Case("sweep", "sweep --output_path DIR/notes.txt/out (under a file)",
+         "lm-eval-parallel sweep: error: --output_path='DIR/notes.txt/out': DIR/notes.txt is a file, not a folder",
+         command("sweep", *SWEEP[:4], "--output_path", "DIR/notes.txt/out", setup=files(**{"notes.txt": "x"})),
+         CommandFailed),
+    Case("sweep", "sweep --tasks nope_task", "lm-eval-parallel sweep: error: Tasks not found: nope_task",
+         command("sweep", *SWEEP), CommandFailed),
     # leaderboard and check
     Case("leaderboard and check", "leaderboard DIR/empty --out DIR/board (no results files)",
          "error: no lm-eval results files with task results under DIR/empty; nothing written to DIR/board",
