@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import os
 import math
 from pathlib import Path
 
@@ -33,6 +34,7 @@ def test_tiny_run_records_every_field(bench_board, tmp_path, monkeypatch):
 
     encode = ParallelEngine.__dict__["encode"]
     monkeypatch.delenv("PCE_DATA_DIR", raising=False)
+    monkeypatch.setenv("PCE_CACHE_DIR", os.environ.get("PCE_CACHE_DIR", str(tmp_path / "cache")))  # --tiny sets both
     argv = ["--tiny", "--model", "parallel_hf,hf", "--out", str(tmp_path / "out"), "--work", str(tmp_path / "work")]
     assert bench_board.main(argv) == 0
     assert ParallelEngine.__dict__["encode"] is encode  # the timers are taken off again

@@ -52,7 +52,7 @@ def test_sweep_errors_are_one_line_too(tmp_path, capsys):
                        "--output_path", str(tmp_path / "out"), "--methods", "magic"])
     assert status == 2
     assert _stderr_lines(capsys.readouterr().err) == [
-        ("lm-eval-parallel: error: method='magic' is not allowed; choose one of full, naive, sink, sel, sink+sel, "
+        ("lm-eval-parallel sweep: error: method='magic' is not allowed; choose one of full, naive, sink, sel, sink+sel, "
          "parallel")]
 
 
@@ -213,6 +213,7 @@ def test_hf_gets_the_alias_and_the_checks(monkeypatch):
 
     module = types.SimpleNamespace(HFLM=HFLM)
     preflight.patch_hflm(module)
+    monkeypatch.setenv("PCE_GGUF_CACHE", "0")  # the alias itself (with the cache on, hf gets the converted folder)
     lm = HFLM(pretrained="smollm2-135m", device="cpu")
     gguf = smollm2_gguf_path()
     assert lm.given == {"pretrained": os.path.dirname(gguf), "gguf_file": os.path.basename(gguf)}
