@@ -402,3 +402,20 @@ def test_timings_of_bench_board_sit_beside_accuracy(tmp_path, capsys):
     bad.write_text(json.dumps({"rows": []}))
     assert main_leaderboard([str(tmp_path / "results"), "--out", str(out), "--timings", str(bad)]) == 2
     assert f"--timings {bad}: not a bench_board JSON file" in capsys.readouterr().err
+
+
+def test_each_task_names_its_data_source(tmp_path):
+    write_grid(tmp_path / "results", log_samples=False, grid=GRID[:1])
+    readmes = {}
+    for flags in ([], ["--data", "local"], ["--data", "hub"]):
+        out = tmp_path / f"board{len(flags)}{''.join(flags)}"
+        assert main_leaderboard([str(tmp_path / "results"), "--out", str(out), "--no-plots"] + flags) == 0
+        readmes[tuple(flags)] = markdown_table_after((out / "README.md").read_text(), "## Data")
+    local = readmes[("--data", "local")]["`pce_rag_nq`"]["source"]
+    assert local.startswith("LitM NQ oracle (`rag/nq-open-oracle.jsonl.gz`) + other questions' gold passages as "
+                            "distractors, not HELMET's retrieved KILT passages")
+    assert readmes[("--data", "hub")]["`pce_rag_nq`"]["source"] == "HELMET's KILT NQ (retrieved passages, 6 gold depths)"
+    assert readmes[()]["`pce_rag_nq`"]["source"].startswith("with `$PCE_DATA_DIR`: LitM NQ oracle")
+    assert readmes[()]["`pce_rag_nq`"]["lengths"] == "8k, 16k"
+    assert "6 in the project's data folder" in readmes[("--data", "local")]["`pce_ppl_pg19`"]["source"]
+    assert main_leaderboard([str(tmp_path / "results"), "--out", str(tmp_path / "x"), "--data", "web"]) == 2

@@ -177,7 +177,7 @@ class _Analysis:
             else:
                 floors[key] = is_floor(full, self.docs[full.run_key], chance)
                 if floors[key] is None:
-                    reasons[key] = "no interval for full attention (run without --log_samples)"
+                    reasons[key] = "no interval for full attention: run without --log_samples"
         return floors, reasons
 
     def reference_rows(self, row: BoardRow, reference: str) -> BoardRow | str:

@@ -418,19 +418,17 @@ def models_section(board: Board, aliases_given: set[str]) -> list[str]:
 
 
 def data_section(board: Board, data_mode: str | None) -> list[str]:
-    tasks = sorted({r.task for r in board.rows},
-                   key=lambda t: (category_order(parse_task_name(t).category), t))
-    variants: dict[tuple, list] = {}
-    for task in tasks:
-        name = parse_task_name(task)
-        variants.setdefault((name.category, name.family, name.variant), []).append(name)
-    body = [[f"{category} {family}{' ' + variant if variant else ''}", ", ".join(n.length for n in names),
-             data_source(names[0], data_mode)]
-            for (category, family, variant), names in variants.items()]
-    note = {None: "which one the run used is not recorded in its results (pass `--data local|hub`)",
-            "local": "read from local files (`$PCE_DATA_DIR`)", "hub": "read from the hub"}[data_mode]
+    names = [parse_task_name(t) for t in {r.task for r in board.rows}]
+    stems: dict[str, list] = {}
+    for name in sorted(names, key=lambda n: (category_order(n.category), n.family, n.variant,
+                                             length_in_tokens(n.length))):
+        stems.setdefault(name.task.removesuffix(f"_{name.length}") if name.length else name.task, []).append(name)
+    body = [[f"`{stem}`", names[0].category, ", ".join(n.length for n in names if n.length) or "–",
+             data_source(names[0], data_mode)] for stem, names in stems.items()]
+    note = {None: "which one the run used is not recorded in its results; `--data local|hub` says it",
+            "local": "the run read local files, `$PCE_DATA_DIR`", "hub": "the run read the hub"}[data_mode]
     return ["## Data", "", f"What each task's loader reads ({note}):", ""] + markdown_table(
-        ["task", "lengths", "source"], body)
+        ["task", "category", "lengths", "source"], body)
 
 
 def notes_section(board: Board, findings: Findings) -> list[str]:
