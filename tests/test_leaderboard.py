@@ -126,6 +126,17 @@ def write_sweep(root, date=T0, change=None, tasks=BASE_SCORES, sweep=SWEEP) -> N
 
 # ---------------------------------------------------------------------------------------------- README parsing
 
+def point(cell: str) -> str:
+    """The number of a README cell, without its interval and marks: '_70.0 [52.1, 83.4]*_ᶠ' -> '70.0'."""
+    return cell.strip("_").split(" [")[0].rstrip("†*ⁿᶠ_")
+
+
+def points_after(text: str, heading: str) -> dict[str, dict[str, str]]:
+    """`markdown_table_after` with every cell reduced to its number (`point`)."""
+    return {label: {column: point(cell) for column, cell in row.items()}
+            for label, row in markdown_table_after(text, heading).items()}
+
+
 def markdown_table_after(text: str, heading: str) -> dict[str, dict[str, str]]:
     """{row label: {column header: cell}} of the first table after the line `heading`."""
     lines = text.splitlines()
@@ -244,7 +255,7 @@ def test_board_rows_skip_groups_and_keep_direction(sweep_board):
 def test_readme_table1_layout_and_category_averages(sweep_board):
     readme = (sweep_board / "README.md").read_text()
     for method in ("naive", "sink+sel"):
-        table = markdown_table_after(readme, f"### Table 1 layout — method `{method}` (score)")
+        table = points_after(readme, f"### Table 1 layout — method `{method}` (score)")
         assert list(table) == ["Full", "P=2", "P=4"]
         assert list(table["Full"]) == ["LM 8k", "ICL 8k", "RAG 8k", "Synthetic 8k"]
         for label, P, m in (("Full", 1, "full"), ("P=2", 2, method), ("P=4", 4, method)):
@@ -256,20 +267,19 @@ def test_readme_table1_layout_and_category_averages(sweep_board):
 
 def test_readme_method_comparison_at_each_P(sweep_board):
     readme = (sweep_board / "README.md").read_text()
-    table = markdown_table_after(readme, "#### P=4")
+    table = points_after(readme, "#### P=4")
     assert list(table) == ["Full (reference)", "naive", "sink+sel"]
     assert table["naive"]["ICL 8k"] == f"{expected_category(ICL, 'naive', 4) * 100:.1f}"
     assert table["sink+sel"]["ICL 8k"] == f"{expected_category(ICL, 'sink+sel', 4) * 100:.1f}"
 
 
-def test_readme_pearson_r_per_category(sweep_board):
+def test_readme_pearson_r_per_task_over_naive_configurations_only(sweep_board):
     readme = (sweep_board / "README.md").read_text()
-    table = markdown_table_after(readme, "One point per (method, P, length) category cell.")
-    entropies = [statistics.mean(expected_entropy(t, m, P) for t in ICL) for m, P in SWEEP]
-    scores = [expected_category(ICL, m, P) for m, P in SWEEP]
-    assert table["ICL"]["Pearson r (entropy, score)"] == f"{statistics.correlation(entropies, scores):+.3f}"
-    assert table["ICL"]["points"] == str(len(SWEEP))
-    assert float(table["ICL"]["Pearson r (entropy, score)"]) < -0.5  # entropy up, score down
+    table = markdown_table_after(readme, "Per task: one point per naive configuration (P) inside the model's window.")
+    for task in ICL + ["pce_ppl_pg19_8k"]:
+        # the sweep has two naive configurations (P=2, 4): fewer than 3 points is no correlation
+        assert table[task]["Pearson r [95 % CI]"] == "– (fewer than 3 naive points, or a constant series)"
+        assert table[task]["naive P"] == "2,4"
 
 
 def test_ppl_pooled_by_samples_without_samples_jsonl(tmp_path):
@@ -280,7 +290,7 @@ def test_ppl_pooled_by_samples_without_samples_jsonl(tmp_path):
     out = tmp_path / "board"
     assert main_leaderboard([str(results), "--out", str(out), "--no-plots"]) == 0
     readme = (out / "README.md").read_text()
-    table = markdown_table_after(readme, "### Table 1 layout — method `naive` (score)")
+    table = points_after(readme, "### Table 1 layout — method `naive` (score)")
     by_samples = expected_pooled_ppl("naive", 2, SAMPLES)
     assert table["P=2"]["LM 8k"] == f"{by_samples:.2f}"
     assert f"{by_samples:.2f}" != f"{expected_pooled_ppl('naive', 2, TOKENS):.2f}"  # the weighting matters here
@@ -332,7 +342,7 @@ def test_full_row_comes_from_the_closest_full_run(tmp_path):
     assert main_leaderboard([str(results), "--out", str(out), "--no-plots"]) == 0
     readme = (out / "README.md").read_text()
     section = readme[readme.index("config `dtype=float32,top_k=3`"):]
-    table = markdown_table_after(section, "### Table 1 layout — method `sel` (score)")
+    table = points_after(section, "### Table 1 layout — method `sel` (score)")
     assert table == {"Full": {"RAG 8k": "70.0"}, "P=4": {"RAG 8k": "60.0"}}
 
 
@@ -342,9 +352,9 @@ def test_full_attention_only_board_still_has_table1(tmp_path):
     out = tmp_path / "board"
     assert main_leaderboard([str(results), "--out", str(out)]) == 0
     readme = (out / "README.md").read_text()
-    table = markdown_table_after(readme, "### Table 1 layout — method `full` (score)")
+    table = points_after(readme, "### Table 1 layout — method `full` (score)")
     assert table == {"Full": {"ICL 8k": f"{expected_category(ICL, 'full', 1) * 100:.1f}"}}
-    assert "Pearson r" not in readme  # one point is no correlation
+    assert "Pearson r" not in readme  # no naive configuration: no correlation
 
 
 def test_plots_are_written(sweep_board):

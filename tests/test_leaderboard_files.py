@@ -12,6 +12,7 @@ from test_leaderboard import MODEL, write_sweep
 
 from lm_eval_parallel.leaderboard import main_leaderboard, run_settings
 from lm_eval_parallel.leaderboard.board import CategoryCell
+from lm_eval_parallel.leaderboard.findings import TaskCorrelation
 from lm_eval_parallel.leaderboard.plots import plot_against_P, plot_entropy_vs_score
 
 BOARD_FILES = ("README.md", "board.csv", "board.json")
@@ -103,7 +104,9 @@ def test_titles_fit_in_the_figure(tmp_path, monkeypatch, kind):
     if kind == "score_vs_P":
         assert plot_against_P(cells, model, config, path, entropy=False)
     else:
-        assert plot_entropy_vs_score(cells, model, config, path)
+        points = [(P, 2.0 + 0.1 * P, 0.5 - 0.01 * P) for P in (1, 2, 4, 8)]
+        correlations = [TaskCorrelation(model, config, "pce_icl_trec_coarse_8k", "8k", points)]
+        assert plot_entropy_vs_score(correlations, model, config, path)
     (fig,) = figures
     FigureCanvasAgg(fig).draw()  # the figure was closed: draw it again, laid out as when it was saved
     renderer = fig.canvas.get_renderer()

@@ -5,9 +5,9 @@ import json
 import math
 
 import pytest
+from test_leaderboard import BASE_SCORES, MODEL, SWEEP, T0, is_ppl, write_run, write_sweep
 
 from lm_eval_parallel.leaderboard import compare, is_regression, load_board_json, main_check, main_leaderboard, stats
-from test_leaderboard import BASE_SCORES, MODEL, SWEEP, T0, is_ppl, write_run, write_sweep
 
 
 @pytest.fixture
@@ -70,11 +70,31 @@ def test_regressions_are_named_and_fail(tmp_path, baseline, capsys):
 
 
 def test_missing_configs_warn_unless_require_all(tmp_path, baseline, capsys):
+    """Configurations the run did not run are one summary line, not gated; --require-all fails on them."""
     folder = new_run(tmp_path, sweep=SWEEP[:2])
     assert main_check([folder, "--baseline", baseline]) == 0
     out = capsys.readouterr().out
+    assert [line for line in out.splitlines() if line.startswith("MISSING")] == []
+    absent = [line for line in out.splitlines() if "baseline configuration(s) not in this run" in line]
+    n_tasks = len(BASE_SCORES)
+    assert absent == [f"check: {len(SWEEP) - 2} baseline configuration(s) not in this run, not gated (--require-all "
+                      f"fails on them): {MODEL} method=naive P=4 dtype=float32 ({n_tasks} tasks); {MODEL} "
+                      f"method=sink+sel P=2 dtype=float32 ({n_tasks} tasks); {MODEL} method=sink+sel P=4 "
+                      f"dtype=float32 ({n_tasks} tasks)"]
+    assert f"{2 * n_tasks} compared, 0 regressed, {2 * n_tasks} passed, 0 missing from the new run, 3 baseline " \
+           f"configuration(s) not run" in out
+    assert main_check([folder, "--baseline", baseline, "--require-all"]) == 1
+    assert f"--require-all: {3 * n_tasks} baseline row(s) not in the new run" in capsys.readouterr().err
+
+
+def test_a_task_missing_from_a_configuration_of_the_run_is_named(tmp_path, baseline, capsys):
+    tasks = {t: v for t, v in BASE_SCORES.items() if t != "pce_rag_nq_8k"}
+    folder = new_run(tmp_path, tasks=tasks)
+    assert main_check([folder, "--baseline", baseline]) == 0
+    out = capsys.readouterr().out
     missing = [line for line in out.splitlines() if line.startswith("MISSING")]
-    assert len(missing) == (len(SWEEP) - 2) * len(BASE_SCORES)
+    assert len(missing) == len(SWEEP) and all(line.startswith("MISSING pce_rag_nq_8k [") for line in missing)
+    assert "not in this run" not in out
     assert main_check([folder, "--baseline", baseline, "--require-all"]) == 1
 
 

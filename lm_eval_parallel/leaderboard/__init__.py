@@ -1,6 +1,6 @@
 """Leaderboards and the CI regression gate over lm-eval results files.
 
-    lm-eval-parallel leaderboard DIR... --out leaderboards/NAME
+    lm-eval-parallel leaderboard DIR... --out leaderboards/NAME [--model_alias NAME] [--timings FILE]
     lm-eval-parallel check DIR... --baseline leaderboards/NAME/board.json --tolerance 0.02
 
 `main_leaderboard(argv)` and `main_check(argv)` take the arguments after the sub-command and return the
@@ -12,12 +12,15 @@ import argparse
 import json
 import os
 import sys
+from dataclasses import dataclass, field
 
 from ..checks import check_writable_dir
 from .board import Board, CategoryCell, category_cells, collect, load_board_json, pearson, write_csv, write_json
-from .gate import GateResult, compare, is_regression, report_lines, samples_reader
+from .efficiency import read_timings
+from .findings import Findings, analyse
+from .gate import GateResult, SampleFiles, compare, is_regression, report_lines, samples_reader
 from .metrics import choose_score_metric
-from .naming import parse_task_name
+from .naming import DATA_MODES, check_alias, parse_task_name
 from .reader import BoardRow, find_results_files, parse_model_args, read_results_file, run_settings
 
 EXIT_OK, EXIT_REGRESSION, EXIT_USAGE = 0, 1, 2
@@ -31,20 +34,36 @@ def _parse(parser: argparse.ArgumentParser, argv: list[str]) -> argparse.Namespa
         return exit_.code if isinstance(exit_.code, int) else EXIT_USAGE
 
 
-def write_board(board: Board, out_dir: str, title: str, plots: bool = True) -> None:
+@dataclass
+class BoardOptions:
+    """How a board is keyed and what goes beside its results (the `leaderboard` flags)."""
+    aliases: dict[str, str] = field(default_factory=dict)  # pretrained -> alias; "" -> alias of every model
+    window: int | None = None       # the model's window, when the results do not record it
+    timings: dict = field(default_factory=dict)  # efficiency.read_timings of the --timings files
+    data_mode: str | None = None    # "local" / "hub": what the task loaders read
+    about: str | None = None        # markdown appended to the README (how the board was made)
+    plots: bool = True
+
+
+def write_board(board: Board, out_dir: str, title: str, options: BoardOptions | None = None) -> Findings:
     """README.md, board.csv, board.json and plots/ of `board` into `out_dir`."""
     from .report import render_readme
 
+    options = options or BoardOptions()
     os.makedirs(out_dir, exist_ok=True)
     write_csv(board.rows, os.path.join(out_dir, "board.csv"))
     write_json(board.rows, os.path.join(out_dir, "board.json"))
+    findings = analyse(board, SampleFiles())
     plot_paths = {}
-    if plots:
+    if options.plots:
         from .plots import write_plots
 
-        plot_paths = write_plots(category_cells(board.rows), out_dir)
+        plot_paths = write_plots(findings, out_dir)
+    readme = render_readme(board, title, plot_paths, findings, options.timings, options.data_mode,
+                           set(options.aliases.values()), options.about)
     with open(os.path.join(out_dir, "README.md"), "w", encoding="utf-8") as f:
-        f.write(render_readme(board, title, plot_paths))
+        f.write(readme)
+    return findings
 
 
 def replace_files(staging: str, out_dir: str) -> None:
@@ -57,7 +76,8 @@ def replace_files(staging: str, out_dir: str) -> None:
             os.replace(os.path.join(root, name), os.path.join(target, name))
 
 
-def build_leaderboard(paths: list[str], out_dir: str, title: str | None = None, plots: bool = True) -> Board:
+def build_leaderboard(paths: list[str], out_dir: str, title: str | None = None, plots: bool = True,
+                      options: BoardOptions | None = None) -> Board:
     """Read every results file under `paths` and write README.md, board.csv, board.json and plots/.
 
     Nothing is written when no results file has task results; otherwise the board is written complete into
@@ -66,7 +86,8 @@ def build_leaderboard(paths: list[str], out_dir: str, title: str | None = None, 
     import shutil
     import tempfile
 
-    board = collect(paths)
+    options = options or BoardOptions(plots=plots)
+    board = collect(paths, options.aliases, options.window)
     if not board.rows:
         return board
     title = title or os.path.basename(os.path.normpath(out_dir))
@@ -74,7 +95,7 @@ def build_leaderboard(paths: list[str], out_dir: str, title: str | None = None, 
     os.makedirs(parent, exist_ok=True)
     staging = tempfile.mkdtemp(prefix=f".{os.path.basename(os.path.normpath(out_dir))}.", dir=parent)
     try:
-        write_board(board, staging, title, plots)
+        write_board(board, staging, title, options)
         replace_files(staging, out_dir)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
@@ -90,20 +111,42 @@ def main_leaderboard(argv: list[str]) -> int:
     parser.add_argument("--out", required=True, help="output directory, e.g. leaderboards/NAME")
     parser.add_argument("--title", default=None, help="README title (default: the name of --out)")
     parser.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
+    add_alias_argument(parser)
+    parser.add_argument("--window", type=int, default=None, metavar="TOKENS",
+                        help="the model's window, when the results do not record it (max_position_embeddings)")
+    parser.add_argument("--timings", action="append", default=[], metavar="FILE",
+                        help="a benchmarks/bench_board.py JSON: efficiency beside accuracy (repeatable)")
+    parser.add_argument("--data", choices=DATA_MODES, default=None,
+                        help="what the task loaders read: local files ($PCE_DATA_DIR) or the hub (default: not "
+                             "recorded, both are named)")
+    parser.add_argument("--about", default=None, metavar="FILE",
+                        help="markdown appended to the README (how the board was made); default OUT/about.md when "
+                             "it exists")
     args = _parse(parser, argv)
     if isinstance(args, int):
         return args
 
-    missing = [p for p in args.paths if not os.path.exists(p)]
+    missing = [p for p in args.paths + args.timings + ([args.about] if args.about else [])
+               if not os.path.exists(p)]
     if missing:
         print(f"error: no such file or directory: {', '.join(missing)}", file=sys.stderr)
         return EXIT_USAGE
     try:
         check_writable_dir(args.out, "--out")
+        if args.window is not None and args.window < 1:
+            raise ValueError(f"--window must be a positive number of tokens, got {args.window}")
+        options = BoardOptions(aliases=parse_aliases(args.model_alias), window=args.window, data_mode=args.data,
+                               plots=not args.no_plots)
+        for path in args.timings:
+            options.timings.update(read_timings(path, options.aliases))
+        about = args.about or os.path.join(args.out, "about.md")
+        if os.path.isfile(about):
+            with open(about, encoding="utf-8") as f:
+                options.about = f.read()
+        board = build_leaderboard(args.paths, args.out, args.title, options=options)
     except ValueError as error:
         print(f"error: {error}", file=sys.stderr)
         return EXIT_USAGE
-    board = build_leaderboard(args.paths, args.out, args.title, plots=not args.no_plots)
     if not board.rows:
         print(f"error: no lm-eval results files with task results under {', '.join(args.paths)}; "
               f"nothing written to {args.out}", file=sys.stderr)
@@ -113,14 +156,29 @@ def main_leaderboard(argv: list[str]) -> int:
     return EXIT_OK
 
 
-def load_rows(path: str) -> list[BoardRow]:
+def add_alias_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--model_alias", action="append", default=[], metavar="[PRETRAINED=]NAME",
+                        help="key the model by NAME instead of its pretrained= value (a host path): NAME for every "
+                             "model, or PRETRAINED=NAME for one (repeatable); smollm2-135m's file is found by itself")
+
+
+def parse_aliases(values: list[str]) -> dict[str, str]:
+    """--model_alias values -> {pretrained: alias}, "" for the alias of every model."""
+    aliases = {}
+    for value in values:
+        pretrained, _, alias = value.rpartition("=")
+        aliases[pretrained.rstrip("/")] = check_alias(alias)
+    return aliases
+
+
+def load_rows(path: str, aliases: dict[str, str] | None = None) -> list[BoardRow]:
     """Rows from a board.json, or from the results files under a directory/file."""
     if os.path.isfile(path) and path.endswith(".json"):
         with open(path, encoding="utf-8") as f:
             payload = json.load(f)
         if isinstance(payload, list) or "rows" in payload:
             return load_board_json(path)
-    return collect([path]).rows
+    return collect([path], aliases).rows
 
 
 def main_check(argv: list[str]) -> int:
@@ -141,7 +199,9 @@ def main_check(argv: list[str]) -> int:
     parser.add_argument("--tolerance-only", action="store_true",
                         help="ignore per-document results: a drop beyond the tolerance is a regression")
     parser.add_argument("--require-all", action="store_true",
-                        help="fail when a baseline configuration is missing from the new run")
+                        help="fail when a baseline configuration (or one of its tasks) is missing from the new run; "
+                             "by default only the configurations the run has are gated")
+    add_alias_argument(parser)
     args = _parse(parser, argv)
     if isinstance(args, int):
         return args
@@ -161,7 +221,12 @@ def main_check(argv: list[str]) -> int:
     except (OSError, ValueError, KeyError, TypeError) as error:
         print(f"error: cannot read baseline {args.baseline}: {error}", file=sys.stderr)
         return EXIT_USAGE
-    new = [row for path in args.paths for row in load_rows(path)]
+    try:
+        aliases = parse_aliases(args.model_alias)
+        new = [row for path in args.paths for row in load_rows(path, aliases)]
+    except ValueError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return EXIT_USAGE
     if not new:
         print(f"error: no lm-eval results found under {', '.join(args.paths)}", file=sys.stderr)
         return EXIT_USAGE
@@ -181,15 +246,16 @@ def main_check(argv: list[str]) -> int:
     if result.regressions:
         return EXIT_REGRESSION
     if args.require_all and result.missing:
-        print("check: failing because of --require-all", file=sys.stderr)
+        print(f"check: failing because of --require-all: {len(result.missing)} baseline row(s) not in the new run",
+              file=sys.stderr)
         return EXIT_REGRESSION
     return EXIT_OK
 
 
 __all__ = [
-    "main_leaderboard", "main_check", "build_leaderboard", "load_rows",
-    "Board", "BoardRow", "CategoryCell", "GateResult",
-    "collect", "category_cells", "pearson", "load_board_json", "write_csv", "write_json",
+    "main_leaderboard", "main_check", "build_leaderboard", "load_rows", "BoardOptions", "parse_aliases",
+    "Board", "BoardRow", "CategoryCell", "GateResult", "Findings", "SampleFiles",
+    "collect", "category_cells", "pearson", "load_board_json", "write_csv", "write_json", "analyse", "read_timings",
     "compare", "is_regression", "report_lines", "samples_reader",
     "find_results_files", "read_results_file", "run_settings", "parse_model_args",
     "parse_task_name", "choose_score_metric",

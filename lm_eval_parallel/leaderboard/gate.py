@@ -17,27 +17,12 @@ from dataclasses import dataclass
 import numpy as np
 
 from . import stats
-from .reader import BoardRow, samples_file_for
+from .reader import BoardRow, per_document_file
+from .uncertainty import DocScores, docs_interval, pair_documents, paired_task_test
 
 # (model, method, P, config, task). `length` is part of the task name.
 GateKey = tuple
 ALPHA = 0.05
-
-
-@dataclass(frozen=True)
-class DocScores:
-    """Per-document results of one row, in document order. Accuracy-like rows have `scores` (0-1 scale);
-    perplexity rows have the per-document `loglikelihoods` and `n_tokens` (PPL = exp(-sum ll / sum tokens))."""
-    doc_ids: tuple
-    scores: np.ndarray | None = None
-    loglikelihoods: np.ndarray | None = None
-    n_tokens: np.ndarray | None = None
-
-    def subset(self, doc_ids: tuple) -> DocScores:
-        index = {doc_id: i for i, doc_id in enumerate(self.doc_ids)}
-        take = np.array([index[doc_id] for doc_id in doc_ids], dtype=np.int64)
-        pick = (lambda a: None if a is None else a[take])
-        return DocScores(doc_ids, pick(self.scores), pick(self.loglikelihoods), pick(self.n_tokens))
 
 
 SampleSource = Callable[[BoardRow], "DocScores | None"]
@@ -67,6 +52,21 @@ class GateResult:
     missing: list[BoardRow]   # in the baseline, not in the new run
     extra: list[BoardRow]     # in the new run, not in the baseline
     alpha: float = ALPHA
+    run_configurations: frozenset = frozenset()  # (model, method, P, config) of the new run
+
+    @property
+    def absent_configurations(self) -> dict[tuple, list[BoardRow]]:
+        """Baseline configurations of which the new run has no task at all: not gated (unless --require-all)."""
+        absent: dict[tuple, list[BoardRow]] = {}
+        for row in self.missing:
+            if configuration_of(row) not in self.run_configurations:
+                absent.setdefault(configuration_of(row), []).append(row)
+        return absent
+
+    @property
+    def missing_tasks(self) -> list[BoardRow]:
+        """Baseline rows missing from a configuration the new run has: a task the run lost."""
+        return [row for row in self.missing if configuration_of(row) in self.run_configurations]
 
     @property
     def regressions(self) -> list[Comparison]:
@@ -79,6 +79,15 @@ class GateResult:
 
 def gate_key(row: BoardRow) -> GateKey:
     return (row.model, row.method, row.P, row.config, row.task)
+
+
+def configuration_of(row: BoardRow) -> tuple:
+    return (row.model, row.method, row.P, row.config)
+
+
+def describe_configuration(configuration: tuple) -> str:
+    model, method, P, config = configuration
+    return f"{model} method={method} P={P}{' ' + config if config else ''}"
 
 
 def describe_key(key: GateKey) -> str:
@@ -96,11 +105,12 @@ def is_regression(baseline: float, new: float, higher_is_better: bool, tolerance
 
 # ---------------------------------------------------------------------------------------------- per-document results
 
-def read_doc_scores(path: str, metric: str, higher_is_better: bool) -> DocScores | None:
+def read_doc_scores(path: str, metric: str, higher_is_better: bool, compact: bool = True) -> DocScores | None:
     """Per-document values of `metric` from a samples JSONL (lm-eval's `samples_<task>_<date>.jsonl`, or the
     same gzip-compressed). A line holds `doc_id` and the metric's value: a number, or `[loglikelihood,
     n_tokens]` for perplexity. Compact lines `{"doc_id", "score"}` / `{"doc_id", "ll", "n_tokens"}` are read
-    too. Only the first filter of the file is used. None when the file has no value for the metric."""
+    too (unless `compact=False`: attention entropy is never a line's `score`). Only the first filter of the
+    file is used. None when the file has no value for the metric."""
     opener = gzip.open if path.endswith(".gz") else open
     doc_ids, values, seen_filter = [], [], None
     with opener(path, "rt", encoding="utf-8") as f:
@@ -112,7 +122,7 @@ def read_doc_scores(path: str, metric: str, higher_is_better: bool) -> DocScores
             if sample.get("filter", "none") != seen_filter:
                 continue
             value = sample.get(metric)
-            if value is None:
+            if value is None and compact:
                 value = sample.get("score") if higher_is_better else (
                     [sample["ll"], sample["n_tokens"]] if "ll" in sample and "n_tokens" in sample else None)
             if value is None or "doc_id" not in sample:
@@ -129,54 +139,48 @@ def read_doc_scores(path: str, metric: str, higher_is_better: bool) -> DocScores
     return DocScores(tuple(doc_ids), loglikelihoods=pairs[:, 0], n_tokens=pairs[:, 1])
 
 
-def samples_reader(*roots: str) -> SampleSource:
-    """A `SampleSource` that finds a row's per-document results: the file a row names in a `samples` field
-    (when its board has one), else lm-eval's samples JSONL beside the row's results file. Relative paths are
-    tried as they are, then under each of `roots` (e.g. the baseline board's folder)."""
-    def resolve(path: str | None) -> str | None:
+class SampleFiles:
+    """A `SampleSource` that finds a row's per-document results: the file a row names in its `samples` field,
+    else lm-eval's samples JSONL (or the same .jsonl.gz) beside the row's results file. Relative paths are
+    tried as they are, then under each of `roots` (e.g. the baseline board's folder). Files are read once."""
+
+    def __init__(self, *roots: str):
+        self.roots = roots
+        self._read: dict[tuple, DocScores | None] = {}
+
+    def _resolve(self, path: str | None) -> str | None:
         if not path:
             return None
-        candidates = [path] + ([os.path.join(root, path) for root in roots] if not os.path.isabs(path) else [])
+        candidates = [path] + ([os.path.join(root, path) for root in self.roots] if not os.path.isabs(path) else [])
         return next((c for c in candidates if os.path.isfile(c)), None)
 
-    def read(row: BoardRow) -> DocScores | None:
-        path = resolve(getattr(row, "samples", None))
+    def path(self, row: BoardRow) -> str | None:
+        path = self._resolve(row.samples)
         if path is None:
-            source = resolve(row.source)
-            path = samples_file_for(source, row.task) if source else None
-        return read_doc_scores(path, row.metric, row.higher_is_better) if path else None
+            source = self._resolve(row.source)
+            path = per_document_file(source, row.task) if source else None
+        return path
 
-    return read
+    def _load(self, row: BoardRow, metric: str, higher_is_better: bool, compact: bool) -> DocScores | None:
+        path = self.path(row)
+        if path is None:
+            return None
+        key = (path, metric, higher_is_better)
+        if key not in self._read:
+            self._read[key] = read_doc_scores(path, metric, higher_is_better, compact)
+        return self._read[key]
+
+    def __call__(self, row: BoardRow) -> DocScores | None:
+        """The row's per-document scores (or log-likelihoods and token counts, for perplexity)."""
+        return self._load(row, row.metric, row.higher_is_better, compact=True)
+
+    def entropies(self, row: BoardRow) -> DocScores | None:
+        """The row's per-document attention entropies, as `scores`."""
+        return self._load(row, "attn_entropy", True, compact=False)
 
 
-def _paired(old: DocScores, new: DocScores, higher_is_better: bool) -> stats.PairedTest:
-    """new vs baseline on the same documents; the difference is new - baseline (mean, or log perplexity)."""
-    if higher_is_better:
-        return stats.paired_test(new.scores, old.scores)
-    return stats.paired_bootstrap_perplexity(new.loglikelihoods, new.n_tokens, old.loglikelihoods, old.n_tokens)
-
-
-def _baseline_interval(old: DocScores, higher_is_better: bool) -> stats.Interval:
-    if not higher_is_better:
-        return stats.bootstrap_perplexity(old.loglikelihoods, old.n_tokens)
-    if stats.is_binary(old.scores):
-        return stats.accuracy_interval(old.scores)
-    return stats.bootstrap_mean(old.scores)
-
-
-def _pair_documents(old: DocScores | None, new: DocScores | None) -> tuple[DocScores, DocScores] | str:
-    """Both sides on the same documents, or the reason why the tolerance alone must decide."""
-    if old is None and new is None:
-        return "no per-document results in the baseline or the new run"
-    if old is None:
-        return "no per-document results in the baseline"
-    if new is None:
-        return "no per-document results in the new run"
-    if set(old.doc_ids) != set(new.doc_ids):
-        return f"documents differ ({len(old.doc_ids)} in the baseline, {len(new.doc_ids)} in the new run)"
-    if len(old.doc_ids) < 2:
-        return "a single document"
-    return old, new.subset(old.doc_ids)
+def samples_reader(*roots: str) -> SampleFiles:
+    return SampleFiles(*roots)
 
 
 def compare(baseline_rows: list[BoardRow], new_rows: list[BoardRow], tolerance: float,
@@ -201,12 +205,12 @@ def compare(baseline_rows: list[BoardRow], new_rows: list[BoardRow], tolerance: 
         compared.append(comparison)
         if samples is None:
             continue
-        paired = _pair_documents(samples(old_row), samples(new_row))
+        paired = pair_documents(samples(new_row), samples(old_row))
         if isinstance(paired, str):
             comparison.fallback = paired
             continue
-        old_docs, new_docs = paired
-        test = _paired(old_docs, new_docs, old_row.higher_is_better)
+        new_docs, old_docs = paired
+        test = paired_task_test(new_docs, old_docs, old_row.higher_is_better)
         comparison.test, comparison.pvalue, comparison.n_docs, comparison.fallback = (
             test.test, test.pvalue, test.n, None)
         tests.append((comparison, test, old_docs))
@@ -217,11 +221,12 @@ def compare(baseline_rows: list[BoardRow], new_rows: list[BoardRow], tolerance: 
         comparison.adjusted_pvalue = float(adjusted)
         comparison.regressed = bool(comparison.beyond_tolerance and worse and significant)
         if comparison.regressed:
-            comparison.baseline_interval = _baseline_interval(old_docs, comparison.higher_is_better)
+            comparison.baseline_interval = docs_interval(old_docs, comparison.higher_is_better)
     compared_keys = {c.key for c in compared}
     missing = [baseline[k] for k in sorted(set(baseline) - compared_keys, key=str)]
     extra = [new[k] for k in sorted(set(new) - compared_keys, key=str)]
-    return GateResult(compared=compared, missing=missing, extra=extra, alpha=alpha)
+    return GateResult(compared=compared, missing=missing, extra=extra, alpha=alpha,
+                      run_configurations=frozenset(configuration_of(r) for r in new_rows))
 
 
 # ---------------------------------------------------------------------------------------------- report
@@ -255,10 +260,24 @@ def _fallback_summary(result: GateResult) -> str | None:
     return f"check: {len(untested)} row(s) judged by the fixed tolerance alone ({listed})"
 
 
+def absent_line(result: GateResult) -> str | None:
+    """One line for the baseline configurations the new run did not run at all (not gated)."""
+    absent = result.absent_configurations
+    if not absent:
+        return None
+    listed = "; ".join(f"{describe_configuration(c)} ({len(rows)} task{'s' if len(rows) > 1 else ''})"
+                       for c, rows in sorted(absent.items(), key=lambda item: str(item[0])))
+    return (f"check: {len(absent)} baseline configuration(s) not in this run, not gated "
+            f"(--require-all fails on them): {listed}")
+
+
 def report_lines(result: GateResult, tolerance: float) -> list[str]:
     lines = [regression_line(c, tolerance) for c in result.regressions]
-    for row in result.missing:
+    for row in result.missing_tasks:
         lines.append(f"MISSING {describe_key(gate_key(row))}: in the baseline, not in the new run")
+    absent = absent_line(result)
+    if absent:
+        lines.append(absent)
     tested = result.tested
     held = [c for c in tested if c.beyond_tolerance and not c.regressed]
     if tested:
@@ -273,7 +292,8 @@ def report_lines(result: GateResult, tolerance: float) -> list[str]:
     n_regressed = len(result.regressions)
     lines.append(
         f"check: {len(result.compared)} compared, {n_regressed} regressed, "
-        f"{len(result.compared) - n_regressed} passed, {len(result.missing)} missing from the new run, "
+        f"{len(result.compared) - n_regressed} passed, {len(result.missing_tasks)} missing from the new run, "
+        f"{len(result.absent_configurations)} baseline configuration(s) not run, "
         f"{len(result.extra)} new (not in the baseline); tolerance {tolerance:g}"
     )
     return lines

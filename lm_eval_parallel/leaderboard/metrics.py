@@ -66,3 +66,13 @@ def is_higher_better(metric: str, higher_is_better: dict | None) -> bool:
 def display_scale(higher_is_better: bool) -> float:
     """Scores of 0-1 (accuracy-like) are shown x100 like the paper; perplexities as they are."""
     return 100.0 if higher_is_better else 1.0
+
+
+# Metrics that are 0 or 1 for every document: a task's score is k right out of n.
+BINARY_METRICS = {"exact_match", "subem", "substring_exact_match"}
+# RULER variants with a single gold value, whose recall is 0 or 1 (mv has 4 values: 0, .25, ..., 1).
+SINGLE_VALUE_RULER = {"mk2", "mk3"}
+
+
+def is_binary_metric(metric: str, family: str, variant: str) -> bool:
+    return metric in BINARY_METRICS or (metric == "ruler_recall" and variant in SINGLE_VALUE_RULER)
