@@ -16,6 +16,8 @@ from scipy.stats import norm
 
 from ..leaderboard import stats
 from ..leaderboard.naming import CATEGORIES, category_order, length_in_tokens
+from ..leaderboard.paper import TABLE2_CATEGORIES, TABLE2_ROWS
+from ..leaderboard.paper import read_reference as read_paper_reference
 from .runs import (
     LAYER_STATS,
     SELECTION_METHODS,
@@ -335,29 +337,17 @@ def sink_series(runs: list[Run]) -> list[tuple[str, list[Run]]]:
 
 # ------------------------------------------------------------------------------------------------ Table 2
 
-TABLE2_CATEGORIES = ("ICL", "RAG", "Synthetic")
-# (row, top_k per category, aggregation): the paper's TopK rows use HT; its Aggr rows use TopK=5 for ICL and RAG
-# and TopK=2 for Synthetic.
-TABLE2_ROWS = [(f"TopK={k}", {c: k for c in TABLE2_CATEGORIES}, "HT") for k in (1, 2, 5, 10)] + [
-    (f"Aggr={a}", {"ICL": 5, "RAG": 5, "Synthetic": 2}, a) for a in ("none", "T", "HT", "LHT")]
 TABLE2_COLUMNS = ["method", "setting", "category", "top_k", "aggr", "score", "lo", "hi", "n_docs", "n_tasks", "paper",
                   "delta", "tasks", "excluded", "P", "length"]
 
 
 def read_reference(path: str) -> dict[tuple[str, str], float]:
-    """(setting, category) -> score % from a CSV with a `setting` column and one column per category
-    (lines starting with # are comments), as /work/shared/data/paper/table2_llama31_8b_8k_p64.csv."""
-    with open(path, encoding="utf-8") as f:
-        lines = [line for line in f if line.strip() and not line.lstrip().startswith("#")]
-    reader = csv.DictReader(lines)
-    if not reader.fieldnames or "setting" not in reader.fieldnames:
-        raise ValueError(f"{path}: no 'setting' column (columns: {reader.fieldnames})")
-    out = {}
-    for row in reader:
-        for category, value in row.items():
-            if category != "setting" and value not in (None, ""):
-                out[row["setting"].strip(), category.strip()] = float(value)
-    return out
+    """(setting, category) -> score % from a CSV in the paper's Table 2 layout (`setting,ICL,RAG,Synthetic`,
+    read by `leaderboard.paper.read_reference`)."""
+    reference = read_paper_reference(path)
+    if reference.table != "Table 2":
+        raise ValueError(f"{path}: not a Table 2 reference (its first column must be 'setting')")
+    return {(setting, category): value for (setting, category, _), value in reference.cells.items()}
 
 
 def table2(runs: list[Run], floor: dict[str, Floor], include_floored: bool, P: int, length: str,
