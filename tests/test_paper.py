@@ -374,4 +374,19 @@ def test_the_recipe_on_a_tiny_model_and_a_fake_reference(tiny_llama_dir, tmp_pat
         docs = [[r[metrics[t]] for r in samples.read_compact(samples.find_samples(results_path, t))] for t in synthetic]
         assert [len(d) for d in docs] == [2] * 4
         want = stats.bootstrap_category_mean(docs)
-        assert cell.interval == "bootstrap" and (cell.low, cell.high) == pytest.approx((100 * want.low, 100 * want.high))
+        assert cell.interval == "bootstrap"
+        assert (cell.low, cell.high) == pytest.approx((100 * want.low, 100 * want.high))
+
+
+PAPER_DATA = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data", "paper")
+
+
+@pytest.mark.skipif(not os.path.isdir(PAPER_DATA), reason="../shared/data/paper is absent")
+def test_the_papers_own_tables_are_read_whole():
+    table1 = paper.read_reference(os.path.join(PAPER_DATA, "table1_llama31_8b.csv"))
+    assert table1.table == "Table 1" and table1.rows == ["full"] + [f"P={p}" for p in paper.TABLE1_P]
+    assert len(table1.cells) == 7 * 4 * 3 and "Llama-3.1-8B" in table1.comments[0]
+    assert {length for _, _, length in table1.cells} == set(paper.TABLE1_LENGTHS)
+    table2 = paper.read_reference(os.path.join(PAPER_DATA, "table2_llama31_8b_8k_p64.csv"))
+    assert table2.table == "Table 2" and table2.rows == [row for row, _, _ in paper.TABLE2_ROWS]
+    assert len(table2.cells) == 8 * 3

@@ -8,7 +8,8 @@ attention and naive parallel encoding at P = 2 ... 64 on the paper's 15 subtasks
 selection (method sel) at P=64, 8k, TopK in {1, 2, 5, 10} with aggr=HT and aggr in {none, T, HT, LHT}.
 `compare` reads the results (folders of results files, or a board.json) and prints, per cell of a reference
 CSV (the paper's layout: `config,LM_4k,...,Synthetic_16k` for Table 1, `setting,ICL,RAG,Synthetic` for
-Table 2), our score with its 95 % interval, the paper's number and Δ = ours - paper.
+Table 2), our score with its 95 % interval, the paper's number and Δ = ours - paper. docs/reproduce_paper.md
+has the whole recipe.
 
 A cell is the paper's macro average over the category's subtasks: the mean of the task scores (x100), for LM
 the mean of the task perplexities. Its interval: with per-document results of every subtask (`--log_samples`,
@@ -23,6 +24,7 @@ import csv
 import math
 import os
 import re
+import shlex
 import sys
 from dataclasses import dataclass
 
@@ -111,8 +113,6 @@ def recipe(pretrained: str, out: str, lengths=TABLE1_LENGTHS, offline: bool = Fa
 
 
 def shell_line(argv: list[str]) -> str:
-    import shlex
-
     return " ".join(shlex.quote(a) for a in argv)
 
 
@@ -141,13 +141,14 @@ def read_reference(path: str) -> Reference:
         raise ValueError(f"{path}: the first column must be 'config' (Table 1) or 'setting' (Table 2), "
                          f"got columns {header}")
     table = "Table 1" if header[0] == "config" else "Table 2"
+    allowed = CATEGORIES if table == "Table 1" else list(TABLE2_CATEGORIES)
     columns = {}
     for column in header[1:]:
         category, _, length = column.partition("_") if table == "Table 1" else (column, "", TABLE2_LENGTH)
-        if category not in CATEGORIES or (table == "Table 1" and length not in LENGTHS):
-            expected = "<category>_<length>, e.g. ICL_8k" if table == "Table 1" else "one of " + ", ".join(
-                TABLE2_CATEGORIES)
-            raise ValueError(f"{path}: column {column!r} is not {expected} (categories {', '.join(CATEGORIES)})")
+        if category not in allowed or length not in LENGTHS:
+            expected = "<category>_<length>, e.g. ICL_8k" if table == "Table 1" else "a category"
+            raise ValueError(f"{path}: column {column!r} is not {expected} (categories {', '.join(allowed)}; "
+                             f"lengths {', '.join(LENGTHS)})")
         columns[column] = (category, length)
     cells, rows = {}, []
     for values in reader:
@@ -326,9 +327,10 @@ def compare(board_or_runs, reference_csv: str, model: str | None = None, config:
         rows, roots = list(board_or_runs), ()
     else:
         rows, roots = load_rows([os.fspath(p) for p in board_or_runs])
-    if model is not None and model not in {r.model for r in rows}:
-        raise ValueError(f"model {model!r} is not in the results (models: {', '.join(sorted({r.model for r in rows}))})")
-    model = model or _pick({r.model for r in rows}, "model", "model= (--model)")
+    models = {r.model for r in rows}
+    if model is not None and model not in models:
+        raise ValueError(f"model {model!r} is not in the results (models: {', '.join(sorted(models))})")
+    model = model or _pick(models, "model", "model= (--model)")
     rows = [r for r in rows if r.model == model]
 
     if reference.table == "Table 1":
