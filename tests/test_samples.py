@@ -100,17 +100,17 @@ def test_bytes_are_reproducible_and_the_gzip_header_has_no_name_or_time(tmp_path
     assert pathlib.Path(samples.compact_samples(str(shuffled))).read_bytes() == data
 
 
-def test_other_filters_are_kept_and_the_gate_uses_the_first(tmp_path):
+def test_other_filters_are_kept_and_the_gate_reads_the_same_first_filter(tmp_path):
     raw = tmp_path / "samples_t_D.jsonl"
-    with open(raw, "w") as f:
-        for doc in (1, 0):
-            f.write(raw_line(doc, {"exact_match": 1.0}, "strict"))
-            f.write(raw_line(doc, {"exact_match": 0.0}, "loose"))
+    with open(raw, "w") as f:  # lm-eval writes filter by filter
+        f.writelines(raw_line(doc, {"exact_match": 1.0}, "strict") for doc in (1, 0))
+        f.writelines(raw_line(doc, {"exact_match": 0.0}, "loose") for doc in (1, 0))
     records = samples.read_compact(samples.compact_samples(str(raw)))
     assert [(r["doc_id"], r["filter"], r["exact_match"]) for r in records] == [
-        (0, "loose", 0.0), (0, "strict", 1.0), (1, "loose", 0.0), (1, "strict", 1.0)]
+        (0, "strict", 1.0), (1, "strict", 1.0), (0, "loose", 0.0), (1, "loose", 0.0)]
     docs = gate.read_doc_scores(str(raw) + ".gz", "exact_match", True)
-    assert docs.doc_ids == (0, 1) and list(docs.scores) == [0.0, 0.0]
+    assert docs.doc_ids == (0, 1) and list(docs.scores) == [1.0, 1.0]
+    assert list(gate.read_doc_scores(str(raw), "exact_match", True).scores) == [1.0, 1.0]
 
 
 def make_sweep(root) -> dict[str, str]:

@@ -10,8 +10,9 @@ returned) and the per-document value of each of those metrics. Our tasks return
 The compact file `samples_<task>_<date>.jsonl.gz` keeps, per line, `doc_id` and the values of those metrics
 only. The token-perplexity pair is written as `"ll"` and `"n_tokens"` (the lines `gate.read_doc_scores`
 reads); other pairs stay `[value, count]`; a non-finite value (entropy under a model that has none) is
-`null`. `filter` is written only when it is not `none`. Lines are sorted by (doc_id, filter), keys keep
-lm-eval's order, and the gzip header carries no name and mtime 0: the same samples give the same bytes.
+`null`. `filter` is written only when it is not `none`. Lines are sorted by filter (in the order the raw file
+first names them, so the first filter stays first: the one the gate reads) then doc_id, keys keep lm-eval's
+order, and the gzip header carries no name and mtime 0: the same samples give the same bytes.
 
     lm-eval-parallel compact-samples DIR... [--delete_raw]
 """
@@ -109,14 +110,9 @@ def compact_line(sample: dict, where: str) -> dict:
     return record
 
 
-def _sort_key(record: dict) -> tuple:
-    doc_id = record["doc_id"]
-    return (isinstance(doc_id, str), doc_id, record.get("filter", "none"))
-
-
 def compact_records(samples_jsonl_path: str) -> list[dict]:
-    """Compact records of every line of a raw samples JSONL, sorted by (doc_id, filter)."""
-    records, seen = [], set()
+    """Compact records of every line of a raw samples JSONL, sorted by filter (first-named first), then doc_id."""
+    records, seen, filters = [], set(), {}
     with open(samples_jsonl_path, encoding="utf-8") as f:
         for number, line in enumerate(f, start=1):
             if not line.strip():
@@ -131,8 +127,10 @@ def compact_records(samples_jsonl_path: str) -> list[dict]:
             if key in seen:
                 raise ValueError(f"{where}: doc_id {key[0]!r} (filter {key[1]}) appears twice")
             seen.add(key)
+            filters.setdefault(key[1], len(filters))
             records.append(record)
-    return sorted(records, key=_sort_key)
+    return sorted(records, key=lambda r: (filters[r.get("filter", "none")], isinstance(r["doc_id"], str),
+                                          r["doc_id"]))
 
 
 def encode(records: list[dict]) -> bytes:
@@ -162,7 +160,7 @@ def _write(data: bytes, path: str) -> None:
 
 
 def read_compact(path: str) -> list[dict]:
-    """The records of a compact file, in file order (sorted by doc_id); `null` values come back as NaN."""
+    """The records of a compact file, in file order (by filter, then doc_id); `null` values come back as NaN."""
     records = []
     with gzip.open(path, "rt", encoding="utf-8") as f:
         for number, line in enumerate(f, start=1):
