@@ -19,8 +19,9 @@ from statsmodels.stats.proportion import proportion_confint
 
 from lm_eval_parallel.analysis import main as analyze_main
 from lm_eval_parallel.analysis.runs import attach_analysis, read_runs
-from lm_eval_parallel.analysis.stats import pearson_fisher, wilson
+from lm_eval_parallel.analysis.tables import perplexity_interval, proportion_interval
 from lm_eval_parallel.config import PCEConfig
+from lm_eval_parallel.leaderboard import stats
 
 MODEL = "tiny-model"
 Z = 1.959963984540054
@@ -211,25 +212,30 @@ def as_float(text: str) -> float:
 # --------------------------------------------------------------------------------------------------- tests
 
 def test_interval_helpers_against_independent_implementations():
-    for k, n in [(0, 100), (1, 100), (50, 100), (99, 100), (100, 100), (3, 7)]:
-        lo, hi = wilson(k, n)
+    for k, n in [(0, 100), (1, 100), (50, 100), (99, 100), (100, 100), (3, 7), (57.5, 100)]:
+        lo, hi = proportion_interval(k, n)
         ref_lo, ref_hi = proportion_confint(k, n, alpha=0.05, method="wilson")
         assert lo == pytest.approx(ref_lo, abs=1e-9) and hi == pytest.approx(ref_hi, abs=1e-9)
-    assert wilson(0, 100)[0] == 0.0 and wilson(100, 100)[1] == 1.0
-    assert all(math.isnan(v) for v in wilson(0, 0))
+    assert proportion_interval(0, 100)[0] == 0.0 and proportion_interval(100, 100)[1] == 1.0
+    assert all(math.isnan(v) for v in proportion_interval(0, 0) + proportion_interval(0, None))
+
+    docs = [(np.array([-30.0, -50.0, -20.0]), np.array([10.0, 20.0, 10.0]))]
+    assert all(math.isnan(v) for v in perplexity_interval(docs, 0) + perplexity_interval(docs + [None], 100))
+    interval = stats.bootstrap_macro_perplexity(docs, n_resamples=500)
+    assert perplexity_interval(docs, 500) == (interval.low, interval.high)
 
     from scipy import stats as sps
 
     x = [1.0, 2.0, 3.5, 4.0, 6.0, 7.5]
     y = [2.1, 2.9, 4.2, 3.8, 6.5, 6.9]
-    r, lo, hi, p, n = pearson_fisher(x, y)
+    result = stats.naive_entropy_correlation([("naive", a, b) for a, b in zip(x, y)])
     ref = sps.pearsonr(x, y)
     ci = ref.confidence_interval(0.95)  # scipy's own Fisher-z interval
-    assert n == 6 and r == pytest.approx(np.corrcoef(x, y)[0, 1], rel=1e-12)
-    assert (lo, hi) == (pytest.approx(ci.low, rel=1e-9), pytest.approx(ci.high, rel=1e-9))
-    assert p == pytest.approx(ref.pvalue)
-    assert all(math.isnan(v) for v in pearson_fisher([1, 2], [3, 4])[:4])  # n < 3
-    assert math.isnan(pearson_fisher([1, 2, 3], [5, 5, 5])[0])  # constant series
+    assert result.n == 6 and result.r == pytest.approx(np.corrcoef(x, y)[0, 1], rel=1e-12)
+    assert (result.low, result.high) == (pytest.approx(ci.low, rel=1e-9), pytest.approx(ci.high, rel=1e-9))
+    assert result.pvalue == pytest.approx(ref.pvalue)
+    assert stats.naive_entropy_correlation([("naive", 1, 3), ("naive", 2, 4)]) is None  # n < 3
+    assert stats.naive_entropy_correlation([("naive", v, 5) for v in (1, 2, 3)]) is None  # constant series
 
 
 def test_every_section_is_written_with_pngs(full_analysis):

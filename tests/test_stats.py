@@ -83,6 +83,27 @@ def test_perplexity_interval_keeps_a_documents_loglikelihood_and_tokens_together
         stats.bootstrap_perplexity([1.0, 2.0], [3])
 
 
+def test_macro_perplexity_is_the_mean_of_task_perplexities_resampled_within_each_task():
+    tokens = np.array([100.0, 250.0, 40.0])
+    # a constant loss per token in each task: every resample has the same per-task perplexities
+    fixed = stats.bootstrap_macro_perplexity([(-1.7 * tokens, tokens), (-0.5 * tokens[:2], tokens[:2])], n_resamples=500)
+    assert fixed.estimate == pytest.approx((math.exp(1.7) + math.exp(0.5)) / 2)
+    assert (fixed.low, fixed.high) == pytest.approx((fixed.estimate, fixed.estimate))
+    # against a plain stratified bootstrap (numpy, many resamples): the percentiles agree to Monte Carlo error
+    tasks = [(-np.array([150.0, 320.0, 30.0, 500.0]), np.array([100.0, 200.0, 35.0, 300.0])),
+             (-np.array([80.0, 20.0, 60.0]), np.array([50.0, 30.0, 40.0]))]
+    got = stats.bootstrap_macro_perplexity(tasks, n_resamples=20000)
+    rng = np.random.default_rng(7)
+    draws = np.zeros(200_000)
+    for ll, n in tasks:
+        index = rng.integers(0, ll.size, size=(draws.size, ll.size))
+        draws += np.exp(-ll[index].sum(1) / n[index].sum(1)) / len(tasks)
+    assert got.estimate == pytest.approx(np.mean([math.exp(-ll.sum() / n.sum()) for ll, n in tasks]), rel=1e-12)
+    assert (got.low, got.high) == pytest.approx(tuple(np.percentile(draws, [2.5, 97.5])), rel=0.01)
+    one = stats.bootstrap_macro_perplexity([(np.array([-3.0]), np.array([2.0]))])
+    assert one.estimate == pytest.approx(math.exp(1.5)) and math.isnan(one.low)
+
+
 def binomial_two_sided(b: int, c: int) -> float:
     n, k = b + c, min(b, c)
     return min(1.0, 2 * sum(math.comb(n, i) for i in range(k + 1)) / 2**n)

@@ -1,8 +1,8 @@
 """``lm-eval-parallel analyze RUNS... --out DIR``: the paper's analyses from sweep outputs.
 
     runs.py     results files + analysis JSON lines -> Run (settings, task scores, per-request records)
-    stats.py    Wilson, ±1.96 SE bands, Pearson r with Fisher z, perplexity bootstrap
-    tables.py   the numbers of every figure/table as CSV rows (floors, layer profiles, Table 2, ...)
+    tables.py   the numbers of every figure/table as CSV rows (floors, layer profiles, Table 2, ...), with
+                the intervals of leaderboard/stats.py (Wilson, Fisher z, bootstrap) and ±1.96 SE bands
     figures.py  PNGs (matplotlib, Agg)
     page.py     markdown tables
     report.py   analyze(): one section per analysis, skipped with a note when its runs are missing
@@ -18,7 +18,6 @@ import sys
 
 from .report import AnalysisReport, analyze
 from .runs import Run, TaskScore, read_runs
-from .stats import pearson_fisher, wilson
 
 EXIT_OK, EXIT_USAGE = 0, 2
 
@@ -94,7 +93,5 @@ __all__ = [
     "analyze",
     "build_parser",
     "main",
-    "pearson_fisher",
     "read_runs",
-    "wilson",
 ]

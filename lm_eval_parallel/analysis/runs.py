@@ -6,8 +6,8 @@ Inputs relied on (lm-eval 0.4.13 results files, as ``lm-eval-parallel sweep`` wr
 - ``config.pce``: the resolved :class:`~lm_eval_parallel.config.PCEConfig` (``get_model_info``); missing keys come
   from ``config.model_args`` (a dict, or a ``k=v,...`` string), then from the defaults.
 - ``results[task]["<metric>,<filter>"]``, ``n-samples[task].effective``, ``higher_is_better[task]``, ``date``.
-- ``samples_<task>_<date>.jsonl`` beside the results file (``--log_samples``): for perplexity tasks each line's
-  ``perplexity`` is ``[loglikelihood, n_tokens]`` of one document.
+- ``samples_<task>_<date>.jsonl`` beside the results file (``--log_samples``), or its compact
+  ``.jsonl.gz`` (``leaderboard.samples``): for perplexity tasks a document's loglikelihood and token count.
 - the analysis JSON lines (``analysis_path``, ``.rank{r}`` suffixes under data parallel): one object per request
   with ``request_type, task, doc_id, idx, P, method, pos`` and ``layer_entropy [L]``, ``key_norm [L][Hkv]``,
   ``abs_logit [L][H]``. A record carries no top_k / aggr / oracle_keys / sink_text, so a file is matched to a run by
@@ -25,9 +25,10 @@ from dataclasses import dataclass, field, fields
 import numpy as np
 
 from ..config import PCEConfig
-from ..leaderboard.metrics import ENTROPY_METRIC, choose_score_metric, is_higher_better, metric_values
-from ..leaderboard.naming import parse_task_name
-from ..leaderboard.reader import find_results_files, group_names, parse_model_args, samples_file_for
+from ..leaderboard.gate import read_doc_scores
+from ..leaderboard.metrics import ENTROPY_METRIC, metric_values
+from ..leaderboard.reader import find_results_files, parse_model_args, read_results_file
+from ..leaderboard.samples import find_samples
 
 DEFAULTS = {f.name: f.default for f in fields(PCEConfig)}
 # Settings that never change a score: they do not make a run an ablation.
@@ -54,21 +55,11 @@ class TaskScore:
     samples_path: str | None
 
     def ppl_documents(self) -> tuple[np.ndarray, np.ndarray] | None:
-        """(loglikelihood [n], n_tokens [n]) per document from the samples file, or None."""
+        """(loglikelihood [n], n_tokens [n]) per document from the samples file (raw or compact), or None."""
         if self.higher_is_better or not self.samples_path:
             return None
-        ll, tokens, seen_filter = [], [], None
-        with open(self.samples_path, encoding="utf-8") as f:
-            for line in f:
-                if not line.strip():
-                    continue
-                sample = json.loads(line)
-                seen_filter = seen_filter or sample.get("filter", "none")
-                value = sample.get(self.metric)
-                if sample.get("filter", "none") == seen_filter and isinstance(value, list) and len(value) == 2:
-                    ll.append(float(value[0]))
-                    tokens.append(float(value[1]))
-        return (np.array(ll), np.array(tokens)) if ll else None
+        docs = read_doc_scores(self.samples_path, self.metric, higher_is_better=False)
+        return (docs.loglikelihoods, docs.n_tokens) if docs is not None else None
 
 
 @dataclass
@@ -140,26 +131,16 @@ def resolve_settings(results: dict) -> tuple[str, str, int, dict]:
 
 
 def task_scores(path: str, results: dict) -> dict[str, TaskScore]:
+    """The leaderboard's rows of a results file (score metric, category, ...) with the entropy's stderr."""
     out = {}
-    groups = group_names(results)
-    for task, task_results in results["results"].items():
-        if task in groups:
-            continue
-        name = parse_task_name(task)
-        values = metric_values(task_results)
-        higher_is_better = (results.get("higher_is_better") or {}).get(task) or {}
-        metric = choose_score_metric(name.family, list(values), higher_is_better)
-        if metric is None:
-            continue
-        entropy = values.get(ENTROPY_METRIC)
-        n = ((results.get("n-samples") or {}).get(task) or {}).get("effective")
-        out[task] = TaskScore(
-            task=task, family=name.family, variant=name.variant, category=name.category, length=name.length,
-            metric=metric,
-            higher_is_better=is_higher_better(metric, higher_is_better), score=values[metric][0],
-            n=int(n) if n is not None else None,
-            entropy=entropy[0] if entropy else None, entropy_stderr=entropy[1] if entropy else None,
-            samples_path=samples_file_for(path, task),
+    for row in read_results_file(path, results):
+        entropy = metric_values(results["results"][row.task]).get(ENTROPY_METRIC)
+        out[row.task] = TaskScore(
+            task=row.task, family=row.family, variant=row.variant, category=row.category, length=row.length,
+            metric=row.metric, higher_is_better=row.higher_is_better, score=row.score,
+            n=int(row.n) if row.n is not None else None,
+            entropy=row.attn_entropy, entropy_stderr=entropy[1] if entropy else None,
+            samples_path=find_samples(path, row.task),
         )
     return out
 

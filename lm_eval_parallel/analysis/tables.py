@@ -1,8 +1,9 @@
 """The numbers behind every figure and table, as lists of CSV-ready rows (one dict per row).
 
-Units: accuracy-like scores are shown x100 (%), perplexity as it is; entropy in nats. Intervals are 95 %:
-Wilson for a task's or a category's proportion (documents pooled over the category's tasks), ±1.96 SE over
-documents for layer profiles, Fisher z for Pearson r, percentile bootstrap over documents for perplexity.
+Units: accuracy-like scores are shown x100 (%), perplexity as it is; entropy in nats. Intervals are 95 %, from
+`leaderboard.stats`: Wilson for a task's or a category's proportion (documents pooled over the category's
+tasks), Fisher z for Pearson r, percentile bootstrap over documents for perplexity; ±1.96 SE over documents
+for layer profiles and entropies.
 """
 from __future__ import annotations
 
@@ -11,10 +12,22 @@ import math
 from dataclasses import dataclass
 
 import numpy as np
+from scipy.stats import norm
 
+from ..leaderboard import stats
 from ..leaderboard.naming import CATEGORIES, category_order, length_in_tokens
-from .runs import LAYER_STATS, SELECTION_METHODS, Run, TaskScore, document_layer_values, effective_aggr
-from .stats import Z95, bootstrap_macro_perplexity, mean_band, pearson_fisher, pooled_perplexity, wilson
+from ..leaderboard.paper import TABLE2_CATEGORIES, TABLE2_ROWS
+from ..leaderboard.paper import read_reference as read_paper_reference
+from .runs import (
+    LAYER_STATS,
+    SELECTION_METHODS,
+    Run,
+    TaskScore,
+    document_layer_values,
+    effective_aggr,
+)
+
+Z95 = float(norm.ppf(0.5 + stats.CONFIDENCE / 2))  # 1.959963...
 
 # Chance accuracy of a uniform guess over the label set; generation tasks (RAG, RULER, JSON-KV) have chance 0.
 CHANCE_BY_VARIANT = {
@@ -40,14 +53,32 @@ def write_csv(rows: list[dict], path: str, columns: list[str]) -> None:
                                  "" if isinstance(v, float) else v) for k, v in row.items()})
 
 
+def proportion_interval(successes: float, n: int | None) -> tuple[float, float]:
+    """Wilson interval of successes / n; successes may be fractional (a mean of per-document scores in [0, 1]
+    times n). (nan, nan) when n is 0 or unknown."""
+    if not n:
+        return math.nan, math.nan
+    low, high = stats.wilson_interval(successes, n)
+    return float(low), float(high)
+
+
+def perplexity_interval(documents: list[tuple[np.ndarray, np.ndarray] | None],
+                        bootstrap_iters: int) -> tuple[float, float]:
+    """Bootstrap interval of the mean over tasks of each task's perplexity, from (loglikelihood [n], n_tokens [n])
+    per task; (nan, nan) when a task has no documents or bootstrap_iters is 0."""
+    if bootstrap_iters <= 0 or not documents or any(d is None for d in documents):
+        return math.nan, math.nan
+    interval = stats.bootstrap_macro_perplexity(documents, n_resamples=bootstrap_iters)
+    return interval.low, interval.high
+
+
 def task_interval(score: TaskScore, bootstrap_iters: int) -> tuple[float, float, float]:
     """(shown score, lo, hi): x100 with a Wilson interval for 0-1 scores; perplexity with a bootstrap interval
     over documents when the samples file is there (else NaN bounds)."""
     if score.higher_is_better:
-        lo, hi = wilson(score.score * (score.n or 0), score.n or 0)
+        lo, hi = proportion_interval(score.score * (score.n or 0), score.n)
         return 100 * score.score, 100 * lo, 100 * hi
-    docs = score.ppl_documents()
-    lo, hi = bootstrap_macro_perplexity([docs], bootstrap_iters) if docs else (math.nan, math.nan)
+    lo, hi = perplexity_interval([score.ppl_documents()], bootstrap_iters)
     return score.score, lo, hi
 
 
@@ -92,14 +123,28 @@ def floors(runs: list[Run], overrides: dict[str, float]) -> dict[str, Floor]:
         if chance is None or reference is None:
             out[task] = Floor(task, chance, None, None, None)
             continue
-        lo, _ = wilson(reference.score * (reference.n or 0), reference.n or 0)
-        out[task] = Floor(task, chance, reference.score, lo, not (math.isfinite(lo) and lo > chance))
+        lo, _ = proportion_interval(reference.score * (reference.n or 0), reference.n)
+        floored = stats.is_floor(reference.score * reference.n, reference.n, chance) if reference.n else True
+        out[task] = Floor(task, chance, reference.score, lo, floored)
     return out
 
 
 # ------------------------------------------------------------------------------------------- Fig 1 / 2
 
 LAYER_COLUMNS = ["length", "scope", "stat", "method", "P", "layer", "mean", "lo", "hi", "n_docs"]
+
+
+def mean_band(values: np.ndarray, z: float = Z95) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """values [n_docs, L] -> (mean [L], lo [L], hi [L], n [L]): mean ± z * SD / sqrt(n) over documents (NaNs
+    ignored); lo/hi are NaN where fewer than 2 documents have a value."""
+    values = np.asarray(values, dtype=float)
+    n = np.sum(np.isfinite(values), axis=0)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        mean = np.nansum(values, axis=0) / np.where(n > 0, n, np.nan)
+        centred = np.where(np.isfinite(values), values - mean, 0.0)
+        sd = np.sqrt(np.sum(centred**2, axis=0) / np.where(n > 1, n - 1, np.nan))
+        half = z * sd / np.sqrt(n)
+    return mean, mean - half, mean + half, n
 
 
 def layer_profiles(runs: list[Run]) -> tuple[list[dict], dict]:
@@ -168,12 +213,16 @@ def entropy_vs_score(runs: list[Run], floor: dict[str, Floor], bootstrap_iters: 
                            "entropy": score.entropy, "entropy_lo": score.entropy - half,
                            "entropy_hi": score.entropy + half, "score": shown, "score_lo": lo, "score_hi": hi,
                            "n_docs": score.n, "floor": flag.status if flag else ""})
-            xs.append(score.entropy)
-            ys.append(shown)
-        r, r_lo, r_hi, p, n = pearson_fisher(xs, ys)
+            if math.isfinite(shown):
+                xs.append(score.entropy)
+                ys.append(shown)
+        # P=1 (full attention) is naive's P=1 limit: every point is a naive configuration
+        correlation = stats.naive_entropy_correlation([("naive", x, y) for x, y in zip(xs, ys)])
+        r, r_lo, r_hi, p = ((correlation.r, correlation.low, correlation.high, correlation.pvalue) if correlation
+                            else (math.nan,) * 4)
         correlations.append({
-            "length": first.length, "task": task, "category": first.category, "metric": first.metric, "n_points": n,
-            "r": r, "r_lo": r_lo, "r_hi": r_hi, "p_value": p,
+            "length": first.length, "task": task, "category": first.category, "metric": first.metric,
+            "n_points": len(xs), "r": r, "r_lo": r_lo, "r_hi": r_hi, "p_value": p,
             "chance": flag.chance if flag and flag.chance is not None else math.nan,
             "full_score": 100 * flag.full_score if flag and flag.full_score is not None else math.nan,
             "full_lo": 100 * flag.full_lo if flag and flag.full_lo is not None else math.nan,
@@ -199,13 +248,12 @@ def category_cell(scores: list[TaskScore], floor: dict[str, Floor], include_floo
     if used and all(s.higher_is_better for s in used):
         n = sum(s.n or 0 for s in used)
         k = sum(s.score * (s.n or 0) for s in used)
-        lo, hi = wilson(k, n)
+        lo, hi = proportion_interval(k, n)
         cell.update(score=100 * k / n if n else math.nan, lo=100 * lo, hi=100 * hi, n_docs=n)
     elif used and not any(s.higher_is_better for s in used):
         docs = [s.ppl_documents() for s in used]
-        lo, hi = (bootstrap_macro_perplexity(docs, bootstrap_iters) if all(d is not None for d in docs)
-                  else (math.nan, math.nan))
-        means = [pooled_perplexity(*d) if d is not None else s.score for s, d in zip(used, docs)]
+        lo, hi = perplexity_interval(docs, bootstrap_iters)
+        means = [float(stats.perplexity(*d)) if d is not None else s.score for s, d in zip(used, docs)]
         cell.update(score=float(np.mean(means)), lo=lo, hi=hi, n_docs=sum(s.n or 0 for s in used))
     entropies = [(s.entropy, s.entropy_stderr) for s in scores if s.entropy is not None and math.isfinite(s.entropy)]
     if entropies:
@@ -289,29 +337,17 @@ def sink_series(runs: list[Run]) -> list[tuple[str, list[Run]]]:
 
 # ------------------------------------------------------------------------------------------------ Table 2
 
-TABLE2_CATEGORIES = ("ICL", "RAG", "Synthetic")
-# (row, top_k per category, aggregation): the paper's TopK rows use HT; its Aggr rows use TopK=5 for ICL and RAG
-# and TopK=2 for Synthetic.
-TABLE2_ROWS = [(f"TopK={k}", {c: k for c in TABLE2_CATEGORIES}, "HT") for k in (1, 2, 5, 10)] + [
-    (f"Aggr={a}", {"ICL": 5, "RAG": 5, "Synthetic": 2}, a) for a in ("none", "T", "HT", "LHT")]
 TABLE2_COLUMNS = ["method", "setting", "category", "top_k", "aggr", "score", "lo", "hi", "n_docs", "n_tasks", "paper",
                   "delta", "tasks", "excluded", "P", "length"]
 
 
 def read_reference(path: str) -> dict[tuple[str, str], float]:
-    """(setting, category) -> score % from a CSV with a `setting` column and one column per category
-    (lines starting with # are comments), as /work/shared/data/paper/table2_llama31_8b_8k_p64.csv."""
-    with open(path, encoding="utf-8") as f:
-        lines = [line for line in f if line.strip() and not line.lstrip().startswith("#")]
-    reader = csv.DictReader(lines)
-    if not reader.fieldnames or "setting" not in reader.fieldnames:
-        raise ValueError(f"{path}: no 'setting' column (columns: {reader.fieldnames})")
-    out = {}
-    for row in reader:
-        for category, value in row.items():
-            if category != "setting" and value not in (None, ""):
-                out[row["setting"].strip(), category.strip()] = float(value)
-    return out
+    """(setting, category) -> score % from a CSV in the paper's Table 2 layout (`setting,ICL,RAG,Synthetic`,
+    read by `leaderboard.paper.read_reference`)."""
+    reference = read_paper_reference(path)
+    if reference.table != "Table 2":
+        raise ValueError(f"{path}: not a Table 2 reference (its first column must be 'setting')")
+    return {(setting, category): value for (setting, category, _), value in reference.cells.items()}
 
 
 def table2(runs: list[Run], floor: dict[str, Floor], include_floored: bool, P: int, length: str,

@@ -4,8 +4,9 @@ Everything here works on per-document results (one value per document of a task)
 scipy / statsmodels:
 
 * accuracy cell (k of n correct): Wilson 95 % interval (`wilson_interval`);
-* a mean over documents, a category mean over tasks, a perplexity: percentile bootstrap over documents
-  (`bootstrap_mean`, `bootstrap_category_mean`, `bootstrap_perplexity`);
+* a mean over documents, a category mean over tasks, a perplexity, a mean of perplexities over tasks:
+  percentile bootstrap over documents (`bootstrap_mean`, `bootstrap_category_mean`, `bootstrap_perplexity`,
+  `bootstrap_macro_perplexity`);
 * two configurations on the same documents: exact McNemar for 0/1 outcomes (`mcnemar_exact`), paired
   bootstrap for means, category means and perplexities (`paired_bootstrap_mean`,
   `paired_bootstrap_category_mean`, `paired_bootstrap_perplexity`); `paired_test` picks the right one per task;
@@ -188,6 +189,26 @@ def bootstrap_perplexity(loglikelihoods, n_tokens, seed: int = SEED, n_resamples
     if ll.size < 2:
         return _no_interval(estimate)
     result = _bootstrap((ll, tokens), perplexity, True, seed, n_resamples, confidence)
+    return Interval(estimate, float(result.confidence_interval.low), float(result.confidence_interval.high))
+
+
+def _macro_perplexity(*task_documents, axis=-1):
+    """Mean over tasks of each task's perplexity; a task's documents are one [2, n] array (ll; tokens)."""
+    return np.mean([perplexity(documents[0], documents[1], axis=axis) for documents in task_documents], axis=0)
+
+
+def bootstrap_macro_perplexity(task_documents: Sequence[tuple], seed: int = SEED, n_resamples: int = N_RESAMPLES,
+                               confidence: float = CONFIDENCE) -> Interval:
+    """Mean over tasks of each task's perplexity (the paper's macro average over subtasks), with a stratified
+    bootstrap: each task's documents are resampled within the task, a document's ll and tokens together.
+    `task_documents` holds one (loglikelihoods, n_tokens) pair of per-document arrays per task."""
+    arrays = tuple(np.stack(_ppl_inputs(ll, tokens)) for ll, tokens in task_documents)  # [2, n] per task
+    if not arrays:
+        raise ValueError("bootstrap_macro_perplexity needs at least one task")
+    estimate = float(_macro_perplexity(*arrays))
+    if min(a.shape[1] for a in arrays) < 2:
+        return _no_interval(estimate)
+    result = _bootstrap(arrays, _macro_perplexity, False, seed, n_resamples, confidence)
     return Interval(estimate, float(result.confidence_interval.low), float(result.confidence_interval.high))
 
 
