@@ -31,6 +31,7 @@ import torch.nn.functional as F
 
 from .kvstore import KeyGroups, KVStore, RowRun
 from .layout import causal
+from .query_rules import QueryRule, apply_rule
 from .selection import Selection, apply_keep, piece_scores, select_pieces, topn_sum
 
 ATTN_NAME = "pce"
@@ -78,6 +79,7 @@ class QueryPlan:
     scores_only: bool = False
     want_stats: bool = False  # per-layer entropy sums (SPEC §8)
     analysis: bool = False  # also per-head sums and key norms
+    rule: QueryRule | None = None  # a peer method's rule on the query rows' logits (SPEC §7a)
 
     def __post_init__(self):
         if self.forced_keep is not None and self.selection is not None:
@@ -96,6 +98,11 @@ class QueryPlan:
     def needs_probs(self) -> bool:
         """Some layer output needs the attention probabilities themselves, not only their product with V."""
         return self.selection is not None or self.forced_keep is not None or self.want_stats
+
+    @property
+    def eager_only(self) -> bool:
+        """Only :func:`eager_query_attention` implements this plan (a query rule)."""
+        return self.rule is not None
 
 
 @dataclass(frozen=True)
@@ -325,6 +332,9 @@ def eager_query_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, pla
     def probabilities(r0: int, r1: int) -> tuple[torch.Tensor, torch.Tensor]:
         """Masked logits and probabilities of rows r0:r1, both fp32 [B, H, r, K]."""
         logits = _softcapped(_grouped_scores(q[:, :, r0:r1], k, scaling), softcap)
+        if plan.rule is not None:
+            logits = apply_rule(logits, plan.rule, masks.group_index, masks.visible[:, r0:r1], n_slots,
+                                masks.n_pieces)
         logits = logits.masked_fill(~masks.visible[:, None, r0:r1], torch.finfo(logits.dtype).min)
         return logits, logits.softmax(-1)
 
@@ -365,14 +375,14 @@ def uses_fast_path(q: torch.Tensor, plan: QueryPlan, softcap: float | None) -> b
     """Whether query rows that need probabilities go through ``query_fast`` (see QUERY_IMPL)."""
     if QUERY_IMPL not in QUERY_IMPLS:
         raise ValueError(f"QUERY_IMPL={QUERY_IMPL!r} is not allowed; choose one of {', '.join(QUERY_IMPLS)}")
-    applies = softcap is None and not plan.analysis
+    applies = softcap is None and not plan.analysis and not plan.eager_only
     return applies and (QUERY_IMPL == "fast" or (QUERY_IMPL == "auto" and q.is_cuda))
 
 
 def _query_attention(q, k, v, forward: _QueryForward, scaling: float, softcap: float | None) -> LayerResult:
     """Query rows over the whole store: SDPA when only the weighted values are needed, else eager or fast."""
     plan = forward.plan
-    if plan.needs_probs or softcap is not None:
+    if plan.needs_probs or softcap is not None or plan.eager_only:
         if plan.needs_probs and uses_fast_path(q, plan, softcap):
             from .query_fast import fast_query_attention, is_small
 

@@ -54,6 +54,7 @@ METHODS = (
     Method("sel",      True,     False, True,      "plain",  "tab:green",  "^"),
     Method("sink+sel", True,     True,  True,      "sink",   "tab:red",    "D"),
     Method("pcw",      True,     False, False,     "left",   "tab:purple", "v",  pos="left"),
+    Method("structured", True,   False, False,     "right",  "tab:cyan",   "<",  pos="right", rule="structured"),
 )
 # fmt: on
 METHOD_ALIASES = {"parallel": "naive"}
@@ -253,6 +254,8 @@ class PCEConfig:
     aggr: str = setting("auto", one_of("auto", "none", "H", "T", "HT", "LHT"), SCORES,
                         "aggregation of piece scores over heads / query rows / layers")
     aggr_topn: int = setting(5, as_positive_int, SCORES, "aggregation = sum of the top-n values")
+    structured_scale: bool = setting(True, as_bool, SCORES, "structured: piece keys' weights x 1/M (SPEC §7a)",
+                                     hashed_at_default=False)
     sink_text: str | None = setting(None, as_optional_text, SCORES, "sink when the task gives none")
     # RUNTIME: the file's text becomes sink_text, which is what the scores (and the cache key) depend on.
     sink_text_file: str | None = setting(None, as_text_file, RUNTIME,

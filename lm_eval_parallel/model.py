@@ -19,11 +19,12 @@ from tqdm import tqdm
 
 from . import attention
 from .checks import check_device, check_dtype
-from .config import PCEConfig, take_own_args
+from .config import PCEConfig, get_method, take_own_args
 from .engine import ContextCache, ParallelEngine
 from .identity import identity_fingerprint, identity_of
 from .layout import Layout
 from .log import warn_once
+from .query_rules import QueryRule
 from .requests import Prepared, RequestBuilder
 from .resolve import DEFAULT_ALIAS, check_pretrained, resolve_pretrained
 from .response import GenerationResult, LoglikelihoodResult, RollingResult
@@ -76,7 +77,15 @@ def engine_for(model, device, pce: PCEConfig) -> ParallelEngine:
         want_stats=pce.entropy, analysis=pce.analysis_path is not None,
         max_batch_tokens=pce.prefill_batch_tokens,
         query_round=pce.query_round, harmonic_prefix=pce.harmonic_prefix, entropy_pool=pce.entropy_pool,
+        rule=query_rule_for(pce, model),
     )
+
+
+def query_rule_for(pce: PCEConfig, model) -> QueryRule | None:
+    """The query rows' rule of ``pce``'s method (SPEC §7a); None when the logits are left as they are."""
+    method = get_method(pce.method)
+    rule = QueryRule(structured=method.rule == "structured" and pce.structured_scale)
+    return None if rule == QueryRule() else rule
 
 
 def until_eos(tokens: list[int], eos_ids: set[int]) -> list[int]:

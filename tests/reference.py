@@ -53,6 +53,17 @@ def _selected(p_rows, piece_keys, sel, forced_keep=None):
     return kept / kept.sum(-1, keepdim=True).clamp_min(1e-5), g
 
 
+def _ruled_probabilities(s, st):
+    """Probabilities of query rows under the peer methods' rules (SPEC §7a), written from their definitions in
+    probability space. s: masked float64 logits [H, r, K] of the rows of one call."""
+    rule, pieces = st["rule"], st["piece_keys"]
+    context = [k for keys in pieces for k in keys]
+    weights = torch.exp(s - s.max(-1, keepdim=True).values)  # [H, r, K] exp-weights
+    if rule.get("structured"):  # each of the M groups' keys weigh 1/M of their exp-weight
+        weights[..., context] = weights[..., context] / len(pieces)
+    return weights / weights.sum(-1, keepdim=True)
+
+
 def reference_attention(module, query, key, value, attention_mask, scaling=None, dropout=0.0, softcap=None, **kw):
     st = _STATE.get()
     n_rep = query.shape[1] // key.shape[1]
@@ -64,6 +75,9 @@ def reference_attention(module, query, key, value, attention_mask, scaling=None,
     scores = scores.masked_fill(~st["mask"], -math.inf)
     p = scores.softmax(-1)[0]  # [H, T, K]
     layer = module.layer_idx
+    if st["rule"]:
+        for rows in st["call_rows"]:
+            p[:, rows] = _ruled_probabilities(scores[0, :, rows], st)
     if st["selection"] is not None:
         for c, rows in enumerate(st["call_rows"]):
             forced = st["forced"].get(c)
@@ -84,11 +98,12 @@ AttentionInterface.register(REF_NAME, reference_attention)
 
 
 def reference_forward(model, layout: Layout, calls: list[list[int]], pos: str, pos_round: str, selection: dict | None,
-                      query_positions: str = "layout"):
+                      query_positions: str = "layout", **rule):
     """Logits [T, V] of the whole sequence (context + every call's tokens) and the mean entropy.
 
     ``calls``: token lists, each one forward call of the engine (query+continuation, or the query
     then one generated token per call). ``selection``: dict(top_k, score_topn, aggr, aggr_topn) or None.
+    ``rule``: a peer method's rule on the query rows (SPEC §7a): ``structured=True``.
     """
     ctx_pos, q0 = layout_positions(layout, pos, pos_round)
     if query_positions == "serial":
@@ -107,7 +122,7 @@ def reference_forward(model, layout: Layout, calls: list[list[int]], pos: str, p
     piece_keys = [torch.nonzero(is_piece & (groups.piece == i)).flatten().tolist() for i in range(len(layout.pieces))]
     piece_keys = [keys for keys in piece_keys if keys]
     state = {"mask": mask, "selection": selection, "call_rows": call_rows, "piece_keys": piece_keys,
-             "forced": {}, "collect_call": None, "collected": {}, "entropy": {}}
+             "forced": {}, "collect_call": None, "collected": {}, "entropy": {}, "rule": rule}
     previous = model.config._attn_implementation
     model.set_attn_implementation(REF_NAME)
     token = _STATE.set(state)

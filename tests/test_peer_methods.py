@@ -75,3 +75,55 @@ def test_pcw_matches_dense_reference(model):
     ref_ll, ref_entropy = _reference(model, layout, query, cont, "left")
     assert ll == pytest.approx(ref_ll, rel=REL)
     assert entropy == pytest.approx(ref_entropy, rel=REL)
+
+
+# ---------------------------------------------------------------------------------------------- structured
+
+def test_structured_with_its_scale_off_equals_naive_right_exactly(model):
+    layout, query, cont = make_request("naive")
+    assert PCEConfig.from_args(method="structured", P=4).pos == "right"
+    off = _score(model, layout, query, cont, method="structured", P=4, structured_scale=False)
+    assert off == _score(model, layout, query, cont, method="naive", pos="right", P=4)
+    assert _generate(model, layout, query, 4, method="structured", P=4, structured_scale=False) == _generate(
+        model, layout, query, 4, method="naive", pos="right", P=4)
+    on = _score(model, layout, query, cont, method="structured", P=4)
+    assert abs(on[0] - off[0]) > 1e-4 and abs(on[1] - off[1]) > 1e-4  # the scale is not a no-op
+
+
+def test_structured_with_one_group_equals_full_right(model):
+    """M = 1: the scale is 1, and one right-aligned piece has the positions of full attention."""
+    layout, query, cont = make_request("full")
+    one = _score(model, layout, query, cont, method="structured", P=1)
+    assert one[0] == pytest.approx(_score(model, layout, query, cont, method="full", P=1)[0], rel=REL)
+
+
+@pytest.mark.parametrize("seed", (0, 4))
+def test_structured_matches_dense_reference(model, seed):
+    layout, query, cont = make_request("naive", seed=seed)
+    ll, entropy = _score(model, layout, query, cont, method="structured", P=4)
+    ref_ll, ref_entropy = _reference(model, layout, query, cont, "right", structured=True)
+    assert ll == pytest.approx(ref_ll, rel=REL)
+    assert entropy == pytest.approx(ref_entropy, rel=REL)
+    tokens, entropy = _generate(model, layout, query, 4, method="structured", P=4)
+    logits, ref_entropy = reference_forward(model, layout, [query] + [[t] for t in tokens[:-1]], "right", "none",
+                                            None, structured=True)
+    assert tokens == logits[layout.n_context + len(query) - 1 :].argmax(-1).tolist()
+    assert entropy == pytest.approx(ref_entropy, rel=REL)
+
+
+def test_query_rules_take_the_eager_path(model, monkeypatch):
+    """A rule has no fast (grouped) or SDPA form: the fast path falls back to eager, entropy=false too."""
+    from lm_eval_parallel import attention
+    from lm_eval_parallel.query_rules import QueryRule
+
+    monkeypatch.setattr(attention, "QUERY_IMPL", "fast")
+    q = torch.zeros(1, 4, 3, 8)
+    plan = attention.QueryPlan(store=None, q_valid=torch.ones(1, 3, dtype=torch.bool), want_stats=True,
+                               rule=QueryRule(structured=True))
+    assert plan.eager_only and not attention.uses_fast_path(q, plan, None)
+    layout, query, cont = make_request("naive", seed=4)
+    with_entropy = _score(model, layout, query, cont, method="structured", P=4)[0]
+    cfg = PCEConfig.from_args(method="structured", P=4, entropy=False)
+    engine = engine_for(model, "cpu", cfg)
+    (ll, _, stats), = engine.score([engine.encode(layout, reserve=8)], [query], [cont], None)
+    assert stats is None and ll == pytest.approx(with_entropy, rel=REL)
