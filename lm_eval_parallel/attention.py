@@ -333,8 +333,7 @@ def eager_query_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, pla
         """Masked logits and probabilities of rows r0:r1, both fp32 [B, H, r, K]."""
         logits = _softcapped(_grouped_scores(q[:, :, r0:r1], k, scaling), softcap)
         if plan.rule is not None:
-            logits = apply_rule(logits, plan.rule, masks.group_index, masks.visible[:, r0:r1], n_slots,
-                                masks.n_pieces)
+            logits = apply_rule(logits, plan.rule, masks, r0, r1)
         logits = logits.masked_fill(~masks.visible[:, None, r0:r1], torch.finfo(logits.dtype).min)
         return logits, logits.softmax(-1)
 

@@ -256,6 +256,11 @@ class PCEConfig:
     aggr_topn: int = setting(5, as_positive_int, SCORES, "aggregation = sum of the top-n values")
     structured_scale: bool = setting(True, as_bool, SCORES, "structured: piece keys' weights x 1/M (SPEC §7a)",
                                      hashed_at_default=False)
+    logscale: bool = setting(False, as_bool, SCORES, "query logits x ln N / ln logscale_train_len (SPEC §7a)",
+                             hashed_at_default=False)
+    logscale_train_len: int = setting(0, as_train_len, SCORES,
+                                      "logscale: N_train; 0 = the model's max_position_embeddings",
+                                      hashed_at_default=False)
     sink_text: str | None = setting(None, as_optional_text, SCORES, "sink when the task gives none")
     # RUNTIME: the file's text becomes sink_text, which is what the scores (and the cache key) depend on.
     sink_text_file: str | None = setting(None, as_text_file, RUNTIME,

@@ -84,7 +84,13 @@ def engine_for(model, device, pce: PCEConfig) -> ParallelEngine:
 def query_rule_for(pce: PCEConfig, model) -> QueryRule | None:
     """The query rows' rule of ``pce``'s method (SPEC §7a); None when the logits are left as they are."""
     method = get_method(pce.method)
-    rule = QueryRule(structured=method.rule == "structured" and pce.structured_scale)
+    train_len = None
+    if pce.logscale:
+        train_len = pce.logscale_train_len or getattr(model.config.get_text_config(), "max_position_embeddings", None)
+        if not isinstance(train_len, int) or train_len < 2:
+            raise ValueError(f"logscale=true: the model gives no max_position_embeddings ({train_len!r}); "
+                             "set logscale_train_len= to its training context length")
+    rule = QueryRule(logscale_train_len=train_len, structured=method.rule == "structured" and pce.structured_scale)
     return None if rule == QueryRule() else rule
 
 

@@ -53,11 +53,14 @@ def _selected(p_rows, piece_keys, sel, forced_keep=None):
     return kept / kept.sum(-1, keepdim=True).clamp_min(1e-5), g
 
 
-def _ruled_probabilities(s, st):
+def _ruled_probabilities(s, n_keys, st):
     """Probabilities of query rows under the peer methods' rules (SPEC §7a), written from their definitions in
-    probability space. s: masked float64 logits [H, r, K] of the rows of one call."""
+    probability space. s: masked float64 logits [H, r, K] of the rows of one call; n_keys: the keys its last row
+    sees (context and query tokens up to the end of the call)."""
     rule, pieces = st["rule"], st["piece_keys"]
     context = [k for keys in pieces for k in keys]
+    if rule.get("logscale_train_len"):  # scalable softmax: logits x ln N / ln N_train
+        s = s * (math.log(n_keys) / math.log(rule["logscale_train_len"]))
     weights = torch.exp(s - s.max(-1, keepdim=True).values)  # [H, r, K] exp-weights
     if rule.get("structured"):  # each of the M groups' keys weigh 1/M of their exp-weight
         weights[..., context] = weights[..., context] / len(pieces)
@@ -77,7 +80,7 @@ def reference_attention(module, query, key, value, attention_mask, scaling=None,
     layer = module.layer_idx
     if st["rule"]:
         for rows in st["call_rows"]:
-            p[:, rows] = _ruled_probabilities(scores[0, :, rows], st)
+            p[:, rows] = _ruled_probabilities(scores[0, :, rows], rows[-1] + 1, st)
     if st["selection"] is not None:
         for c, rows in enumerate(st["call_rows"]):
             forced = st["forced"].get(c)
@@ -103,7 +106,7 @@ def reference_forward(model, layout: Layout, calls: list[list[int]], pos: str, p
 
     ``calls``: token lists, each one forward call of the engine (query+continuation, or the query
     then one generated token per call). ``selection``: dict(top_k, score_topn, aggr, aggr_topn) or None.
-    ``rule``: a peer method's rule on the query rows (SPEC §7a): ``structured=True``.
+    ``rule``: the rules on the query rows (SPEC §7a): ``structured=True``, ``logscale_train_len=N``.
     """
     ctx_pos, q0 = layout_positions(layout, pos, pos_round)
     if query_positions == "serial":

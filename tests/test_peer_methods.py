@@ -127,3 +127,52 @@ def test_query_rules_take_the_eager_path(model, monkeypatch):
     engine = engine_for(model, "cpu", cfg)
     (ll, _, stats), = engine.score([engine.encode(layout, reserve=8)], [query], [cont], None)
     assert stats is None and ll == pytest.approx(with_entropy, rel=REL)
+
+
+# ---------------------------------------------------------------------------------------------- logscale
+
+@pytest.mark.parametrize("method", ("naive", "sink+sel", "structured"))
+def test_logscale_with_factor_one_equals_its_base_method_exactly(model, method):
+    """N_train = N, the request's keys in its one scoring call: ln N / ln N_train = 1."""
+    layout, query, cont = make_request(method)
+    n_keys = layout.n_context + len(query) + len(cont)
+    base = _score(model, layout, query, cont, method=method, P=4, top_k=1)
+    assert _score(model, layout, query, cont, method=method, P=4, top_k=1, logscale=True,
+                  logscale_train_len=n_keys) == base
+    scaled = _score(model, layout, query, cont, method=method, P=4, top_k=1, logscale=True, logscale_train_len=8)
+    assert abs(scaled[0] - base[0]) > 1e-4
+
+
+def test_logscale_train_len_defaults_to_max_position_embeddings(model):
+    layout, query, cont = make_request("sink")
+    n_train = model.config.get_text_config().max_position_embeddings
+    assert _score(model, layout, query, cont, method="sink", P=4, logscale=True) == _score(
+        model, layout, query, cont, method="sink", P=4, logscale=True, logscale_train_len=n_train)
+    with pytest.raises(ValueError, match="logscale_train_len=1 must be an integer >= 2"):
+        PCEConfig.from_args(logscale_train_len=1)
+
+
+@pytest.mark.parametrize("method,pos,rule", [("naive", "even", {}), ("structured", "right", {"structured": True})])
+def test_logscale_matches_dense_reference(model, method, pos, rule):
+    layout, query, cont = make_request("naive", seed=6)
+    ll, entropy = _score(model, layout, query, cont, method=method, P=4, logscale=True, logscale_train_len=8)
+    ref_ll, ref_entropy = _reference(model, layout, query, cont, pos, logscale_train_len=8, **rule)
+    assert ll == pytest.approx(ref_ll, rel=REL)
+    assert entropy == pytest.approx(ref_entropy, rel=REL)
+    tokens, entropy = _generate(model, layout, query, 4, method=method, P=4, logscale=True, logscale_train_len=8)
+    logits, ref_entropy = reference_forward(model, layout, [query] + [[t] for t in tokens[:-1]], pos, "none", None,
+                                            logscale_train_len=8, **rule)
+    assert tokens == logits[layout.n_context + len(query) - 1 :].argmax(-1).tolist()
+    assert entropy == pytest.approx(ref_entropy, rel=REL)
+
+
+def test_logscale_counts_each_requests_own_keys_in_a_batch(model):
+    """N is per request: rows batched with a longer context (padding in the store) score as alone."""
+    cfg = PCEConfig.from_args(method="naive", P=4, logscale=True, logscale_train_len=8)
+    engine = engine_for(model, "cpu", cfg)
+    requests = [make_request("naive", seed=s, n_items=n) for s, n in ((0, 6), (1, 3))]
+    contexts = [engine.encode(layout, 16) for layout, _, _ in requests]
+    alone = [engine.score([c], [q], [x[:2]], None)[0] for c, (_, q, x) in zip(contexts, requests)]
+    batched = engine.score(contexts, [q for _, q, _ in requests], [x[:2] for _, _, x in requests], None)
+    for a, b in zip(alone, batched):
+        assert a[0] == pytest.approx(b[0], rel=REL) and a[2].attn_entropy == pytest.approx(b[2].attn_entropy, rel=REL)
