@@ -32,7 +32,7 @@ import torch.nn.functional as F
 from .kvstore import KeyGroups, KVStore, RowRun
 from .layout import causal
 from .query_rules import QueryRule, apply_rule
-from .selection import Selection, apply_keep, piece_scores, select_pieces, topn_sum
+from .selection import Selection, apply_keep, piece_scores, piece_weights, select_pieces, topn_sum
 
 ATTN_NAME = "pce"
 CHUNK_BYTES = 256 * 2**20  # memory budget of one chunk of eager attention rows
@@ -75,7 +75,7 @@ class QueryPlan:
     store: KVStore
     q_valid: torch.Tensor  # [B, Q] bool: real query rows (False: right padding, finished rows)
     selection: Selection | None = None
-    forced_keep: torch.Tensor | None = None  # [B, 1, 1, P] bool: kept pieces, the same in every layer
+    forced_keep: torch.Tensor | None = None  # [B, 1, 1, P] bool (kept pieces) or float (sel_soft), every layer
     scores_only: bool = False
     want_stats: bool = False  # per-layer entropy sums (SPEC §8)
     analysis: bool = False  # also per-head sums and key norms
@@ -101,8 +101,9 @@ class QueryPlan:
 
     @property
     def eager_only(self) -> bool:
-        """Only :func:`eager_query_attention` implements this plan (a query rule)."""
-        return self.rule is not None
+        """Only :func:`eager_query_attention` implements this plan (a query rule, soft selection)."""
+        soft = self.selection is not None and self.selection.tau is not None
+        return self.rule is not None or soft or (self.forced_keep is not None and self.forced_keep.dtype != torch.bool)
 
 
 @dataclass(frozen=True)
@@ -350,10 +351,15 @@ def eager_query_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, pla
         scores = torch.cat(per_chunk, dim=2) * masks.q_valid[:, None, :, None]  # [B, H, Q, P]
 
     # 2. The pieces each row keeps (SPEC §7.2-3): [B, h, r', P], h in {1, H}, r' in {1, Q}; None keeps all.
+    #    sel_soft: the weight of each piece instead.
     keep = None if plan.forced_keep is None else plan.forced_keep.to(q.device, non_blocking=True)
     if plan.selects:
         sel = plan.selection
-        keep = select_pieces(topn_sum(scores, sel.aggr, sel.aggr_topn), masks.n_pieces, sel.top_k)
+        aggregated = topn_sum(scores, sel.aggr, sel.aggr_topn)
+        if sel.tau is not None:
+            keep = piece_weights(aggregated, masks.n_pieces, sel.tau)
+        else:
+            keep = select_pieces(aggregated, masks.n_pieces, sel.top_k)
 
     # 3. Per chunk: probabilities -> dropped pieces zeroed, rows renormalised -> statistics (SPEC §8) -> x V.
     sums = _StatsSums(masks, k, h, plan.analysis) if plan.want_stats else None

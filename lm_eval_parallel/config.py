@@ -53,6 +53,7 @@ METHODS = (
     Method("sink",     True,     True,  False,     "sink",   "tab:orange", "s"),
     Method("sel",      True,     False, True,      "plain",  "tab:green",  "^"),
     Method("sink+sel", True,     True,  True,      "sink",   "tab:red",    "D"),
+    Method("sel_soft", True,     False, True,      "plain",  "tab:olive",  "P",  rule="soft"),
     Method("pcw",      True,     False, False,     "left",   "tab:purple", "v",  pos="left"),
     Method("structured", True,   False, False,     "right",  "tab:cyan",   "<",  pos="right", rule="structured"),
 )
@@ -254,6 +255,8 @@ class PCEConfig:
     aggr: str = setting("auto", one_of("auto", "none", "H", "T", "HT", "LHT"), SCORES,
                         "aggregation of piece scores over heads / query rows / layers")
     aggr_topn: int = setting(5, as_positive_int, SCORES, "aggregation = sum of the top-n values")
+    sel_tau: float = setting(0.1, as_positive_float, SCORES, "sel_soft: temperature of the piece weights (SPEC §7)",
+                             hashed_at_default=False)
     structured_scale: bool = setting(True, as_bool, SCORES, "structured: piece keys' weights x 1/M (SPEC §7a)",
                                      hashed_at_default=False)
     logscale: bool = setting(False, as_bool, SCORES, "query logits x ln N / ln logscale_train_len (SPEC §7a)",

@@ -19,7 +19,7 @@ from .attention import EncodePlan, QueryOutputs, QueryPlan, encoding, querying
 from .kvstore import KVStore, RowRun
 from .layout import Layout, piece_position_arrays
 from .query_rules import QueryRule
-from .selection import Selection, select_pieces, topn_sum_layers
+from .selection import Selection, piece_weights, select_pieces, topn_sum_layers
 
 INLINE_PREFIX_RATIO = 16  # recompute the prefix in every piece row while it is <= 1/16 of the longest piece
 
@@ -324,8 +324,12 @@ class ParallelEngine:
             with querying(QueryPlan(store, q_valid, selection=selection, scores_only=True, rule=self.rule)) as first:
                 self._forward(ids, positions, keep_logits=1)
             layers = [first.piece_scores[layer] for layer in range(self.n_layers)]
-            keep = select_pieces(topn_sum_layers(layers, selection.aggr_topn), store.n_pieces.to(layers[0].device),
-                                 selection.top_k)
+            aggregated = topn_sum_layers(layers, selection.aggr_topn)
+            n_pieces = store.n_pieces.to(layers[0].device)
+            if selection.tau is not None:
+                keep = piece_weights(aggregated, n_pieces, selection.tau)
+            else:
+                keep = select_pieces(aggregated, n_pieces, selection.top_k)
             plan = QueryPlan(store, q_valid, forced_keep=keep, want_stats=self.want_stats, analysis=self.analysis,
                              rule=self.rule)
         else:

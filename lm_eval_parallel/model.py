@@ -67,7 +67,8 @@ def sliding_window_of(model) -> int | None:
 def selection_for(pce: PCEConfig, request_type: str) -> Selection | None:
     if not pce.uses_selection:
         return None
-    return Selection(pce.top_k, pce.score_topn, pce.aggr_for(request_type), pce.aggr_topn)
+    tau = pce.sel_tau if get_method(pce.method).rule == "soft" else None
+    return Selection(pce.top_k, pce.score_topn, pce.aggr_for(request_type), pce.aggr_topn, tau)
 
 
 def engine_for(model, device, pce: PCEConfig) -> ParallelEngine:
@@ -156,7 +157,7 @@ class ParallelHFLM(HFLM):
                 warn_once(f"sink{n_tokens}", f"sink_text is {n_tokens} tokens ({len(pce.sink_text)} characters): "
                                              "every piece attends to all of it and starts after it; the paper's "
                                              "sinks are about 15 tokens")
-        if pce.uses_selection and pce.P <= pce.top_k:
+        if pce.uses_selection and get_method(pce.method).rule != "soft" and pce.P <= pce.top_k:
             warn_once(f"sel{pce.P}", f"method={pce.method} with top_k={pce.top_k} >= P={pce.P}: "
                                      "selection keeps every piece and changes nothing")
 

@@ -25,10 +25,12 @@ def _selected(p_rows, piece_keys, sel, forced_keep=None):
     """Selection for the rows of one call. p_rows [H, T, K] -> (new probs, piece scores [H, T, P])."""
     n_heads, n_rows, _ = p_rows.shape
     n_pieces = len(piece_keys)
+    tau = sel.get("tau")  # sel_soft: piece weights softmax(ln(score + 1e-5) / tau) instead of a top-K
+    keeps_all = tau is None and n_pieces <= sel["top_k"]
     g = torch.stack([_topn_sum(p_rows[:, :, keys], sel["score_topn"]) for keys in piece_keys], dim=-1)
     if forced_keep is not None:
         keep = forced_keep.expand(n_heads, n_rows, n_pieces)
-    elif n_pieces <= sel["top_k"] or sel["aggr"] == "LHT":  # LHT: scores only (pass 1)
+    elif keeps_all or sel["aggr"] == "LHT":  # LHT: scores only (pass 1)
         return p_rows, g
     else:
         aggr = sel["aggr"]
@@ -42,11 +44,14 @@ def _selected(p_rows, piece_keys, sel, forced_keep=None):
             agg = _topn_sum(g.permute(2, 0, 1).reshape(n_pieces, -1), sel["aggr_topn"])[None, None]
         else:
             raise AssertionError(aggr)
-        top = agg.topk(sel["top_k"], dim=-1).indices
-        keep = torch.zeros(agg.shape, dtype=torch.bool).scatter_(-1, top, True).expand(n_heads, n_rows, n_pieces)
-    if n_pieces <= sel["top_k"]:
+        if tau is not None:
+            keep = torch.softmax(torch.log(agg + 1e-5) / tau, dim=-1).expand(n_heads, n_rows, n_pieces)
+        else:
+            top = agg.topk(sel["top_k"], dim=-1).indices
+            keep = torch.zeros(agg.shape, dtype=torch.bool).scatter_(-1, top, True).expand(n_heads, n_rows, n_pieces)
+    if keeps_all:
         return p_rows, g
-    key_keep = torch.ones(p_rows.shape, dtype=torch.bool)
+    key_keep = torch.ones(p_rows.shape, dtype=torch.bool if tau is None else p_rows.dtype)
     for i, keys in enumerate(piece_keys):
         key_keep[:, :, keys] = keep[:, :, i : i + 1].expand(-1, -1, len(keys))
     kept = p_rows * key_keep
@@ -135,14 +140,17 @@ def reference_forward(model, layout: Layout, calls: list[list[int]], pos: str, p
                                 attention_mask=torch.zeros(1, 1, n, n), use_cache=False).logits[0]
             if selection is not None and selection["aggr"] == "LHT":
                 for c in range(len(calls)):
-                    if len(piece_keys) <= selection["top_k"]:
+                    if len(piece_keys) <= selection["top_k"] and selection.get("tau") is None:
                         break
                     state["collect_call"], state["collected"] = c, {}
                     run()
                     g = torch.stack([state["collected"][l] for l in sorted(state["collected"])])  # [L, H, T, P]
                     agg = _topn_sum(g.permute(3, 0, 1, 2).reshape(g.shape[-1], -1), selection["aggr_topn"])
-                    keep = torch.zeros(agg.shape, dtype=torch.bool)
-                    keep[agg.topk(selection["top_k"]).indices] = True
+                    if selection.get("tau") is not None:
+                        keep = torch.softmax(torch.log(agg + 1e-5) / selection["tau"], dim=-1)
+                    else:
+                        keep = torch.zeros(agg.shape, dtype=torch.bool)
+                        keep[agg.topk(selection["top_k"]).indices] = True
                     state["forced"][c] = keep[None, None]
                 state["collect_call"] = None
             logits = run()

@@ -176,3 +176,32 @@ def test_logscale_counts_each_requests_own_keys_in_a_batch(model):
     batched = engine.score(contexts, [q for _, q, _ in requests], [x[:2] for _, _, x in requests], None)
     for a, b in zip(alone, batched):
         assert a[0] == pytest.approx(b[0], rel=REL) and a[2].attn_entropy == pytest.approx(b[2].attn_entropy, rel=REL)
+
+
+# ---------------------------------------------------------------------------------------------- sel_soft
+
+@pytest.mark.parametrize("aggr", ("none", "HT", "LHT"))
+def test_sel_soft_approaches_hard_selection_with_one_piece_as_tau_goes_to_zero(model, aggr):
+    """w = softmax(ln(g + 1e-5) / tau) tends to the one-hot of the best piece: sel with top_k=1."""
+    layout, query, cont = make_request("naive")
+    hard = _score(model, layout, query, cont, method="sel", P=4, top_k=1, aggr=aggr)
+    far = _score(model, layout, query, cont, method="sel_soft", P=4, aggr=aggr, sel_tau=1.0)
+    assert abs(far[0] - hard[0]) > 1e-3  # a soft weighting, not the hard choice
+    close = _score(model, layout, query, cont, method="sel_soft", P=4, aggr=aggr, sel_tau=1e-4)
+    assert close[0] == pytest.approx(hard[0], rel=1e-5) and close[1] == pytest.approx(hard[1], rel=1e-5)
+
+
+@pytest.mark.parametrize("aggr", ("none", "H", "HT", "LHT"))
+def test_sel_soft_matches_dense_reference(model, aggr):
+    layout, query, cont = make_request("naive", seed=3)
+    sel = dict(top_k=2, score_topn=5, aggr=aggr, aggr_topn=5, tau=0.3)
+    ll, entropy = _score(model, layout, query, cont, method="sel_soft", P=4, aggr=aggr, sel_tau=0.3)
+    logits, ref_entropy = reference_forward(model, layout, [query + cont], "even", "none", sel)
+    lp = torch.log_softmax(logits.double(), -1)
+    ref_ll = sum(float(lp[layout.n_context + len(query) - 1 + i, t]) for i, t in enumerate(cont))
+    assert ll == pytest.approx(ref_ll, rel=REL)
+    assert entropy == pytest.approx(ref_entropy, rel=REL)
+    tokens, entropy = _generate(model, layout, query, 4, method="sel_soft", P=4, aggr=aggr, sel_tau=0.3)
+    logits, ref_entropy = reference_forward(model, layout, [query] + [[t] for t in tokens[:-1]], "even", "none", sel)
+    assert tokens == logits[layout.n_context + len(query) - 1 :].argmax(-1).tolist()
+    assert entropy == pytest.approx(ref_entropy, rel=REL)
