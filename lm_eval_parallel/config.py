@@ -55,6 +55,7 @@ METHODS = (
     Method("sink+sel", True,     True,  True,      "sink",   "tab:red",    "D"),
     Method("sel_soft", True,     False, True,      "plain",  "tab:olive",  "P",  rule="soft"),
     Method("pcw",      True,     False, False,     "left",   "tab:purple", "v",  pos="left"),
+    Method("ape",      True,     False, False,     "left",   "tab:brown",  "X",  pos="left", rule="ape"),
     Method("structured", True,   False, False,     "right",  "tab:cyan",   "<",  pos="right", rule="structured"),
 )
 # fmt: on
@@ -259,6 +260,10 @@ class PCEConfig:
                              hashed_at_default=False)
     structured_scale: bool = setting(True, as_bool, SCORES, "structured: piece keys' weights x 1/M (SPEC §7a)",
                                      hashed_at_default=False)
+    ape_temperature: float = setting(0.9, as_positive_float, SCORES, "ape: temperature T on context logits",
+                                     hashed_at_default=False)
+    ape_scale: float = setting(0.9, as_positive_float, SCORES, "ape: scale S on the context's log-sum-exp",
+                               hashed_at_default=False)
     logscale: bool = setting(False, as_bool, SCORES, "query logits x ln N / ln logscale_train_len (SPEC §7a)",
                              hashed_at_default=False)
     logscale_train_len: int = setting(0, as_train_len, SCORES,

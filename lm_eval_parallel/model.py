@@ -91,7 +91,8 @@ def query_rule_for(pce: PCEConfig, model) -> QueryRule | None:
         if not isinstance(train_len, int) or train_len < 2:
             raise ValueError(f"logscale=true: the model gives no max_position_embeddings ({train_len!r}); "
                              "set logscale_train_len= to its training context length")
-    rule = QueryRule(logscale_train_len=train_len, structured=method.rule == "structured" and pce.structured_scale)
+    rule = QueryRule(logscale_train_len=train_len, structured=method.rule == "structured" and pce.structured_scale,
+                     ape=(pce.ape_temperature, pce.ape_scale) if method.rule == "ape" else None)
     return None if rule == QueryRule() else rule
 
 

@@ -21,6 +21,7 @@ class QueryRule:
 
     logscale_train_len: int | None = None  # logscale: every logit x ln N / ln N_train, N = the request's keys
     structured: bool = False  # structured: context keys' exp-weights x 1/M, M = the request's number of pieces
+    ape: tuple[float, float] | None = None  # ape: (T, S), temperature on context logits, scale on their LSE
 
 
 def context_keys(group_index: torch.Tensor, visible: torch.Tensor, n_slots: int) -> torch.Tensor:
@@ -47,4 +48,12 @@ def apply_rule(logits: torch.Tensor, rule: QueryRule, masks: QueryMasks, r0: int
         # exp(s - ln M) = exp(s) / M; M = 1 subtracts 0.0
         log_m = torch.log(masks.n_pieces.clamp_min(1).to(logits.dtype))[:, None, None, None]  # [B, 1, 1, 1]
         logits = torch.where(context, logits - log_m, logits)
+    if rule.ape is not None:
+        # context keys: s / T + (S T - 1) LSE_C, LSE_C = log sum_C exp(s / T), so that the context together weighs
+        # exp(S T LSE_C) against the others' exp(LSE_O), and softmax(s / T) within it; T = S = 1 adds 0.0
+        temperature, scale = rule.ape
+        tempered = logits / temperature
+        lse = torch.logsumexp(tempered.masked_fill(~context, float("-inf")), dim=-1, keepdim=True)  # [B, H, r, 1]
+        shift = torch.where(torch.isfinite(lse), (scale * temperature - 1.0) * lse, 0.0)
+        logits = torch.where(context, tempered + shift, logits)
     return logits

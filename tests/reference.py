@@ -69,6 +69,16 @@ def _ruled_probabilities(s, n_keys, st):
     weights = torch.exp(s - s.max(-1, keepdim=True).values)  # [H, r, K] exp-weights
     if rule.get("structured"):  # each of the M groups' keys weigh 1/M of their exp-weight
         weights[..., context] = weights[..., context] / len(pieces)
+    if rule.get("ape"):  # two attentions merged by their log-sum-exps, the context's tempered and scaled
+        temperature, scale = rule["ape"]
+        others = [k for k in range(s.shape[-1]) if k not in set(context)]
+        s_context, s_others = s[..., context] / temperature, s[..., others]
+        lse_context, lse_others = torch.logsumexp(s_context, -1), torch.logsumexp(s_others, -1)  # [H, r]
+        w_context = torch.sigmoid(scale * temperature * lse_context - lse_others)[..., None]  # [H, r, 1]
+        p = torch.zeros_like(s)
+        p[..., context] = w_context * s_context.softmax(-1)
+        p[..., others] = (1 - w_context) * s_others.softmax(-1)
+        return p
     return weights / weights.sum(-1, keepdim=True)
 
 
@@ -111,7 +121,8 @@ def reference_forward(model, layout: Layout, calls: list[list[int]], pos: str, p
 
     ``calls``: token lists, each one forward call of the engine (query+continuation, or the query
     then one generated token per call). ``selection``: dict(top_k, score_topn, aggr, aggr_topn) or None.
-    ``rule``: the rules on the query rows (SPEC §7a): ``structured=True``, ``logscale_train_len=N``.
+    ``rule``: the rules on the query rows (SPEC §7a): ``structured=True``, ``logscale_train_len=N``,
+    ``ape=(T, S)``.
     """
     ctx_pos, q0 = layout_positions(layout, pos, pos_round)
     if query_positions == "serial":

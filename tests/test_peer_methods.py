@@ -205,3 +205,32 @@ def test_sel_soft_matches_dense_reference(model, aggr):
     logits, ref_entropy = reference_forward(model, layout, [query] + [[t] for t in tokens[:-1]], "even", "none", sel)
     assert tokens == logits[layout.n_context + len(query) - 1 :].argmax(-1).tolist()
     assert entropy == pytest.approx(ref_entropy, rel=REL)
+
+
+# ---------------------------------------------------------------------------------------------- ape
+
+def test_ape_with_unit_temperature_and_scale_equals_naive_left_exactly(model):
+    layout, query, cont = make_request("naive")
+    cfg = PCEConfig.from_args(method="ape", P=4)
+    assert (cfg.pos, cfg.ape_temperature, cfg.ape_scale) == ("left", 0.9, 0.9)
+    unit = _score(model, layout, query, cont, method="ape", P=4, ape_temperature=1, ape_scale=1)
+    assert unit == _score(model, layout, query, cont, method="naive", pos="left", P=4)
+    assert _generate(model, layout, query, 4, method="ape", P=4, ape_temperature=1, ape_scale=1) == _generate(
+        model, layout, query, 4, method="naive", pos="left", P=4)
+    for t, s in ((0.9, 0.9), (1.0, 0.9), (0.9, 1 / 0.9)):  # T S = 1 still tempers the context (T != 1)
+        other = _score(model, layout, query, cont, method="ape", P=4, ape_temperature=t, ape_scale=s)
+        assert abs(other[0] - unit[0]) > 1e-4, (t, s)
+
+
+@pytest.mark.parametrize("t,s", ((0.9, 0.9), (0.5, 1.2)))
+def test_ape_matches_dense_reference(model, t, s):
+    layout, query, cont = make_request("sink", seed=7)  # a longer shared prefix: the others' part has weight
+    ll, entropy = _score(model, layout, query, cont, method="ape", P=4, ape_temperature=t, ape_scale=s)
+    ref_ll, ref_entropy = _reference(model, layout, query, cont, "left", ape=(t, s))
+    assert ll == pytest.approx(ref_ll, rel=REL)
+    assert entropy == pytest.approx(ref_entropy, rel=REL)
+    tokens, entropy = _generate(model, layout, query, 4, method="ape", P=4, ape_temperature=t, ape_scale=s)
+    logits, ref_entropy = reference_forward(model, layout, [query] + [[x] for x in tokens[:-1]], "left", "none",
+                                            None, ape=(t, s))
+    assert tokens == logits[layout.n_context + len(query) - 1 :].argmax(-1).tolist()
+    assert entropy == pytest.approx(ref_entropy, rel=REL)

@@ -21,7 +21,7 @@ OTHER_VALUES = {
     "rolling_score_len": 256, "context_cache_mb": 64, "tokenize": "joint", "prefill_batch_tokens": 4096,
     "auto_batch_tokens": 2048, "preset": "paper_code", "query_round": "floor", "harmonic_prefix": "min1",
     "lm_split": "ceil", "entropy_pool": "calls", "gen_stop": "max_gen", "split": "sentence",
-    "structured_scale": False, "sel_tau": 0.5, "logscale": True, "logscale_train_len": 4096,
+    "structured_scale": False, "ape_temperature": 0.5, "ape_scale": 1.0, "sel_tau": 0.5, "logscale": True, "logscale_train_len": 4096,
     "sink_text_file": os.path.join(os.path.dirname(__file__), "sink_text.txt"),
 }
 # What a setting stands for: sink_text_file is RUNTIME because its text becomes sink_text, which changes scores.
