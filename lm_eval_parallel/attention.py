@@ -8,7 +8,8 @@ layer of that forward reads the plan through a context variable.
   or also to cached prefix keys (zero query rows stand in for them, so it is still one square causal SDPA call:
   no L x L tensor, GQA without copies). New keys/values go to the store as :class:`~.kvstore.RowRun` copies.
 * :class:`QueryPlan`: query rows over the flat KV store (prefix + every piece + earlier query tokens). Rows that
-  need probabilities (selection, entropy) go through :func:`eager_query_attention`, in chunks of rows; otherwise
+  need probabilities (selection, entropy, a peer method's rule: SPEC §7a) go through :func:`eager_query_attention`
+  (the fast path where it applies, not for rules or soft selection), in chunks of rows; otherwise
   SDPA with a padding/causal mask of size query x keys. Each layer returns a :class:`LayerResult`, and
   ``querying`` collects them into the :class:`QueryOutputs` it yields.
 
