@@ -8,7 +8,8 @@ layer of that forward reads the plan through a context variable.
   or also to cached prefix keys (zero query rows stand in for them, so it is still one square causal SDPA call:
   no L x L tensor, GQA without copies). New keys/values go to the store as :class:`~.kvstore.RowRun` copies.
 * :class:`QueryPlan`: query rows over the flat KV store (prefix + every piece + earlier query tokens). Rows that
-  need probabilities (selection, entropy) go through :func:`eager_query_attention`, in chunks of rows; otherwise
+  need probabilities (selection, entropy, a peer method's rule: SPEC §7a) go through :func:`eager_query_attention`
+  (the fast path where it applies, not for rules or soft selection), in chunks of rows; otherwise
   SDPA with a padding/causal mask of size query x keys. Each layer returns a :class:`LayerResult`, and
   ``querying`` collects them into the :class:`QueryOutputs` it yields.
 
@@ -31,7 +32,8 @@ import torch.nn.functional as F
 
 from .kvstore import KeyGroups, KVStore, RowRun
 from .layout import causal
-from .selection import Selection, apply_keep, piece_scores, select_pieces, topn_sum
+from .query_rules import QueryRule, apply_rule
+from .selection import Selection, apply_keep, piece_scores, piece_weights, select_pieces, topn_sum
 
 ATTN_NAME = "pce"
 CHUNK_BYTES = 256 * 2**20  # memory budget of one chunk of eager attention rows
@@ -74,10 +76,11 @@ class QueryPlan:
     store: KVStore
     q_valid: torch.Tensor  # [B, Q] bool: real query rows (False: right padding, finished rows)
     selection: Selection | None = None
-    forced_keep: torch.Tensor | None = None  # [B, 1, 1, P] bool: kept pieces, the same in every layer
+    forced_keep: torch.Tensor | None = None  # [B, 1, 1, P] bool (kept pieces) or float (sel_soft), every layer
     scores_only: bool = False
     want_stats: bool = False  # per-layer entropy sums (SPEC §8)
     analysis: bool = False  # also per-head sums and key norms
+    rule: QueryRule | None = None  # a peer method's rule on the query rows' logits (SPEC §7a)
 
     def __post_init__(self):
         if self.forced_keep is not None and self.selection is not None:
@@ -96,6 +99,12 @@ class QueryPlan:
     def needs_probs(self) -> bool:
         """Some layer output needs the attention probabilities themselves, not only their product with V."""
         return self.selection is not None or self.forced_keep is not None or self.want_stats
+
+    @property
+    def eager_only(self) -> bool:
+        """Only :func:`eager_query_attention` implements this plan (a query rule, soft selection)."""
+        soft = self.selection is not None and self.selection.tau is not None
+        return self.rule is not None or soft or (self.forced_keep is not None and self.forced_keep.dtype != torch.bool)
 
 
 @dataclass(frozen=True)
@@ -325,6 +334,8 @@ def eager_query_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, pla
     def probabilities(r0: int, r1: int) -> tuple[torch.Tensor, torch.Tensor]:
         """Masked logits and probabilities of rows r0:r1, both fp32 [B, H, r, K]."""
         logits = _softcapped(_grouped_scores(q[:, :, r0:r1], k, scaling), softcap)
+        if plan.rule is not None:
+            logits = apply_rule(logits, plan.rule, masks, r0, r1)
         logits = logits.masked_fill(~masks.visible[:, None, r0:r1], torch.finfo(logits.dtype).min)
         return logits, logits.softmax(-1)
 
@@ -341,10 +352,15 @@ def eager_query_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, pla
         scores = torch.cat(per_chunk, dim=2) * masks.q_valid[:, None, :, None]  # [B, H, Q, P]
 
     # 2. The pieces each row keeps (SPEC §7.2-3): [B, h, r', P], h in {1, H}, r' in {1, Q}; None keeps all.
+    #    sel_soft: the weight of each piece instead.
     keep = None if plan.forced_keep is None else plan.forced_keep.to(q.device, non_blocking=True)
     if plan.selects:
         sel = plan.selection
-        keep = select_pieces(topn_sum(scores, sel.aggr, sel.aggr_topn), masks.n_pieces, sel.top_k)
+        aggregated = topn_sum(scores, sel.aggr, sel.aggr_topn)
+        if sel.tau is not None:
+            keep = piece_weights(aggregated, masks.n_pieces, sel.tau)
+        else:
+            keep = select_pieces(aggregated, masks.n_pieces, sel.top_k)
 
     # 3. Per chunk: probabilities -> dropped pieces zeroed, rows renormalised -> statistics (SPEC §8) -> x V.
     sums = _StatsSums(masks, k, h, plan.analysis) if plan.want_stats else None
@@ -365,14 +381,14 @@ def uses_fast_path(q: torch.Tensor, plan: QueryPlan, softcap: float | None) -> b
     """Whether query rows that need probabilities go through ``query_fast`` (see QUERY_IMPL)."""
     if QUERY_IMPL not in QUERY_IMPLS:
         raise ValueError(f"QUERY_IMPL={QUERY_IMPL!r} is not allowed; choose one of {', '.join(QUERY_IMPLS)}")
-    applies = softcap is None and not plan.analysis
+    applies = softcap is None and not plan.analysis and not plan.eager_only
     return applies and (QUERY_IMPL == "fast" or (QUERY_IMPL == "auto" and q.is_cuda))
 
 
 def _query_attention(q, k, v, forward: _QueryForward, scaling: float, softcap: float | None) -> LayerResult:
     """Query rows over the whole store: SDPA when only the weighted values are needed, else eager or fast."""
     plan = forward.plan
-    if plan.needs_probs or softcap is not None:
+    if plan.needs_probs or softcap is not None or plan.eager_only:
         if plan.needs_probs and uses_fast_path(q, plan, softcap):
             from .query_fast import fast_query_attention, is_small
 

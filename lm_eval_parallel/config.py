@@ -39,6 +39,8 @@ class Method:
     contexts: str         # methods with the same value encode identical contexts at one P
     color: str            # plots
     marker: str
+    pos: str | None = None  # the piece positions the method prescribes (SPEC §6); None: the pos= setting
+    rule: str = ""        # its rule at the query stage (SPEC §7a): "", "structured", "ape" or "soft"
 
 
 # Board and plot order. A sweep runs, at each P, the methods of one `contexts` family back to back, so the
@@ -51,6 +53,10 @@ METHODS = (
     Method("sink",     True,     True,  False,     "sink",   "tab:orange", "s"),
     Method("sel",      True,     False, True,      "plain",  "tab:green",  "^"),
     Method("sink+sel", True,     True,  True,      "sink",   "tab:red",    "D"),
+    Method("sel_soft", True,     False, True,      "plain",  "tab:olive",  "P",  rule="soft"),
+    Method("pcw",      True,     False, False,     "left",   "tab:purple", "v",  pos="left"),
+    Method("ape",      True,     False, False,     "left",   "tab:brown",  "X",  pos="left", rule="ape"),
+    Method("structured", True,   False, False,     "right",  "tab:cyan",   "<",  pos="right", rule="structured"),
 )
 # fmt: on
 METHOD_ALIASES = {"parallel": "naive"}
@@ -93,6 +99,18 @@ def as_positive_int(name: str, value) -> int:
     return int(as_float)
 
 
+def as_positive_float(name: str, value) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float, str)):
+        raise ValueError(f"{name}={value!r} must be a positive number")
+    try:
+        number = float(value)
+    except ValueError:
+        raise ValueError(f"{name}={value!r} must be a positive number") from None
+    if not (number > 0 and number < float("inf")):
+        raise ValueError(f"{name}={value!r} must be a positive finite number")
+    return number
+
+
 def as_non_negative_int(name: str, value) -> int:
     if value in (0, "0"):
         return 0
@@ -100,6 +118,18 @@ def as_non_negative_int(name: str, value) -> int:
         return as_positive_int(name, value)
     except ValueError:
         raise ValueError(f"{name}={value!r} must be an integer >= 0 (0 = off)") from None
+
+
+def as_train_len(name: str, value) -> int:
+    if value in (0, "0"):
+        return 0
+    try:
+        n = as_positive_int(name, value)
+    except ValueError:
+        n = 0
+    if n < 2:  # ln 1 = 0 cannot divide
+        raise ValueError(f"{name}={value!r} must be an integer >= 2 (0 = the model's max_position_embeddings)")
+    return n
 
 
 def one_of(*allowed: str):
@@ -226,6 +256,19 @@ class PCEConfig:
     aggr: str = setting("auto", one_of("auto", "none", "H", "T", "HT", "LHT"), SCORES,
                         "aggregation of piece scores over heads / query rows / layers")
     aggr_topn: int = setting(5, as_positive_int, SCORES, "aggregation = sum of the top-n values")
+    sel_tau: float = setting(0.1, as_positive_float, SCORES, "sel_soft: temperature of the piece weights (SPEC §7)",
+                             hashed_at_default=False)
+    structured_scale: bool = setting(True, as_bool, SCORES, "structured: piece keys' weights x 1/M (SPEC §7a)",
+                                     hashed_at_default=False)
+    ape_temperature: float = setting(0.9, as_positive_float, SCORES, "ape: temperature T on context logits",
+                                     hashed_at_default=False)
+    ape_scale: float = setting(0.9, as_positive_float, SCORES, "ape: scale S on the context's log-sum-exp",
+                               hashed_at_default=False)
+    logscale: bool = setting(False, as_bool, SCORES, "query logits x ln N / ln logscale_train_len (SPEC §7a)",
+                             hashed_at_default=False)
+    logscale_train_len: int = setting(0, as_train_len, SCORES,
+                                      "logscale: N_train; 0 = the model's max_position_embeddings",
+                                      hashed_at_default=False)
     sink_text: str | None = setting(None, as_optional_text, SCORES, "sink when the task gives none")
     # RUNTIME: the file's text becomes sink_text, which is what the scores (and the cache key) depend on.
     sink_text_file: str | None = setting(None, as_text_file, RUNTIME,
@@ -261,7 +304,13 @@ class PCEConfig:
             if values["sink_text"] is not None:
                 raise ValueError("sink_text and sink_text_file are both given; give one of them")
             values["sink_text"] = read_text_file("sink_text_file", values["sink_text_file"])
-        if not get_method(values["method"]).parallel and values["P"] != 1:
+        method = get_method(values["method"])
+        if method.pos is not None:
+            if "pos" in args and values["pos"] != method.pos:
+                raise ValueError(f"pos={values['pos']} with method={method.name}: the method places its pieces "
+                                 f"with pos={method.pos}; leave pos out, or use method=naive with pos=")
+            values["pos"] = method.pos
+        if not method.parallel and values["P"] != 1:
             parallel = "/".join(m.name for m in METHODS if m.parallel)
             raise ValueError(f"P={values['P']} with method={values['method']}: it encodes one piece; use P=1, "
                              f"or method={parallel}")

@@ -18,7 +18,8 @@ import torch
 from .attention import EncodePlan, QueryOutputs, QueryPlan, encoding, querying
 from .kvstore import KVStore, RowRun
 from .layout import Layout, piece_position_arrays
-from .selection import Selection, select_pieces, topn_sum_layers
+from .query_rules import QueryRule
+from .selection import Selection, piece_weights, select_pieces, topn_sum_layers
 
 INLINE_PREFIX_RATIO = 16  # recompute the prefix in every piece row while it is <= 1/16 of the longest piece
 
@@ -181,13 +182,15 @@ class ParallelEngine:
 
     def __init__(self, model, device, *, pos: str = "even", pos_round: str = "none", want_stats: bool = True,
                  analysis: bool = False, max_batch_tokens: int = PREFILL_BATCH_TOKENS, prefix_cache_size: int = 8,
-                 query_round: str = "none", harmonic_prefix: str = "tokens", entropy_pool: str = "rows"):
+                 query_round: str = "none", harmonic_prefix: str = "tokens", entropy_pool: str = "rows",
+                 rule: QueryRule | None = None):
         self.model = model
         self.device = device
         self.pos = pos
         self.pos_round = pos_round
         self.position_rules = (query_round, harmonic_prefix)  # SPEC §6, after pos_round
         self.entropy_pool = entropy_pool
+        self.rule = rule  # a peer method's rule on the query rows' logits (SPEC §7a)
         self.want_stats = want_stats or analysis
         self.analysis = analysis
         self.max_batch_tokens = max_batch_tokens
@@ -318,14 +321,20 @@ class ParallelEngine:
         q_valid = q_valid.to(self.device)  # before the forward: no host -> device copy inside a layer
         if selection is not None and selection.aggr == "LHT":
             # pass 1 reports every layer's piece scores; pass 2 keeps, in every layer, the pieces chosen from all
-            with querying(QueryPlan(store, q_valid, selection=selection, scores_only=True)) as first:
+            with querying(QueryPlan(store, q_valid, selection=selection, scores_only=True, rule=self.rule)) as first:
                 self._forward(ids, positions, keep_logits=1)
             layers = [first.piece_scores[layer] for layer in range(self.n_layers)]
-            keep = select_pieces(topn_sum_layers(layers, selection.aggr_topn), store.n_pieces.to(layers[0].device),
-                                 selection.top_k)
-            plan = QueryPlan(store, q_valid, forced_keep=keep, want_stats=self.want_stats, analysis=self.analysis)
+            aggregated = topn_sum_layers(layers, selection.aggr_topn)
+            n_pieces = store.n_pieces.to(layers[0].device)
+            if selection.tau is not None:
+                keep = piece_weights(aggregated, n_pieces, selection.tau)
+            else:
+                keep = select_pieces(aggregated, n_pieces, selection.top_k)
+            plan = QueryPlan(store, q_valid, forced_keep=keep, want_stats=self.want_stats, analysis=self.analysis,
+                             rule=self.rule)
         else:
-            plan = QueryPlan(store, q_valid, selection=selection, want_stats=self.want_stats, analysis=self.analysis)
+            plan = QueryPlan(store, q_valid, selection=selection, want_stats=self.want_stats, analysis=self.analysis,
+                             rule=self.rule)
         with querying(plan) as outputs:
             out = self._forward(ids, positions, keep_logits=0)
         return out.logits, outputs

@@ -19,11 +19,12 @@ from tqdm import tqdm
 
 from . import attention
 from .checks import check_device, check_dtype
-from .config import PCEConfig, take_own_args
+from .config import PCEConfig, get_method, take_own_args
 from .engine import ContextCache, ParallelEngine
 from .identity import identity_fingerprint, identity_of
 from .layout import Layout
 from .log import warn_once
+from .query_rules import QueryRule
 from .requests import Prepared, RequestBuilder
 from .resolve import DEFAULT_ALIAS, check_pretrained, resolve_pretrained
 from .response import GenerationResult, LoglikelihoodResult, RollingResult
@@ -66,7 +67,33 @@ def sliding_window_of(model) -> int | None:
 def selection_for(pce: PCEConfig, request_type: str) -> Selection | None:
     if not pce.uses_selection:
         return None
-    return Selection(pce.top_k, pce.score_topn, pce.aggr_for(request_type), pce.aggr_topn)
+    tau = pce.sel_tau if get_method(pce.method).rule == "soft" else None
+    return Selection(pce.top_k, pce.score_topn, pce.aggr_for(request_type), pce.aggr_topn, tau)
+
+
+def engine_for(model, device, pce: PCEConfig) -> ParallelEngine:
+    """The engine that runs ``pce`` on ``model`` (positions, statistics, batching)."""
+    return ParallelEngine(
+        model, device, pos=pce.pos, pos_round=pce.pos_round,
+        want_stats=pce.entropy, analysis=pce.analysis_path is not None,
+        max_batch_tokens=pce.prefill_batch_tokens,
+        query_round=pce.query_round, harmonic_prefix=pce.harmonic_prefix, entropy_pool=pce.entropy_pool,
+        rule=query_rule_for(pce, model),
+    )
+
+
+def query_rule_for(pce: PCEConfig, model) -> QueryRule | None:
+    """The query rows' rule of ``pce``'s method (SPEC §7a); None when the logits are left as they are."""
+    method = get_method(pce.method)
+    train_len = None
+    if pce.logscale:
+        train_len = pce.logscale_train_len or getattr(model.config.get_text_config(), "max_position_embeddings", None)
+        if not isinstance(train_len, int) or train_len < 2:
+            raise ValueError(f"logscale=true: the model gives no max_position_embeddings ({train_len!r}); "
+                             "set logscale_train_len= to its training context length")
+    rule = QueryRule(logscale_train_len=train_len, structured=method.rule == "structured" and pce.structured_scale,
+                     ape=(pce.ape_temperature, pce.ape_scale) if method.rule == "ape" else None)
+    return None if rule == QueryRule() else rule
 
 
 def until_eos(tokens: list[int], eos_ids: set[int]) -> list[int]:
@@ -119,12 +146,7 @@ class ParallelHFLM(HFLM):
         self.pce = pce
         bos = self.tokenizer.bos_token_id if self.add_bos_token else None
         self.builder = RequestBuilder(self.tokenizer, pce, bos, self.prefix_token_id)
-        self.engine = ParallelEngine(
-            self.model, self.device, pos=pce.pos, pos_round=pce.pos_round,
-            want_stats=pce.entropy, analysis=pce.analysis_path is not None,
-            max_batch_tokens=pce.prefill_batch_tokens,
-            query_round=pce.query_round, harmonic_prefix=pce.harmonic_prefix, entropy_pool=pce.entropy_pool,
-        )
+        self.engine = engine_for(self.model, self.device, pce)
         if previous is not None:  # the shared prefix KV does not depend on P, method or pos
             self.engine._prefix_cache = previous._prefix_cache
             self.engine.context_cache = previous.context_cache
@@ -136,7 +158,7 @@ class ParallelHFLM(HFLM):
                 warn_once(f"sink{n_tokens}", f"sink_text is {n_tokens} tokens ({len(pce.sink_text)} characters): "
                                              "every piece attends to all of it and starts after it; the paper's "
                                              "sinks are about 15 tokens")
-        if pce.uses_selection and pce.P <= pce.top_k:
+        if pce.uses_selection and get_method(pce.method).rule != "soft" and pce.P <= pce.top_k:
             warn_once(f"sel{pce.P}", f"method={pce.method} with top_k={pce.top_k} >= P={pce.P}: "
                                      "selection keeps every piece and changes nothing")
 

@@ -15,6 +15,7 @@ class Selection:
     score_topn: int = 5  # piece score = sum of its top-n probabilities
     aggr: str = "none"  # none | H | T | HT | LHT
     aggr_topn: int = 5  # aggregation = sum of the top-n values over the aggregated dims
+    tau: float | None = None  # sel_soft: pieces re-weighted by softmax(ln(score + 1e-5) / tau), not kept by top_k
 
 
 def piece_scores(p: torch.Tensor, piece_index: torch.Tensor, score_topn: int) -> torch.Tensor:
@@ -69,11 +70,23 @@ def select_pieces(score: torch.Tensor, n_pieces: torch.Tensor, top_k: int) -> to
     return (keep & exists) | (keep_all & exists)
 
 
+def piece_weights(score: torch.Tensor, n_pieces: torch.Tensor, tau: float) -> torch.Tensor:
+    """sel_soft (SPEC §7.3): the weight of every piece, softmax over a request's pieces of ln(score + 1e-5) / tau.
+
+    score [B, h, t, P] -> fp32 [B, h, t, P], summing to 1 over the pieces; 0 for slots past a request's count.
+    """
+    n_p = score.shape[-1]
+    exists = (torch.arange(n_p, device=score.device)[None, :] < n_pieces[:, None])[:, None, None, :]  # [B,1,1,P]
+    logits = (torch.log(score.float() + 1e-5) / tau).masked_fill(~exists, float("-inf"))
+    return logits.softmax(-1).nan_to_num(0.0)  # a request without pieces: no weights at all
+
+
 def apply_keep(p: torch.Tensor, keep: torch.Tensor, group_index: torch.Tensor) -> torch.Tensor:
     """Zero the keys of dropped pieces and renormalise each row (sum clamped at 1e-5).
 
-    p [B, H, r, K]; keep [B, h, r', P] (h in {1, H}, r' in {1, r}); group_index [B, K] with the
-    piece of each key, or P for keys that are always kept (prefix, query, padding).
+    p [B, H, r, K]; keep [B, h, r', P] (h in {1, H}, r' in {1, r}), bool, or float piece weights (sel_soft: each
+    piece's keys are multiplied by its weight); group_index [B, K] with the piece of each key, or P for keys that
+    are always kept (prefix, query, padding).
     """
     b, h_keep, r_keep, _ = keep.shape
     extended = torch.cat([keep, keep.new_ones(b, h_keep, r_keep, 1)], dim=-1)

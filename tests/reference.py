@@ -25,10 +25,12 @@ def _selected(p_rows, piece_keys, sel, forced_keep=None):
     """Selection for the rows of one call. p_rows [H, T, K] -> (new probs, piece scores [H, T, P])."""
     n_heads, n_rows, _ = p_rows.shape
     n_pieces = len(piece_keys)
+    tau = sel.get("tau")  # sel_soft: piece weights softmax(ln(score + 1e-5) / tau) instead of a top-K
+    keeps_all = tau is None and n_pieces <= sel["top_k"]
     g = torch.stack([_topn_sum(p_rows[:, :, keys], sel["score_topn"]) for keys in piece_keys], dim=-1)
     if forced_keep is not None:
         keep = forced_keep.expand(n_heads, n_rows, n_pieces)
-    elif n_pieces <= sel["top_k"] or sel["aggr"] == "LHT":  # LHT: scores only (pass 1)
+    elif keeps_all or sel["aggr"] == "LHT":  # LHT: scores only (pass 1)
         return p_rows, g
     else:
         aggr = sel["aggr"]
@@ -42,15 +44,42 @@ def _selected(p_rows, piece_keys, sel, forced_keep=None):
             agg = _topn_sum(g.permute(2, 0, 1).reshape(n_pieces, -1), sel["aggr_topn"])[None, None]
         else:
             raise AssertionError(aggr)
-        top = agg.topk(sel["top_k"], dim=-1).indices
-        keep = torch.zeros(agg.shape, dtype=torch.bool).scatter_(-1, top, True).expand(n_heads, n_rows, n_pieces)
-    if n_pieces <= sel["top_k"]:
+        if tau is not None:
+            keep = torch.softmax(torch.log(agg + 1e-5) / tau, dim=-1).expand(n_heads, n_rows, n_pieces)
+        else:
+            top = agg.topk(sel["top_k"], dim=-1).indices
+            keep = torch.zeros(agg.shape, dtype=torch.bool).scatter_(-1, top, True).expand(n_heads, n_rows, n_pieces)
+    if keeps_all:
         return p_rows, g
-    key_keep = torch.ones(p_rows.shape, dtype=torch.bool)
+    key_keep = torch.ones(p_rows.shape, dtype=torch.bool if tau is None else p_rows.dtype)
     for i, keys in enumerate(piece_keys):
         key_keep[:, :, keys] = keep[:, :, i : i + 1].expand(-1, -1, len(keys))
     kept = p_rows * key_keep
     return kept / kept.sum(-1, keepdim=True).clamp_min(1e-5), g
+
+
+def _ruled_probabilities(s, n_keys, st):
+    """Probabilities of query rows under the peer methods' rules (SPEC §7a), written from their definitions in
+    probability space. s: masked float64 logits [H, r, K] of the rows of one call; n_keys: the keys its last row
+    sees (context and query tokens up to the end of the call)."""
+    rule, pieces = st["rule"], st["piece_keys"]
+    context = [k for keys in pieces for k in keys]
+    if rule.get("logscale_train_len"):  # scalable softmax: logits x ln N / ln N_train
+        s = s * (math.log(n_keys) / math.log(rule["logscale_train_len"]))
+    weights = torch.exp(s - s.max(-1, keepdim=True).values)  # [H, r, K] exp-weights
+    if rule.get("structured"):  # each of the M groups' keys weigh 1/M of their exp-weight
+        weights[..., context] = weights[..., context] / len(pieces)
+    if rule.get("ape"):  # two attentions merged by their log-sum-exps, the context's tempered and scaled
+        temperature, scale = rule["ape"]
+        others = [k for k in range(s.shape[-1]) if k not in set(context)]
+        s_context, s_others = s[..., context] / temperature, s[..., others]
+        lse_context, lse_others = torch.logsumexp(s_context, -1), torch.logsumexp(s_others, -1)  # [H, r]
+        w_context = torch.sigmoid(scale * temperature * lse_context - lse_others)[..., None]  # [H, r, 1]
+        p = torch.zeros_like(s)
+        p[..., context] = w_context * s_context.softmax(-1)
+        p[..., others] = (1 - w_context) * s_others.softmax(-1)
+        return p
+    return weights / weights.sum(-1, keepdim=True)
 
 
 def reference_attention(module, query, key, value, attention_mask, scaling=None, dropout=0.0, softcap=None, **kw):
@@ -64,6 +93,9 @@ def reference_attention(module, query, key, value, attention_mask, scaling=None,
     scores = scores.masked_fill(~st["mask"], -math.inf)
     p = scores.softmax(-1)[0]  # [H, T, K]
     layer = module.layer_idx
+    if st["rule"]:
+        for rows in st["call_rows"]:
+            p[:, rows] = _ruled_probabilities(scores[0, :, rows], rows[-1] + 1, st)
     if st["selection"] is not None:
         for c, rows in enumerate(st["call_rows"]):
             forced = st["forced"].get(c)
@@ -84,11 +116,13 @@ AttentionInterface.register(REF_NAME, reference_attention)
 
 
 def reference_forward(model, layout: Layout, calls: list[list[int]], pos: str, pos_round: str, selection: dict | None,
-                      query_positions: str = "layout"):
+                      query_positions: str = "layout", **rule):
     """Logits [T, V] of the whole sequence (context + every call's tokens) and the mean entropy.
 
     ``calls``: token lists, each one forward call of the engine (query+continuation, or the query
     then one generated token per call). ``selection``: dict(top_k, score_topn, aggr, aggr_topn) or None.
+    ``rule``: the rules on the query rows (SPEC §7a): ``structured=True``, ``logscale_train_len=N``,
+    ``ape=(T, S)``.
     """
     ctx_pos, q0 = layout_positions(layout, pos, pos_round)
     if query_positions == "serial":
@@ -107,7 +141,7 @@ def reference_forward(model, layout: Layout, calls: list[list[int]], pos: str, p
     piece_keys = [torch.nonzero(is_piece & (groups.piece == i)).flatten().tolist() for i in range(len(layout.pieces))]
     piece_keys = [keys for keys in piece_keys if keys]
     state = {"mask": mask, "selection": selection, "call_rows": call_rows, "piece_keys": piece_keys,
-             "forced": {}, "collect_call": None, "collected": {}, "entropy": {}}
+             "forced": {}, "collect_call": None, "collected": {}, "entropy": {}, "rule": rule}
     previous = model.config._attn_implementation
     model.set_attn_implementation(REF_NAME)
     token = _STATE.set(state)
@@ -117,14 +151,17 @@ def reference_forward(model, layout: Layout, calls: list[list[int]], pos: str, p
                                 attention_mask=torch.zeros(1, 1, n, n), use_cache=False).logits[0]
             if selection is not None and selection["aggr"] == "LHT":
                 for c in range(len(calls)):
-                    if len(piece_keys) <= selection["top_k"]:
+                    if len(piece_keys) <= selection["top_k"] and selection.get("tau") is None:
                         break
                     state["collect_call"], state["collected"] = c, {}
                     run()
                     g = torch.stack([state["collected"][l] for l in sorted(state["collected"])])  # [L, H, T, P]
                     agg = _topn_sum(g.permute(3, 0, 1, 2).reshape(g.shape[-1], -1), selection["aggr_topn"])
-                    keep = torch.zeros(agg.shape, dtype=torch.bool)
-                    keep[agg.topk(selection["top_k"]).indices] = True
+                    if selection.get("tau") is not None:
+                        keep = torch.softmax(torch.log(agg + 1e-5) / selection["tau"], dim=-1)
+                    else:
+                        keep = torch.zeros(agg.shape, dtype=torch.bool)
+                        keep[agg.topk(selection["top_k"]).indices] = True
                     state["forced"][c] = keep[None, None]
                 state["collect_call"] = None
             logits = run()
