@@ -21,6 +21,10 @@ COMMANDS = {
                     "README tables, board.csv, board.json and plots from results files"),
     "check": ("lm_eval_parallel.leaderboard:main_check", "regression gate: compare results with a board.json"),
     "analyze": ("lm_eval_parallel.analysis:main", "the paper's analyses (figures, tables, a page) from sweep outputs"),
+    "paper": ("lm_eval_parallel.leaderboard.paper:main",
+              "the paper's Table 1 / Table 2 grid for a model, and ours side by side with the paper's numbers"),
+    "compact-samples": ("lm_eval_parallel.leaderboard.samples:main",
+                        "per-document results of a sweep as small reproducible .jsonl.gz files"),
 }
 EXIT_ERROR = 2
 _PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__))
