@@ -39,7 +39,9 @@ ATTN_NAME = "pce"
 CHUNK_BYTES = 256 * 2**20  # memory budget of one chunk of eager attention rows
 QUERY_IMPLS = ("auto", "eager", "fast")
 # Query rows that need probabilities: "eager" (probabilities in fp32, the reference), "fast" (query_fast: groups
-# of keys merged by log-sum-exp, wherever it applies: no softcap, no analysis), "auto" (fast on CUDA).
+# of keys merged by log-sum-exp, wherever it applies: no softcap, no analysis), "auto" (today: eager everywhere;
+# the fast path equals eager on the CPU, but on CUDA it does not pass its equivalence tests yet — see
+# benchmarks/RESULTS.md — so it runs only when asked for).
 QUERY_IMPL = os.environ.get("LM_EVAL_PARALLEL_QUERY_IMPL", "auto")
 
 
@@ -382,7 +384,7 @@ def uses_fast_path(q: torch.Tensor, plan: QueryPlan, softcap: float | None) -> b
     if QUERY_IMPL not in QUERY_IMPLS:
         raise ValueError(f"QUERY_IMPL={QUERY_IMPL!r} is not allowed; choose one of {', '.join(QUERY_IMPLS)}")
     applies = softcap is None and not plan.analysis and not plan.eager_only
-    return applies and (QUERY_IMPL == "fast" or (QUERY_IMPL == "auto" and q.is_cuda))
+    return applies and QUERY_IMPL == "fast"
 
 
 def _query_attention(q, k, v, forward: _QueryForward, scaling: float, softcap: float | None) -> LayerResult:

@@ -217,7 +217,7 @@ def test_fast_path_refuses_softcap_and_is_chosen_by_query_impl(monkeypatch):
     q = torch.zeros(1, 4, 1, 8)
     with pytest.raises(ValueError, match="softcapped"):
         fast_query_attention(q, q, q, plan, build_query_masks(plan, "cpu", 1), 1.0, 50.0)
-    assert not attention.uses_fast_path(q, plan, None)  # auto: fast on CUDA only
+    assert not attention.uses_fast_path(q, plan, None)  # auto: eager until the fast path passes on CUDA
     monkeypatch.setattr(attention, "QUERY_IMPL", "fast")
     assert attention.uses_fast_path(q, plan, None) and not attention.uses_fast_path(q, plan, 50.0)
     monkeypatch.setattr(attention, "QUERY_IMPL", "quick")
