@@ -51,6 +51,14 @@ def test_sweep_writes_one_results_file_per_configuration_and_resumes(tiny_llama_
     rows = rows["rows"] if isinstance(rows, dict) else rows
     assert {(r["P"], r["method"]) for r in rows} >= {(1, "naive"), (2, "naive"), (2, "sel")}
 
+    from lm_eval_parallel.cli import main as cli_main
+
+    analysis = tmp_path / "analysis"  # the analyses of the paper from the same sweep, as a user runs them
+    assert cli_main(["analyze", str(out), "--out", str(analysis), "--no_plots"]) == 0
+    page = (analysis / "analysis.md").read_text()
+    assert "naive" in page and "P" in page
+    assert any(name.endswith(".csv") for name in os.listdir(analysis))
+
 
 def _assert_equals_independent_run(results_path, model_dir):
     """A configuration inside the sweep (tasks built once, contexts reused from the method before it)
