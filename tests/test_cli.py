@@ -46,3 +46,17 @@ def test_hook_off_wrapper_still_works(tiny_llama_dir, task_dir, tmp_path):
     wrapped = _run([sys.executable, "-m", "lm_eval_parallel", *args, "--output_path", str(tmp_path / "w")], off)
     assert wrapped.returncode == 0, wrapped.stderr[-3000:]
     assert glob.glob(str(tmp_path / "w" / "**" / "results_*.json"), recursive=True)
+
+
+def test_every_command_has_a_help(capsys):
+    """`lm-eval-parallel COMMAND --help` prints its usage and exits 0 for every command the top-level help lists."""
+    import pytest
+
+    from lm_eval_parallel import cli
+
+    for name in cli.COMMANDS:
+        with pytest.raises(SystemExit) as exit_:
+            status = cli.main([name, "--help"])
+            raise SystemExit(status)
+        assert exit_.value.code in (0, None), name
+        assert "usage:" in capsys.readouterr().out, name

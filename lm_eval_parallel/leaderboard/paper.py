@@ -425,7 +425,7 @@ def build_parser() -> argparse.ArgumentParser:
                      help="documents per subtask, for a smoke test (the paper's protocol is all 100)")
     rec.add_argument("--run", action="store_true", help="run the sweeps (then compact their samples files)")
     rec.add_argument("--delete_raw", action="store_true", help="with --run: remove raw samples once compacted")
-    cmp = sub.add_parser("compare", help="our numbers beside a reference CSV, with Δ and 95 % intervals")
+    cmp = sub.add_parser("compare", help="our numbers beside a reference CSV, with Δ and 95 %% intervals")
     cmp.add_argument("paths", nargs="+", metavar="RUNS", help="results folders or files, or a board.json")
     cmp.add_argument("--reference", required=True, help="CSV in the paper's Table 1 or Table 2 layout")
     cmp.add_argument("--model", default=None, help="model (pretrained) to compare when the runs hold several")
