@@ -114,7 +114,7 @@ def validate(root: Path = HERE) -> list[str]:
     for path in sorted(root.glob("**/*.yaml")):
         try:
             cfg = load_yaml(path, resolve_func=False, recursive=False)
-        except Exception as exc:  # noqa: BLE001  (lm-eval's index skips the file with a DEBUG line)
+        except Exception as exc:  # lm-eval's index skips such a file with a DEBUG line
             problems.append(f"{path.relative_to(root)}: lm-eval cannot load it and skips it: {exc}")
             continue
         names[path] = cfg.get("group") or cfg.get("task")
@@ -137,7 +137,7 @@ def validate(root: Path = HERE) -> list[str]:
             entry = index[name]
             try:
                 cfg = load_yaml(entry.yaml_path, resolve_func=True)
-            except Exception as exc:  # noqa: BLE001  (what lm-eval raises when it loads the task)
+            except Exception as exc:  # what lm-eval raises when it loads the task
                 problems.append(f"{name}: {type(exc).__name__}: {exc}")
                 continue
             if entry.kind == Kind.GROUP:
