@@ -41,17 +41,36 @@ PAIRS = [("The capital of France is", " Paris"), ("The capital of France is ", "
 @pytest.mark.parametrize("context, continuation", PAIRS)
 def test_encode_pair_is_hflm_encode_pair_without_special_tokens(tokenizer, context, continuation):
     """Trailing spaces of the context move to the continuation; the continuation is cut from the encoding of
-    both together after the context's own ids. The PPL task's copy gives the same ids."""
+    both together after the context's own ids."""
     ctx_ids, cont_ids = encode_pair(tokenizer, context, continuation)
     stripped = context.rstrip()
     moved = context[len(stripped):] + continuation
     assert ctx_ids == tokenizer.encode(stripped, add_special_tokens=False)
     assert ctx_ids + cont_ids == tokenizer.encode(stripped + moved, add_special_tokens=False)
     assert tokenizer.bos_token_id not in ctx_ids + cont_ids
+
+
+def test_ppl_task_cuts_its_windows_with_the_shared_encode_pair(tokenizer, monkeypatch):
+    """The PPL task has no pairing of its own: its windows round-trip through ``requests.encode_pair``, the
+    one the model scores with, so a window's context and continuation are exactly N-S and S tokens there."""
+    from lm_eval_parallel import requests
+
     spec = importlib.util.spec_from_file_location("pce_test_requests_ppl", Path(TASKS_DIR) / "ppl" / "utils.py")
     ppl = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(ppl)
-    assert ppl.encode_pair(tokenizer, context, continuation) == (ctx_ids, cont_ids)
+    assert not hasattr(ppl, "encode_pair")
+    calls = []
+
+    def spy(tok, context, continuation):
+        calls.append((context, continuation))
+        return encode_pair(tok, context, continuation)
+
+    monkeypatch.setattr(requests, "encode_pair", spy)
+    doc = ppl._Doc(tokenizer, "fox", "The quick brown fox jumps over the lazy dog. " * 40)
+    (context, continuation), shift = ppl.cut_window(tokenizer, doc, 1, 64, 16)
+    assert calls and calls[-1] == (context, continuation) and abs(shift) <= ppl.MAX_SHIFT
+    ctx_ids, cont_ids = encode_pair(tokenizer, context, continuation)
+    assert (len(ctx_ids), len(cont_ids)) == (48, 16)
 
 
 def test_marked_layout_of_both_request_types_is_the_same(tokenizer):

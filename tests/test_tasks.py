@@ -146,6 +146,7 @@ def test_ppl_process_results_weights():
     assert res[0]["attn_entropy"] == 2.0 and math.isnan(res[1]["attn_entropy"])
     assert weighted_perplexity([r["perplexity"] for r in res]) == pytest.approx(math.exp(50 / 40))
     assert bits_per_byte([r["bits_per_byte"] for r in res]) == pytest.approx(50 / 140 / math.log(2))
+    assert [r["score"] for r in res] == [r["perplexity"] for r in res]  # score: the perplexity, token-weighted
 
 
 # --------------------------------------------------------------------------- synthetic (generated, no data)
@@ -307,11 +308,13 @@ def test_rag_local_prompt(shared_data, dataset, k):
 @needs_data
 @pytest.mark.parametrize("dataset", ["pg19", "proof_pile"])
 def test_ppl_windows_round_trip(shared_data, tiny, dataset):
+    from lm_eval_parallel.requests import encode_pair
+
     ds = PPL.load_ppl(pce_dataset=dataset, pce_length="1k", pce_n_samples=5, pretrained=tiny)["test"]
     tok = C.tokenizer_of((tiny, None, None))
     assert len(ds) == 5
     for doc in ds:
-        ctx, cont = PPL.encode_pair(tok, doc["context"], doc["continuation"])
+        ctx, cont = encode_pair(tok, doc["context"], doc["continuation"])
         assert len(ctx) == 1024 - 256 and len(cont) == 256 == doc["n_tokens"]
         assert doc["n_bytes"] == len(doc["continuation"].encode())
         assert split_prompt(doc["context"]) is None  # unmarked: parallel_hf's LM protocol
@@ -342,6 +345,29 @@ def test_evaluate_ppl_and_icl_hf(tiny, shared_data):
     ppl = out["results"]["pce_ppl_pg19_1k"]
     assert ppl["perplexity,none"] > 1 and ppl["bits_per_byte,none"] > 0 and "attn_entropy,none" in ppl
     assert "exact_match,none" in out["results"]["pce_icl_trec_coarse_4k"]
+
+
+def test_ppl_score_is_its_perplexity_on_the_board(tiny, tmp_path, monkeypatch):
+    """PPL tasks report ``score`` like every pce task: their token-weighted perplexity, lower is better; the
+    pce_ppl group averages it; the leaderboard still scores the task by ``perplexity``, lower is better."""
+    from task_data import sentence, write_local_data
+
+    from lm_eval_parallel.leaderboard.reader import read_results_file
+
+    data = write_local_data(tmp_path / "data")
+    (data / "ppl" / "proof_pile").mkdir()
+    (data / "ppl" / "proof_pile" / "paper.tex").write_text("".join(sentence(i) for i in range(1200, 2400)))
+    monkeypatch.setenv("PCE_DATA_DIR", str(data))
+    out = _evaluate(["pce_ppl_1k"], tiny, limit=2)
+    tasks = ("pce_ppl_pg19_1k", "pce_ppl_proof_pile_1k")
+    for task in tasks:
+        res = out["results"][task]
+        assert res["score,none"] == res["perplexity,none"] > 1
+        assert out["higher_is_better"][task]["score"] is False
+    group = out["results"]["pce_ppl_1k"]
+    assert group["score,none"] == pytest.approx(sum(out["results"][t]["score,none"] for t in tasks) / 2, rel=1e-12)
+    rows = read_results_file(str(tmp_path / "results.json"), out)
+    assert {(r.task, r.metric, r.higher_is_better) for r in rows} == {(t, "perplexity", False) for t in tasks}
 
 
 def test_helmet_files_lookup_and_clear_error(tmp_path, monkeypatch):

@@ -75,6 +75,7 @@ def test_ppl_equals_direct_transformers_smollm2(monkeypatch):
     from transformers import AutoModelForCausalLM
 
     from lm_eval_parallel import TASKS_DIR
+    from lm_eval_parallel.requests import encode_pair
     from lm_eval_parallel.resolve import resolve_pretrained
 
     monkeypatch.setenv("PCE_DATA_DIR", str(SHARED_DATA))
@@ -90,7 +91,7 @@ def test_ppl_equals_direct_transformers_smollm2(monkeypatch):
     out = simple_evaluate(model=lm, tasks=["pce_ppl_pg19_1k"], task_manager=tm, limit=1, log_samples=True)
     sample = out["samples"]["pce_ppl_pg19_1k"][0]
     doc = sample["doc"]
-    ctx_ids, cont_ids = ppl.encode_pair(tok, doc["context"], doc["continuation"])
+    ctx_ids, cont_ids = encode_pair(tok, doc["context"], doc["continuation"])
     assert len(ctx_ids) + len(cont_ids) == 1024 and len(cont_ids) == doc["n_tokens"] == 256
 
     ids = torch.tensor([ctx_ids + cont_ids])

@@ -5,9 +5,12 @@ windows of exactly N tokens (4096 / 8192 / 16384 ...; window w nominally covers 
 remainders dropped); the last
 S = 1024 tokens of a window are scored (S = N/4 for windows shorter than 4096, i.e. 256 for ``1k``).
 A doc is ``context`` (text of the first N-S tokens) + ``continuation`` (text of the last S tokens).
-Window boundaries are chosen so that lm-eval's ``_encode_pair`` on (context, continuation) gives back
-exactly N-S + S tokens; a window whose boundaries do not round-trip is moved by the fewest tokens that
-make them (0, -1, +1, -2, ...), so neighbouring windows may share a few tokens.
+Window boundaries are chosen so that ``lm_eval_parallel.requests.encode_pair`` (lm-eval HFLM's
+``_encode_pair`` without special tokens: what ``parallel_hf`` and ``hf`` score) on (context, continuation)
+gives back exactly N-S + S tokens; a window whose boundaries do not round-trip is moved by the fewest tokens
+that make them (0, -1, +1, -2, ...), so neighbouring windows may share a few tokens.
+Each document reports ``perplexity`` (token-weighted), ``bits_per_byte`` and ``score`` (= ``perplexity``,
+lower is better: the task's main metric under the name every pce task reports it).
 100 windows are drawn with ``np.random.RandomState(42)`` over all windows of all documents.
 
 Sources: ``$PCE_DATA_DIR/ppl/pg19/*.txt`` and ``$PCE_DATA_DIR/ppl/proof_pile/*.tex`` (sorted by name);
@@ -67,17 +70,6 @@ def _online_texts(dataset: str) -> list[tuple[str, str]]:
 
 
 # --------------------------------------------------------------------------- windows
-def encode_pair(tok, context: str, continuation: str) -> tuple[list[int], list[int]]:
-    """lm-eval HFLM ``_encode_pair`` without special tokens (what parallel_hf and hf score)."""
-    n_spaces = len(context) - len(context.rstrip())
-    if n_spaces > 0:
-        continuation = context[-n_spaces:] + continuation
-        context = context[:-n_spaces]
-    whole = tok(context + continuation, add_special_tokens=False)["input_ids"]
-    ctx = tok(context, add_special_tokens=False)["input_ids"]
-    return ctx, whole[len(ctx):]
-
-
 class _Doc:
     """A tokenized document: token char boundaries for cutting windows."""
 
@@ -98,7 +90,10 @@ class _Doc:
         ctx, cont = self.text[s:m], self.text[m:e]
         if not ctx or ctx[-1].isspace():
             return None
-        c, t = encode_pair(tok, ctx, cont)
+        # the pairing the model scores with; imported here, not at the top: it imports torch
+        from lm_eval_parallel import requests
+
+        c, t = requests.encode_pair(tok, ctx, cont)
         return (ctx, cont) if len(c) == window - scored and len(t) == scored else None
 
 
@@ -155,4 +150,4 @@ def load_ppl(**kwargs):
 def process_results(doc, results):
     ll = float(results[0][0])
     return {"perplexity": (ll, doc["n_tokens"]), "bits_per_byte": (ll, doc["n_bytes"]),
-            "attn_entropy": C.entropy(results)}
+            "score": (ll, doc["n_tokens"]), "attn_entropy": C.entropy(results)}
