@@ -71,13 +71,13 @@ def _as_int(name: str, value, low: int, high: int | None = None) -> int:
 
 
 def _as_bool(name: str, value) -> bool:
-    if isinstance(value, bool):
-        return value
-    if isinstance(value, (int, float)) and value in (0, 1):
-        return bool(value)
-    if isinstance(value, str) and value.lower() in ("true", "false", "1", "0", "yes", "no"):
-        return value.lower() in ("true", "1", "yes")
-    raise PceDataError(f"{name}={value!r} is not a boolean; use true or false")
+    """The model_args rule for booleans, raised as a data error (metadata shapes documents, not the model)."""
+    from .config import as_bool
+
+    try:
+        return as_bool(name, value)
+    except ValueError as error:
+        raise PceDataError(str(error)) from None
 
 
 def n_samples_arg(value) -> int:
