@@ -9,6 +9,7 @@
   ``task_configs/`` is force-included under the package, and ``task_configs`` in an editable install,
   where it stays at the repository root (on ``sys.path`` through hatchling's editable ``.pth``).
 """
+
 from hatchling.builders.hooks.plugin.interface import BuildHookInterface
 
 START_FILES = ("lm_eval_parallel_autoload.pth", "lm_eval_parallel_autoload.start")

@@ -19,6 +19,7 @@ around the stages, with `torch.cuda.synchronize()` at each edge on CUDA:
 same process, after the sweep, for the ratio. The JSON (`bench_board_<device>_<date>.json` in --out) holds
 requests/s per configuration, the stage breakdown, peak GPU memory, the scores and the command.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -41,17 +42,36 @@ from unittest import mock
 
 REPO = Path(__file__).resolve().parent.parent
 SUBTASKS = [
-    "pce_icl_banking77", "pce_icl_clinc150", "pce_icl_nlu", "pce_icl_trec_coarse", "pce_icl_trec_fine",
-    "pce_rag_nq", "pce_rag_hotpotqa", "pce_ruler_mk2", "pce_ruler_mk3", "pce_ruler_mv", "pce_json_kv",
-    "pce_ppl_pg19", "pce_ppl_proof_pile",
+    "pce_icl_banking77",
+    "pce_icl_clinc150",
+    "pce_icl_nlu",
+    "pce_icl_trec_coarse",
+    "pce_icl_trec_fine",
+    "pce_rag_nq",
+    "pce_rag_hotpotqa",
+    "pce_ruler_mk2",
+    "pce_ruler_mk3",
+    "pce_ruler_mv",
+    "pce_json_kv",
+    "pce_ppl_pg19",
+    "pce_ppl_proof_pile",
 ]
 MODELS = ("parallel_hf", "hf")
-TINY = {"length": "4k", "limit": 1.0, "P": "2", "methods": "full,naive", "batch_size": "4",
-        "gen_kwargs": "max_gen_toks=4", "dtype": "float32", "device": "cpu"}
+TINY = {
+    "length": "4k",
+    "limit": 1.0,
+    "P": "2",
+    "methods": "full,naive",
+    "batch_size": "4",
+    "gen_kwargs": "max_gen_toks=4",
+    "dtype": "float32",
+    "device": "cpu",
+}
 STAGES = ("prefill_s", "query_s", "decode_s")
 
 
 # ---------------------------------------------------------------------------------------------- timers
+
 
 class StageClock:
     """Seconds spent in the model's request methods and in the engine's stages, reset per configuration.
@@ -93,6 +113,7 @@ class StageClock:
                 if start is not None:
                     self.requests += len(requests)
                     self._add("model_s", self.now() - start)
+
         return wrapper
 
     def _stage(self, original, stage: str):
@@ -102,6 +123,7 @@ class StageClock:
                 return original(*args, **kwargs)
             finally:
                 self._add(stage, self.now() - start)
+
         return wrapper
 
     def _generate(self, original):
@@ -116,6 +138,7 @@ class StageClock:
                 self._in_generate = False
                 self._add("query_s", query)
                 self._add("decode_s", total - query)
+
         return wrapper
 
     def _query_forward(self, original):
@@ -127,16 +150,21 @@ class StageClock:
                 return original(*args, **kwargs)
             finally:
                 self._generate_query = self.now() - start
+
         return wrapper
 
     @contextlib.contextmanager
     def installed(self, lm_class, engine_class=None):
-        patches = [(lm_class, name, self._request_method)
-                   for name in ("loglikelihood", "loglikelihood_rolling", "generate_until")]
+        patches = [
+            (lm_class, name, self._request_method)
+            for name in ("loglikelihood", "loglikelihood_rolling", "generate_until")
+        ]
         if engine_class is not None:
-            patches += [(engine_class, "encode", lambda f: self._stage(f, "prefill_s")),
-                        (engine_class, "score", lambda f: self._stage(f, "query_s")),
-                        (engine_class, "generate", self._generate)]
+            patches += [
+                (engine_class, "encode", lambda f: self._stage(f, "prefill_s")),
+                (engine_class, "score", lambda f: self._stage(f, "query_s")),
+                (engine_class, "generate", self._generate),
+            ]
             if hasattr(engine_class, "_query_forward"):
                 patches.append((engine_class, "_query_forward", self._query_forward))
             else:
@@ -148,6 +176,7 @@ class StageClock:
 
 
 # ---------------------------------------------------------------------------------------------- measuring
+
 
 def peak_memory(cuda: bool, reset: bool = False) -> int | None:
     if not cuda:
@@ -163,24 +192,37 @@ def peak_memory(cuda: bool, reset: bool = False) -> int | None:
 def score_values(results: dict) -> dict:
     """{task: {metric: value}} of a simple_evaluate result (no stderr, no groups)."""
     groups = set(results.get("groups") or {})
-    return {task: {key.split(",")[0]: value for key, value in row.items()
-                   if "," in key and "stderr" not in key and isinstance(value, (int, float))}
-            for task, row in results["results"].items() if task not in groups}
+    return {
+        task: {
+            key.split(",")[0]: value
+            for key, value in row.items()
+            if "," in key and "stderr" not in key and isinstance(value, (int, float))
+        }
+        for task, row in results["results"].items()
+        if task not in groups
+    }
 
 
-def configuration_record(label: dict, clock: StageClock, wall: float, results: dict, cuda: bool,
-                         engine_stages: bool = True) -> dict:
+def configuration_record(
+    label: dict, clock: StageClock, wall: float, results: dict, cuda: bool, engine_stages: bool = True
+) -> dict:
     """requests/s and the stage breakdown of one configuration's `simple_evaluate`."""
     model_s = clock.totals["model_s"]
     stages = {name: clock.totals[name] for name in STAGES} if engine_stages else {}
     record = dict(label)
     n_docs = sum(int(n.get("effective", 0)) for n in (results.get("n-samples") or {}).values())
     record.update(
-        requests=clock.requests, documents=n_docs, wall_s=wall,
+        requests=clock.requests,
+        documents=n_docs,
+        wall_s=wall,
         requests_per_s=clock.requests / wall if wall > 0 else None,
         seconds_per_request=wall / clock.requests if clock.requests else None,
-        stages={**stages, "other_model_s": model_s - sum(stages.values()), "model_s": model_s,
-                "metrics_and_lm_eval_s": wall - model_s},
+        stages={
+            **stages,
+            "other_model_s": model_s - sum(stages.values()),
+            "model_s": model_s,
+            "metrics_and_lm_eval_s": wall - model_s,
+        },
         peak_gpu_memory_bytes=peak_memory(cuda),
         scores=score_values(results),
     )
@@ -227,8 +269,22 @@ def run_parallel_hf(args, tasks: list[str], cuda: bool, built_tasks: list) -> di
     output = Path(args.work) / "sweep"
     shutil.rmtree(output, ignore_errors=True)
     model_args = f"pretrained={args.pretrained},dtype={args.dtype}"
-    argv = ["--model_args", model_args, "--P", args.P, "--methods", args.methods, "--tasks", ",".join(tasks),
-            "--output_path", str(output), "--batch_size", args.batch_size, "--device", args.device]
+    argv = [
+        "--model_args",
+        model_args,
+        "--P",
+        args.P,
+        "--methods",
+        args.methods,
+        "--tasks",
+        ",".join(tasks),
+        "--output_path",
+        str(output),
+        "--batch_size",
+        args.batch_size,
+        "--device",
+        args.device,
+    ]
     if args.limit is not None:
         argv += ["--limit", str(args.limit)]
     if args.gen_kwargs:
@@ -249,7 +305,9 @@ def run_parallel_hf(args, tasks: list[str], cuda: bool, built_tasks: list) -> di
         c["prefill_speedup_vs_full"] = full["stages"]["prefill_s"] / prefill if full and prefill > 0 else None
     evaluated = sum(c["wall_s"] for c in configurations)
     return {
-        "sweep_argv": argv, **timings, "total_s": total,
+        "sweep_argv": argv,
+        **timings,
+        "total_s": total,
         "startup_and_writing_s": total - timings["model_load_s"] - timings["task_build_s"] - evaluated,
         "configurations": configurations,
         "mean_requests_per_s": sum(c["requests_per_s"] for c in configurations) / len(configurations),
@@ -290,26 +348,46 @@ def run_hf(args, tasks: list[str], cuda: bool, built_tasks: list) -> dict:
     with clock.installed(HFLM):
         start = clock.now()
         results = simple_evaluate(
-            model=lm, model_args=metadata, tasks=built_tasks, limit=args.limit, gen_kwargs=args.gen_kwargs,
-            task_manager=task_manager, random_seed=0, numpy_random_seed=0, torch_random_seed=0,
-            fewshot_random_seed=0, metadata=dict(metadata), batch_size=args.batch_size,
+            model=lm,
+            model_args=metadata,
+            tasks=built_tasks,
+            limit=args.limit,
+            gen_kwargs=args.gen_kwargs,
+            task_manager=task_manager,
+            random_seed=0,
+            numpy_random_seed=0,
+            torch_random_seed=0,
+            fewshot_random_seed=0,
+            metadata=dict(metadata),
+            batch_size=args.batch_size,
         )
         wall = clock.now() - start
-    record = configuration_record({"model": "hf", "P": 1, "method": "full"}, clock, wall, results, cuda,
-                                  engine_stages=False)
-    return {"model_load_s": model_load, "task_build_s": task_build, "reuses_sweep_tasks": task_build is None,
-            "configurations": [record]}
+    record = configuration_record(
+        {"model": "hf", "P": 1, "method": "full"}, clock, wall, results, cuda, engine_stages=False
+    )
+    return {
+        "model_load_s": model_load,
+        "task_build_s": task_build,
+        "reuses_sweep_tasks": task_build is None,
+        "configurations": [record],
+    }
 
 
 def compare_with_hf(full: dict, hf: dict) -> dict:
     """Time ratios of parallel_hf method=full over hf, and how far their scores are apart (entropy left out:
     hf has none)."""
-    differences = [abs(value - hf["scores"][task][metric])
-                   for task, metrics in full["scores"].items() for metric, value in metrics.items()
-                   if metric != "attn_entropy" and metric in hf["scores"].get(task, {})]
-    return {"wall_ratio": full["wall_s"] / hf["wall_s"],
-            "requests_per_s_ratio": full["requests_per_s"] / hf["requests_per_s"],
-            "scores_compared": len(differences), "max_abs_score_difference": max(differences, default=None)}
+    differences = [
+        abs(value - hf["scores"][task][metric])
+        for task, metrics in full["scores"].items()
+        for metric, value in metrics.items()
+        if metric != "attn_entropy" and metric in hf["scores"].get(task, {})
+    ]
+    return {
+        "wall_ratio": full["wall_s"] / hf["wall_s"],
+        "requests_per_s_ratio": full["requests_per_s"] / hf["requests_per_s"],
+        "scores_compared": len(differences),
+        "max_abs_score_difference": max(differences, default=None),
+    }
 
 
 def without_nan(value):
@@ -325,8 +403,31 @@ def without_nan(value):
 
 # ---------------------------------------------------------------------------------------------- tiny mode
 
-WORDS = ["apple", "river", "stone", "cloud", "green", "quick", "brown", "fox", "lazy", "dog", "paris", "france",
-         "capital", "city", "number", "magic", "value", "key", "label", "text", "question", "answer", "title"]
+WORDS = [
+    "apple",
+    "river",
+    "stone",
+    "cloud",
+    "green",
+    "quick",
+    "brown",
+    "fox",
+    "lazy",
+    "dog",
+    "paris",
+    "france",
+    "capital",
+    "city",
+    "number",
+    "magic",
+    "value",
+    "key",
+    "label",
+    "text",
+    "question",
+    "answer",
+    "title",
+]
 
 
 def _sentence(rng: random.Random, n: int) -> str:
@@ -346,8 +447,10 @@ def write_tiny_data(root: Path, seed: int = 0) -> Path:
                 writer = csv.writer(f)
                 writer.writerow(["text", "category"])
                 writer.writerows([_sentence(rng, 4), label] for label in labels for _ in range(per_label))
-    clinc = {split: [[_sentence(rng, 4), label] for label in labels for _ in range(n)]
-             for split, n in (("train", 4), ("val", 2))}
+    clinc = {
+        split: [[_sentence(rng, 4), label] for label in labels for _ in range(n)]
+        for split, n in (("train", 4), ("val", 2))
+    }
     clinc.update(oos_train=[[_sentence(rng, 4), "oos"]], oos_val=[[_sentence(rng, 4), "oos"]])
     (root / "icl" / "clinc150").mkdir(parents=True, exist_ok=True)
     (root / "icl" / "clinc150" / "data_oos_plus.json").write_text(json.dumps(clinc))
@@ -357,12 +460,24 @@ def write_tiny_data(root: Path, seed: int = 0) -> Path:
         lines = [f"{label} {_sentence(rng, 5)} ?" for label in trec_labels for _ in range(per_label)]
         (root / "icl" / "trec" / name).write_text("\n".join(lines) + "\n")
     (root / "rag").mkdir(parents=True, exist_ok=True)
-    nq = [{"question": f"{_sentence(rng, 4)}?", "answers": [rng.choice(WORDS)],
-           "ctxs": [{"title": f"Title {i}", "text": _sentence(rng, 12)}]} for i in range(24)]
+    nq = [
+        {
+            "question": f"{_sentence(rng, 4)}?",
+            "answers": [rng.choice(WORDS)],
+            "ctxs": [{"title": f"Title {i}", "text": _sentence(rng, 12)}],
+        }
+        for i in range(24)
+    ]
     with gzip.open(root / "rag" / "nq-open-oracle.jsonl.gz", "wt", encoding="utf-8") as f:
         f.writelines(json.dumps(row) + "\n" for row in nq)
-    hotpot = [{"question": f"{_sentence(rng, 4)}?", "answers": [rng.choice(WORDS)],
-               "ctxs": [{"title": f"Page {q}-{i}", "text": _sentence(rng, 12)} for i in range(10)]} for q in range(4)]
+    hotpot = [
+        {
+            "question": f"{_sentence(rng, 4)}?",
+            "answers": [rng.choice(WORDS)],
+            "ctxs": [{"title": f"Page {q}-{i}", "text": _sentence(rng, 12)} for i in range(10)],
+        }
+        for q in range(4)
+    ]
     (root / "rag" / "hotpotqa_dev_200.jsonl").write_text("".join(json.dumps(row) + "\n" for row in hotpot))
     for folder, name in (("pg19", "book.txt"), ("proof_pile", "notes.tex")):
         (root / "ppl" / folder).mkdir(parents=True, exist_ok=True)
@@ -380,6 +495,7 @@ def tiny_model(folder: Path) -> str:
 
 
 # ---------------------------------------------------------------------------------------------- main
+
 
 def device_slug(device: str) -> str:
     """'cpu', or the GPU's model: 'NVIDIA H200' -> 'h200'."""
@@ -406,8 +522,13 @@ def check_length(length: str) -> list[str]:
     have = {p.stem for p in Path(TASKS_DIR).rglob("pce_*.yaml")}
     missing = [t for t in tasks if t not in have]
     if missing:
-        lengths = sorted({name.rsplit("_", 1)[-1] for name in have if all(f"{s}_{name.rsplit('_', 1)[-1]}" in have
-                                                                          for s in SUBTASKS)})
+        lengths = sorted(
+            {
+                name.rsplit("_", 1)[-1]
+                for name in have
+                if all(f"{s}_{name.rsplit('_', 1)[-1]}" in have for s in SUBTASKS)
+            }
+        )
         raise SystemExit(f"bench_board: --length {length!r} has no {missing[0]}; allowed: {', '.join(lengths)}")
     return tasks
 
@@ -482,12 +603,26 @@ def main(argv: list[str] | None = None) -> int:
         "command": "python benchmarks/bench_board.py " + shlex.join(argv),
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "device": device_name(args.device),
-        "versions": {"python": platform.python_version(), "torch": torch.__version__,
-                     "transformers": transformers.__version__, "lm_eval": lm_eval.__version__},
-        "settings": {"pretrained": args.pretrained, "dtype": args.dtype, "length": args.length, "limit": args.limit,
-                     "P": args.P, "methods": args.methods, "batch_size": args.batch_size, "gen_kwargs": args.gen_kwargs,
-                     "device": args.device, "tiny": args.tiny, "data_dir": os.environ.get("PCE_DATA_DIR"),
-                     "tasks": tasks},
+        "versions": {
+            "python": platform.python_version(),
+            "torch": torch.__version__,
+            "transformers": transformers.__version__,
+            "lm_eval": lm_eval.__version__,
+        },
+        "settings": {
+            "pretrained": args.pretrained,
+            "dtype": args.dtype,
+            "length": args.length,
+            "limit": args.limit,
+            "P": args.P,
+            "methods": args.methods,
+            "batch_size": args.batch_size,
+            "gen_kwargs": args.gen_kwargs,
+            "device": args.device,
+            "tiny": args.tiny,
+            "data_dir": os.environ.get("PCE_DATA_DIR"),
+            "tasks": tasks,
+        },
     }
     built_tasks: list = []
     if "parallel_hf" in args.models:
@@ -504,8 +639,10 @@ def main(argv: list[str] | None = None) -> int:
     path.write_text(json.dumps(without_nan(record), indent=1, allow_nan=False) + "\n")
     for model in MODELS:
         for c in record.get(model, {}).get("configurations", []):
-            print(f"bench_board: {model} P={c['P']} {c['method']}: {c['requests']} requests in {c['wall_s']:.1f} s, "
-                  f"{c['requests_per_s']:.2f} requests/s")
+            print(
+                f"bench_board: {model} P={c['P']} {c['method']}: {c['requests']} requests in {c['wall_s']:.1f} s, "
+                f"{c['requests_per_s']:.2f} requests/s"
+            )
     print(f"bench_board: -> {path}")
     return 0
 

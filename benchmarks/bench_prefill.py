@@ -12,6 +12,7 @@ logits_to_keep=1 (a real prefill). Parallel = ``ParallelEngine.encode(layout)`` 
 attention switched to ``pce``: naive = prefix of 1 token (BOS), sink+sel = BOS + a 16-token sink
 (selection only acts in the query stage, so sink and sink+sel encode identically).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -32,17 +33,43 @@ def build_model(layers: int, device: str, dtype, tiny: bool):
     from transformers import LlamaConfig, LlamaForCausalLM
 
     if tiny:  # CPU dry run: same structure, toy sizes
-        cfg = LlamaConfig(hidden_size=64, num_attention_heads=4, num_key_value_heads=2, intermediate_size=128,
-                          vocab_size=1000, num_hidden_layers=layers, max_position_embeddings=131072,
-                          rope_theta=500000.0,
-                          rope_scaling={"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0,
-                                        "high_freq_factor": 4.0, "original_max_position_embeddings": 8192})
+        cfg = LlamaConfig(
+            hidden_size=64,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            intermediate_size=128,
+            vocab_size=1000,
+            num_hidden_layers=layers,
+            max_position_embeddings=131072,
+            rope_theta=500000.0,
+            rope_scaling={
+                "rope_type": "llama3",
+                "factor": 8.0,
+                "low_freq_factor": 1.0,
+                "high_freq_factor": 4.0,
+                "original_max_position_embeddings": 8192,
+            },
+        )
     else:
-        cfg = LlamaConfig(hidden_size=4096, num_attention_heads=32, num_key_value_heads=8, intermediate_size=14336,
-                          vocab_size=128256, num_hidden_layers=layers, max_position_embeddings=131072,
-                          rope_theta=500000.0, rms_norm_eps=1e-5, tie_word_embeddings=False,
-                          rope_scaling={"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0,
-                                        "high_freq_factor": 4.0, "original_max_position_embeddings": 8192})
+        cfg = LlamaConfig(
+            hidden_size=4096,
+            num_attention_heads=32,
+            num_key_value_heads=8,
+            intermediate_size=14336,
+            vocab_size=128256,
+            num_hidden_layers=layers,
+            max_position_embeddings=131072,
+            rope_theta=500000.0,
+            rms_norm_eps=1e-5,
+            tie_word_embeddings=False,
+            rope_scaling={
+                "rope_type": "llama3",
+                "factor": 8.0,
+                "low_freq_factor": 1.0,
+                "high_freq_factor": 4.0,
+                "original_max_position_embeddings": 8192,
+            },
+        )
     cfg._attn_implementation = "sdpa"
     default = torch.get_default_dtype()
     torch.set_default_dtype(dtype)  # built in the target dtype: no float32 copy of the weights
@@ -133,13 +160,24 @@ def profile(fn, device: str) -> dict:
     top.sort(reverse=True)
     # Idle GPU time: the gap before the first kernel and every gap > 0.2 ms between kernels.
     events = prof.events()
-    kernels = sorted((e.time_range.start, e.time_range.end, e.name[:60]) for e in events
-                     if e.device_type == torch.autograd.DeviceType.CUDA)
+    kernels = sorted(
+        (e.time_range.start, e.time_range.end, e.name[:60])
+        for e in events
+        if e.device_type == torch.autograd.DeviceType.CUDA
+    )
     cpu_start = min((e.time_range.start for e in events if e.device_type != torch.autograd.DeviceType.CUDA), default=0)
     gaps = [((b[0] - a[1]) / 1e3, a[2], b[2]) for a, b in zip(kernels, kernels[1:]) if b[0] - a[1] > 200]
     lead = (kernels[0][0] - cpu_start) / 1e3 if kernels else 0.0
-    return dict(wall_ms=wall * 1e3, gpu_busy_ms=sum(kinds.values()), kinds_ms=kinds, top=top[:12],
-                lead_ms=lead, gaps_ms=sum(g for g, _, _ in gaps), n_gaps=len(gaps), worst_gaps=sorted(gaps, reverse=True)[:8])
+    return dict(
+        wall_ms=wall * 1e3,
+        gpu_busy_ms=sum(kinds.values()),
+        kinds_ms=kinds,
+        top=top[:12],
+        lead_ms=lead,
+        gaps_ms=sum(g for g, _, _ in gaps),
+        n_gaps=len(gaps),
+        worst_gaps=sorted(gaps, reverse=True)[:8],
+    )
 
 
 def main(argv=None) -> int:
@@ -149,11 +187,16 @@ def main(argv=None) -> int:
     ap.add_argument("--methods", default="naive,sink+sel")
     ap.add_argument("--layers", type=int, default=8)
     ap.add_argument("--repeats", type=int, default=2)
-    ap.add_argument("--max_batch_tokens", type=int, default=None, help="tokens per prefill forward (default: the engine's)")
+    ap.add_argument(
+        "--max_batch_tokens", type=int, default=None, help="tokens per prefill forward (default: the engine's)"
+    )
     ap.add_argument("--tiny", action="store_true", help="toy sizes (CPU dry run)")
     ap.add_argument("--json", default=None, help="write raw rows here")
-    ap.add_argument("--profile", action="store_true",
-                    help="also take one torch.profiler run of each cell: kernel time per class, GPU busy vs wall")
+    ap.add_argument(
+        "--profile",
+        action="store_true",
+        help="also take one torch.profiler run of each cell: kernel time per class, GPU busy vs wall",
+    )
     ap.add_argument("--append", default=None, help="append the table to this markdown file")
     args = ap.parse_args(argv)
 
@@ -174,7 +217,7 @@ def main(argv=None) -> int:
     for L in [int(x) for x in args.lengths.split(",")]:
         ids = torch.randint(10, cfg.vocab_size, (1, L), generator=gen)
 
-        def full():
+        def full(ids=ids):
             model.set_attn_implementation("sdpa")
             with torch.no_grad():
                 out = model(input_ids=ids.to(device), use_cache=True, logits_to_keep=1)
@@ -182,8 +225,19 @@ def main(argv=None) -> int:
 
         t_full, ts_full, m_full = measure(full, args.repeats, device)
         f_full = flops(cfg, [(0, L)])
-        row = dict(L=L, P=1, method="full", time_s=t_full, times=ts_full, peak_bytes=m_full, flops=f_full,
-                   bound=1.0, speedup=1.0, of_bound=1.0, mem_ratio=1.0)
+        row = dict(
+            L=L,
+            P=1,
+            method="full",
+            time_s=t_full,
+            times=ts_full,
+            peak_bytes=m_full,
+            flops=f_full,
+            bound=1.0,
+            speedup=1.0,
+            of_bound=1.0,
+            mem_ratio=1.0,
+        )
         if args.profile:
             row["profile"] = profile(full, device)
         rows.append(row)
@@ -195,11 +249,11 @@ def main(argv=None) -> int:
                 body = ids[0, s:].tolist()
                 pieces, start = [], 0
                 for n in split(len(body), P):
-                    pieces.append(tuple(body[start:start + n]))
+                    pieces.append(tuple(body[start : start + n]))
                     start += n
                 layout = Layout(prefix, tuple(pieces))
 
-                def par():
+                def par(layout=layout):
                     model.set_attn_implementation(attention.ATTN_NAME)
                     engine._prefix_cache.clear()  # prefix encoded every time, like a fresh request
                     ctx = engine.encode(layout, reserve=1)
@@ -208,9 +262,19 @@ def main(argv=None) -> int:
                 t, ts, m = measure(par, args.repeats, device)
                 f = flops(cfg, [(0, s)] + [(s, len(p)) for p in pieces])
                 bound = f_full / f
-                row = dict(L=L, P=P, method=method, time_s=t, times=ts, peak_bytes=m, flops=f, bound=bound,
-                           speedup=t_full / t, of_bound=(t_full / t) / bound,
-                           mem_ratio=(m / m_full) if m_full else float("nan"))
+                row = dict(
+                    L=L,
+                    P=P,
+                    method=method,
+                    time_s=t,
+                    times=ts,
+                    peak_bytes=m,
+                    flops=f,
+                    bound=bound,
+                    speedup=t_full / t,
+                    of_bound=(t_full / t) / bound,
+                    mem_ratio=(m / m_full) if m_full else float("nan"),
+                )
                 if args.profile:
                     row["profile"] = profile(par, device)
                 rows.append(row)
@@ -218,28 +282,51 @@ def main(argv=None) -> int:
         model.set_attn_implementation("sdpa")
 
     name = torch.cuda.get_device_name() if device == "cuda" else "cpu"
-    head = (f"\n### Prefill, {'tiny toy model' if args.tiny else 'Llama-3.1-8B shapes'}, {args.layers} layers, "
-            f"{name}, torch {torch.__version__}, weights {weights / 2**30:.2f} GiB, max_batch_tokens "
-            f"{args.max_batch_tokens}, median of {args.repeats} runs after 1 warm-up\n\n"
-            "| L | P | method | time (s) | FLOP bound × | measured × | of bound | peak GiB | mem / full |\n"
-            "|---|---|---|---|---|---|---|---|---|\n")
-    lines = [f"| {r['L']} | {r['P']} | {r['method']} | {r['time_s']:.3f} | {r['bound']:.2f} | {r['speedup']:.2f} | "
-             f"{100 * r['of_bound']:.0f} % | {r['peak_bytes'] / 2**30:.2f} | {r['mem_ratio']:.2f} |" for r in rows]
+    head = (
+        f"\n### Prefill, {'tiny toy model' if args.tiny else 'Llama-3.1-8B shapes'}, {args.layers} layers, "
+        f"{name}, torch {torch.__version__}, weights {weights / 2**30:.2f} GiB, max_batch_tokens "
+        f"{args.max_batch_tokens}, median of {args.repeats} runs after 1 warm-up\n\n"
+        "| L | P | method | time (s) | FLOP bound × | measured × | of bound | peak GiB | mem / full |\n"
+        "|---|---|---|---|---|---|---|---|---|\n"
+    )
+    lines = [
+        f"| {r['L']} | {r['P']} | {r['method']} | {r['time_s']:.3f} | {r['bound']:.2f} | {r['speedup']:.2f} | "
+        f"{100 * r['of_bound']:.0f} % | {r['peak_bytes'] / 2**30:.2f} | {r['mem_ratio']:.2f} |"
+        for r in rows
+    ]
     table = head + "\n".join(lines) + "\n"
     if args.profile:
         kinds = ["matmul", "attention", "elementwise/norm/other", "copy"]
-        table += ("\nOne profiled run per cell (torch.profiler, CUDA kernel self time, ms):\n\n"
-                  "| L | P | method | wall | GPU busy | " + " | ".join(kinds) + " |\n|---|---|---|---|---|"
-                  + "---|" * len(kinds) + "\n")
+        table += (
+            "\nOne profiled run per cell (torch.profiler, CUDA kernel self time, ms):\n\n"
+            "| L | P | method | wall | GPU busy | "
+            + " | ".join(kinds)
+            + " |\n|---|---|---|---|---|"
+            + "---|" * len(kinds)
+            + "\n"
+        )
         for r in rows:
             pr = r["profile"]
-            table += (f"| {r['L']} | {r['P']} | {r['method']} | {pr['wall_ms']:.1f} | {pr['gpu_busy_ms']:.1f} | "
-                      + " | ".join(f"{pr['kinds_ms'].get(k, 0.0):.1f}" for k in kinds) + " |\n")
+            table += (
+                f"| {r['L']} | {r['P']} | {r['method']} | {pr['wall_ms']:.1f} | {pr['gpu_busy_ms']:.1f} | "
+                + " | ".join(f"{pr['kinds_ms'].get(k, 0.0):.1f}" for k in kinds)
+                + " |\n"
+            )
     print(table)
     if args.json:
         with open(args.json, "w") as f:
-            json.dump(dict(device=name, torch=torch.__version__, layers=args.layers, weights_bytes=weights,
-                           rows=rows, argv=sys.argv), f, indent=1)
+            json.dump(
+                dict(
+                    device=name,
+                    torch=torch.__version__,
+                    layers=args.layers,
+                    weights_bytes=weights,
+                    rows=rows,
+                    argv=sys.argv,
+                ),
+                f,
+                indent=1,
+            )
     if args.append:
         with open(args.append, "a") as f:
             f.write(table)

@@ -15,6 +15,7 @@ path of ``query_fast``, ``eager``: the fp32 reference). Each cell: one warm-up c
     python benchmarks/bench_query.py --text_dir shared/data/essays --out benchmarks/results/bench_query_h200.json
     python benchmarks/bench_query.py --tiny --lengths 2048 --repeats 1   # CPU dry run
 """
+
 from __future__ import annotations
 
 import argparse
@@ -107,8 +108,9 @@ def main(argv=None) -> int:
     ap.add_argument("--tokenizer", default="smollm2-135m")
     ap.add_argument("--no_hf", action="store_true", help="skip lm-eval's hf (ratios are then omitted)")
     ap.add_argument("--tiny", action="store_true", help="toy model sizes (CPU dry run)")
-    ap.add_argument("--out", default=None,
-                    help="JSON path (default benchmarks/results/bench_query_<device>_<date>.json)")
+    ap.add_argument(
+        "--out", default=None, help="JSON path (default benchmarks/results/bench_query_<device>_<date>.json)"
+    )
     args = ap.parse_args(argv)
 
     from lm_eval.api.instance import Instance
@@ -137,24 +139,33 @@ def main(argv=None) -> int:
     ids = token_stream(tokenizer, args.text_dir, max(lengths))
 
     def calls(lm, gen_ctx, ll_ctx, cont):
-        gen = [Instance("generate_until", {}, (gen_ctx, {"until": ["\u2603" * 8], "max_gen_toks": args.gen_tokens,
-                                                         "do_sample": False}), 0)]
+        gen = [
+            Instance(
+                "generate_until",
+                {},
+                (gen_ctx, {"until": ["\u2603" * 8], "max_gen_toks": args.gen_tokens, "do_sample": False}),
+                0,
+            )
+        ]
         ll = [Instance("loglikelihood", {}, (ll_ctx, cont), 0)]
         return (lambda: lm.generate_until(gen, disable_tqdm=True)), (lambda: lm.loglikelihood(ll, disable_tqdm=True))
 
     rows = []
     for length in lengths:
-        gen_ctx, ll_ctx, cont, gen_plain, ll_plain = requests_for(tokenizer, ids, length, args.gen_tokens,
-                                                                   args.ll_tokens)
+        gen_ctx, ll_ctx, cont, gen_plain, ll_plain = requests_for(
+            tokenizer, ids, length, args.gen_tokens, args.ll_tokens
+        )
         cells = []
         if hf is not None:
             cells.append(("hf", None, None, hf, calls(hf, gen_plain, ll_plain, cont)))
         for name, method, entropy, needs_probs in CONFIGS:
             for impl in impls if needs_probs else ["fast"]:
-                pce = PCEConfig.from_args(method=method, P=1 if method == "full" else args.P,
-                                          entropy=str(entropy).lower())
-                cells.append((name if not needs_probs else f"{name} [{impl}]", pce, impl, par,
-                              calls(par, gen_ctx, ll_ctx, cont)))
+                pce = PCEConfig.from_args(
+                    method=method, P=1 if method == "full" else args.P, entropy=str(entropy).lower()
+                )
+                cells.append(
+                    (name if not needs_probs else f"{name} [{impl}]", pce, impl, par, calls(par, gen_ctx, ll_ctx, cont))
+                )
         for name, pce, impl, lm, (gen_call, ll_call) in cells:
             if pce is not None:
                 model.set_attn_implementation(attention.ATTN_NAME)
@@ -167,8 +178,9 @@ def main(argv=None) -> int:
                 t, ts, peak, out = measure(call, args.repeats, device)
                 if lm is hf:
                     model.set_attn_implementation(attention.ATTN_NAME)
-                row.update({f"{kind}_s": t, f"{kind}_times": ts, f"{kind}_peak_bytes": peak,
-                            f"{kind}_out": str(out[0])[:200]})
+                row.update(
+                    {f"{kind}_s": t, f"{kind}_times": ts, f"{kind}_peak_bytes": peak, f"{kind}_out": str(out[0])[:200]}
+                )
             rows.append(row)
             print(json.dumps(row), flush=True)
         attention.QUERY_IMPL = "auto"
@@ -186,21 +198,38 @@ def main(argv=None) -> int:
             cells.append(f"{ref[f'{kind}_s'] / t:.2f}×" if ref else "-")
             cells.append(f"{t / naive[f'{kind}_s'] - 1:+.0%}" if naive else "-")
             peak_naive = naive[f"{kind}_peak_bytes"] if naive else 0
-            cells.append(f"{r[f'{kind}_peak_bytes'] / 2**30:.2f}" + (f" ({r[f'{kind}_peak_bytes'] / peak_naive:.2f})"
-                                                                    if peak_naive else ""))
+            cells.append(
+                f"{r[f'{kind}_peak_bytes'] / 2**30:.2f}"
+                + (f" ({r[f'{kind}_peak_bytes'] / peak_naive:.2f})" if peak_naive else "")
+            )
         lines.append("| " + " | ".join(cells) + " |")
-    table = (f"\n### Query stage, {'tiny toy model' if args.tiny else 'Llama-3.1-8B shapes'}, {args.layers} layers, "
-             f"{name}, torch {torch.__version__}, P={args.P}, gen {args.gen_tokens} tokens, ll {args.ll_tokens}-token "
-             f"continuation, median of {args.repeats} after 1 warm-up\n\n"
-             "| L | config | gen s | gen × hf | gen vs naive | gen peak GiB (/ naive) | ll s | ll × hf | ll vs naive "
-             "| ll peak GiB (/ naive) |\n|---|---|---|---|---|---|---|---|---|---|\n" + "\n".join(lines) + "\n")
+    table = (
+        f"\n### Query stage, {'tiny toy model' if args.tiny else 'Llama-3.1-8B shapes'}, {args.layers} layers, "
+        f"{name}, torch {torch.__version__}, P={args.P}, gen {args.gen_tokens} tokens, ll {args.ll_tokens}-token "
+        f"continuation, median of {args.repeats} after 1 warm-up\n\n"
+        "| L | config | gen s | gen × hf | gen vs naive | gen peak GiB (/ naive) | ll s | ll × hf | ll vs naive "
+        "| ll peak GiB (/ naive) |\n|---|---|---|---|---|---|---|---|---|---|\n" + "\n".join(lines) + "\n"
+    )
     print(table)
-    out = args.out or os.path.join(os.path.dirname(os.path.abspath(__file__)), "results",
-                                   f"bench_query_{'cuda' if device == 'cuda' else 'cpu'}_{datetime.date.today()}.json")
+    out = args.out or os.path.join(
+        os.path.dirname(os.path.abspath(__file__)),
+        "results",
+        f"bench_query_{'cuda' if device == 'cuda' else 'cpu'}_{datetime.date.today()}.json",
+    )
     os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
     with open(out, "w") as f:
-        json.dump({"device": name, "torch": torch.__version__, "args": vars(args), "argv": sys.argv, "rows": rows,
-                       "table": table}, f, indent=1)
+        json.dump(
+            {
+                "device": name,
+                "torch": torch.__version__,
+                "args": vars(args),
+                "argv": sys.argv,
+                "rows": rows,
+                "table": table,
+            },
+            f,
+            indent=1,
+        )
     print(f"wrote {out}")
     return 0
 

@@ -8,6 +8,7 @@ Both modes write the same results folders (``WORK/sweep`` and ``WORK/independent
 runs ``python -m lm_eval_parallel sweep`` once per configuration (a new process, a new model load), which
 is what a shell loop over ``lm_eval --model parallel_hf --model_args ...,P=..,method=..`` costs.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -37,17 +38,33 @@ def main(argv=None) -> int:
     ap.add_argument("--append", default=None)
     args = ap.parse_args(argv)
     shutil.rmtree(args.work, ignore_errors=True)
-    base = [sys.executable, "-m", "lm_eval_parallel", "sweep", "--model_args", args.model_args, "--tasks", args.tasks,
-            "--limit", args.limit, "--batch_size", args.batch_size, "--device", args.device]
+    base = [
+        sys.executable,
+        "-m",
+        "lm_eval_parallel",
+        "sweep",
+        "--model_args",
+        args.model_args,
+        "--tasks",
+        args.tasks,
+        "--limit",
+        args.limit,
+        "--batch_size",
+        args.batch_size,
+        "--device",
+        args.device,
+    ]
     t_sweep = run(base + ["--P", args.P, "--methods", args.methods, "--output_path", os.path.join(args.work, "sweep")])
     configs = [(p, m) for m in args.methods.split(",") for p in args.P.split(",")]
     t_ind = 0.0
     for p, m in configs:
         t_ind += run(base + ["--P", p, "--methods", m, "--output_path", os.path.join(args.work, "independent")])
-    table = (f"\n### Sweep vs independent runs: {len(configs)} configurations, {args.tasks}, limit {args.limit}, "
-             f"{args.model_args}, device {args.device}\n\n| mode | wall (s) | ratio |\n|---|---|---|\n"
-             f"| one sweep process | {t_sweep:.1f} | {t_sweep / t_ind:.2f} |\n"
-             f"| {len(configs)} independent processes | {t_ind:.1f} | 1.00 |\n")
+    table = (
+        f"\n### Sweep vs independent runs: {len(configs)} configurations, {args.tasks}, limit {args.limit}, "
+        f"{args.model_args}, device {args.device}\n\n| mode | wall (s) | ratio |\n|---|---|---|\n"
+        f"| one sweep process | {t_sweep:.1f} | {t_sweep / t_ind:.2f} |\n"
+        f"| {len(configs)} independent processes | {t_ind:.1f} | 1.00 |\n"
+    )
     print(table)
     if args.append:
         with open(args.append, "a") as f:

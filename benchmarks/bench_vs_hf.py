@@ -9,6 +9,7 @@ tokenizer; loglikelihood continuations are the next 16 tokens' text, generation 
 timed runs; the reported time is the median over ``--repeats`` passes over all requests.
 Scores: max |Δ loglikelihood|, greedy flags equal, generations equal (string compare).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -30,8 +31,8 @@ def texts(text_dir: str, tokenizer, n: int, ctx_tokens: int, cont_tokens: int = 
     out = []
     for i in range(n):
         a = (i * stride) % max(1, len(ids) - ctx_tokens - cont_tokens)
-        ctx = tokenizer.decode(ids[a:a + ctx_tokens])
-        cont = tokenizer.decode(ids[a + ctx_tokens:a + ctx_tokens + cont_tokens])
+        ctx = tokenizer.decode(ids[a : a + ctx_tokens])
+        cont = tokenizer.decode(ids[a + ctx_tokens : a + ctx_tokens + cont_tokens])
         out.append((ctx, cont))
     return out
 
@@ -88,20 +89,33 @@ def main(argv=None) -> int:
 
     pairs = texts(args.text_dir, hf.tokenizer, args.n_ll + args.n_gen + 1, args.ctx_tokens)
     warm_ll = [Instance("loglikelihood", {}, pairs[-1], 0)]
-    warm_gen = [Instance("generate_until", {}, (pairs[-1][0], {"until": ["\n\n"], "max_gen_toks": 4,
-                                                               "do_sample": False}), 0)]
+    warm_gen = [
+        Instance("generate_until", {}, (pairs[-1][0], {"until": ["\n\n"], "max_gen_toks": 4, "do_sample": False}), 0)
+    ]
     ll_reqs = [Instance("loglikelihood", {}, pairs[i], i) for i in range(args.n_ll)]
-    gen_reqs = [Instance("generate_until", {}, (pairs[args.n_ll + i][0],
-                                                {"until": ["\n\n"], "max_gen_toks": args.max_gen_toks,
-                                                 "do_sample": False}), i) for i in range(args.n_gen)]
+    gen_reqs = [
+        Instance(
+            "generate_until",
+            {},
+            (pairs[args.n_ll + i][0], {"until": ["\n\n"], "max_gen_toks": args.max_gen_toks, "do_sample": False}),
+            i,
+        )
+        for i in range(args.n_gen)
+    ]
 
     def run(lm):
         lm.loglikelihood(warm_ll, disable_tqdm=True)
         lm.generate_until(warm_gen, disable_tqdm=True)
         t_ll, ts_ll, ll = timed(lambda: lm.loglikelihood(ll_reqs, disable_tqdm=True), args.repeats)
         t_gen, ts_gen, gen = timed(lambda: lm.generate_until(gen_reqs, disable_tqdm=True), args.repeats)
-        return dict(t_ll=t_ll, ts_ll=ts_ll, t_gen=t_gen, ts_gen=ts_gen,
-                    ll=[(float(r[0]), bool(r[1])) for r in ll], gen=[str(g) for g in gen])
+        return dict(
+            t_ll=t_ll,
+            ts_ll=ts_ll,
+            t_gen=t_gen,
+            ts_gen=ts_gen,
+            ll=[(float(r[0]), bool(r[1])) for r in ll],
+            gen=[str(g) for g in gen],
+        )
 
     res = {"hf": run(hf)}
     base_cfg = par.pce
@@ -117,23 +131,37 @@ def main(argv=None) -> int:
         d_ll = max(abs(a[0] - b[0]) for a, b in zip(r["ll"], ref["ll"]))
         greedy_eq = all(a[1] == b[1] for a, b in zip(r["ll"], ref["ll"]))
         gen_eq = sum(a == b for a, b in zip(r["gen"], ref["gen"]))
-        rows.append(dict(config=key, ll_ratio=r["t_ll"] / ref["t_ll"], gen_ratio=r["t_gen"] / ref["t_gen"],
-                         total_ratio=(r["t_ll"] + r["t_gen"]) / (ref["t_ll"] + ref["t_gen"]),
-                         max_abs_dll=d_ll, greedy_equal=greedy_eq, gen_equal=f"{gen_eq}/{len(ref['gen'])}",
-                         t_ll=r["t_ll"], t_gen=r["t_gen"]))
+        rows.append(
+            dict(
+                config=key,
+                ll_ratio=r["t_ll"] / ref["t_ll"],
+                gen_ratio=r["t_gen"] / ref["t_gen"],
+                total_ratio=(r["t_ll"] + r["t_gen"]) / (ref["t_ll"] + ref["t_gen"]),
+                max_abs_dll=d_ll,
+                greedy_equal=greedy_eq,
+                gen_equal=f"{gen_eq}/{len(ref['gen'])}",
+                t_ll=r["t_ll"],
+                t_gen=r["t_gen"],
+            )
+        )
     name = torch.cuda.get_device_name() if device == "cuda" else f"cpu ({os.cpu_count()} cores)"
     import transformers
-    head = (f"\n### parallel_hf method=full vs hf: {args.pretrained}, {args.dtype}, {name}, ~{args.ctx_tokens}-token "
-            f"contexts, {args.n_ll} loglikelihood + {args.n_gen} generation requests (max_gen_toks "
-            f"{args.max_gen_toks}), batch_size 1, median of {args.repeats}; torch {torch.__version__}, "
-            f"transformers {transformers.__version__}\n\n"
-            f"hf: loglikelihood {ref['t_ll']:.3f} s, generation {ref['t_gen']:.3f} s (load {t_load_hf:.1f} s; "
-            f"parallel_hf load {t_load_par:.1f} s)\n\n"
-            "| config | ll time (s) | gen time (s) | ll × hf | gen × hf | total × hf | max abs Δll | greedy equal | "
-            "generations equal |\n|---|---|---|---|---|---|---|---|---|\n")
-    lines = [f"| {r['config']} | {r['t_ll']:.3f} | {r['t_gen']:.3f} | {r['ll_ratio']:.3f} | {r['gen_ratio']:.3f} | "
-             f"{r['total_ratio']:.3f} | {r['max_abs_dll']:.2e} | {r['greedy_equal']} | {r['gen_equal']} |"
-             for r in rows]
+
+    head = (
+        f"\n### parallel_hf method=full vs hf: {args.pretrained}, {args.dtype}, {name}, ~{args.ctx_tokens}-token "
+        f"contexts, {args.n_ll} loglikelihood + {args.n_gen} generation requests (max_gen_toks "
+        f"{args.max_gen_toks}), batch_size 1, median of {args.repeats}; torch {torch.__version__}, "
+        f"transformers {transformers.__version__}\n\n"
+        f"hf: loglikelihood {ref['t_ll']:.3f} s, generation {ref['t_gen']:.3f} s (load {t_load_hf:.1f} s; "
+        f"parallel_hf load {t_load_par:.1f} s)\n\n"
+        "| config | ll time (s) | gen time (s) | ll × hf | gen × hf | total × hf | max abs Δll | greedy equal | "
+        "generations equal |\n|---|---|---|---|---|---|---|---|---|\n"
+    )
+    lines = [
+        f"| {r['config']} | {r['t_ll']:.3f} | {r['t_gen']:.3f} | {r['ll_ratio']:.3f} | {r['gen_ratio']:.3f} | "
+        f"{r['total_ratio']:.3f} | {r['max_abs_dll']:.2e} | {r['greedy_equal']} | {r['gen_equal']} |"
+        for r in rows
+    ]
     table = head + "\n".join(lines) + "\n"
     print(table)
     if args.json:

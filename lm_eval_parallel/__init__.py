@@ -3,6 +3,7 @@
 Import-light on purpose (stdlib only): this module is imported at interpreter start-up by the
 ``.pth`` hook, before lm-eval or torch.
 """
+
 from __future__ import annotations
 
 import os
@@ -14,7 +15,7 @@ __version__ = "0.1.0"
 
 def _tasks_dir() -> str:
     here = os.path.dirname(os.path.abspath(__file__))
-    packaged = os.path.join(here, "task_configs")          # wheel install
+    packaged = os.path.join(here, "task_configs")  # wheel install
     if os.path.isdir(packaged):
         return packaged
     return os.path.join(os.path.dirname(here), "task_configs")  # source tree / editable install

@@ -23,6 +23,7 @@ lm-eval releases that read entry points (``lm_eval.models``: lm-eval PR #4013, `
 make the first two steps unnecessary: each steps aside only when lm-eval's own discovery found what it
 would add, so the hook adds nothing to discovery only when both ``parallel_hf`` and our tasks were found.
 """
+
 from __future__ import annotations
 
 import contextvars
@@ -64,7 +65,7 @@ def models_found_by_lm_eval(registry) -> bool:
         return False
     try:
         load_plugins(MODELS_GROUP, registry.model_registry)  # once per process; later calls are no-ops
-    except Exception:  # noqa: BLE001  (another signature or a failing scan: not found, the hook registers)
+    except Exception:
         return False
     return all(alias in registry.model_registry for alias in MODEL_ALIASES)
 
@@ -76,7 +77,7 @@ def tasks_found_by_lm_eval(manager) -> bool:
         return False
     try:
         paths = list(discover())
-    except Exception:  # noqa: BLE001  (as above: not found, the hook indexes our folder)
+    except Exception:
         return False
     ours = os.path.realpath(tasks_dir())
     return any(os.path.realpath(str(path)) == ours for path in paths)
@@ -205,8 +206,10 @@ def _on_api_task(module) -> None:
     if getattr(build, "_lm_eval_parallel", False):
         return
     if not (callable(load) and callable(save) and "load_from_cache" in names and "save_to_cache" in names):
-        _log_once("lm_eval_parallel: lm_eval.api.task.Task.build_all_requests is not the one of lm-eval 0.4.13; "
-                  "--cache_requests keys of pce tasks are left as lm-eval builds them")
+        _log_once(
+            "lm_eval_parallel: lm_eval.api.task.Task.build_all_requests is not the one of lm-eval 0.4.13; "
+            "--cache_requests keys of pce tasks are left as lm-eval builds them"
+        )
         return
 
     def build_all_requests(self, *args, **kwargs):
@@ -255,7 +258,7 @@ _HOOKS = {
 def run_hook(name: str, module) -> None:
     try:
         _HOOKS[name](module)
-    except Exception as exc:  # noqa: BLE001  (never break lm-eval itself)
+    except Exception as exc:
         import warnings
 
         warnings.warn(f"lm_eval_parallel: start-up hook for {name} failed: {exc!r}")

@@ -18,6 +18,7 @@ A second implementation of the query stage takes the same arguments as :func:`ea
 
 Outside the engine (no plan) it is plain causal attention, so lm-eval's own helpers work.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -137,8 +138,9 @@ def build_query_masks(plan: QueryPlan, device, n_k: int, groups: bool = False) -
     visible = key_valid[:, None, :] & causal(None, None, q_idx, kv_idx)[None]  # [B, Q, K]
     q_valid = plan.q_valid.to(device)
     key_groups = plan.store.key_groups(n_k, device) if groups else None
-    return QueryMasks(key_valid, group_index, keys.piece_index, keys.n_pieces, visible, q_valid,
-                      q_valid.float().sum(-1), key_groups)
+    return QueryMasks(
+        key_valid, group_index, keys.piece_index, keys.n_pieces, visible, q_valid, q_valid.float().sum(-1), key_groups
+    )
 
 
 @dataclass
@@ -318,12 +320,25 @@ class _StatsSums:
             self.head_logit_count += seen.sum((-1, -2)).float()
 
     def result(self) -> LayerStats:
-        return LayerStats(self.entropy_sum, self.rows, self.head_entropy_sum, self.head_abs_logit_sum,
-                          self.head_logit_count, self.key_norm)
+        return LayerStats(
+            self.entropy_sum,
+            self.rows,
+            self.head_entropy_sum,
+            self.head_abs_logit_sum,
+            self.head_logit_count,
+            self.key_norm,
+        )
 
 
-def eager_query_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, plan: QueryPlan, masks: QueryMasks,
-                          scaling: float, softcap: float | None) -> LayerResult:
+def eager_query_attention(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    plan: QueryPlan,
+    masks: QueryMasks,
+    scaling: float,
+    softcap: float | None,
+) -> LayerResult:
     """Query rows with their probabilities: probabilities -> piece selection -> statistics -> weighted values.
 
     q [B, H, Q, D]; k, v [B, Hkv, K, D] (every key so far, this forward's included). Rows go in chunks so that
@@ -375,8 +390,11 @@ def eager_query_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, pla
             sums.add(r0, r1, logits, p)
         outs.append(_grouped_output(p, v))  # [B, H, r, D]
     out = outs[0] if len(outs) == 1 else torch.cat(outs, dim=2)  # [B, H, Q, D]
-    return LayerResult(out.to(q.dtype).transpose(1, 2), sums.result() if sums is not None else None,
-                       scores if plan.scores_only else None)
+    return LayerResult(
+        out.to(q.dtype).transpose(1, 2),
+        sums.result() if sums is not None else None,
+        scores if plan.scores_only else None,
+    )
 
 
 def uses_fast_path(q: torch.Tensor, plan: QueryPlan, softcap: float | None) -> bool:

@@ -4,6 +4,7 @@ Each check raises a one-line ``ValueError`` naming the bad value and what is all
 Stdlib only at import (``config.py`` and the start-up hook import this module); torch is imported by the
 device and dtype checks only.
 """
+
 from __future__ import annotations
 
 import os
@@ -13,6 +14,7 @@ DTYPES = ("auto", "float32", "bfloat16", "float16", "float64")
 
 
 # ---------------------------------------------------------------------------------------------- paths
+
 
 def nearest_existing(path: str) -> str:
     """``path`` or the closest of its parents that exists (a path under a file stops at the file)."""
@@ -57,6 +59,7 @@ def check_output_path(path: str | None, what: str = "--output_path") -> None:
 
 # ---------------------------------------------------------------------------------------------- model
 
+
 def check_device(device) -> None:
     """Devices lm-eval's HFLM would take as given although torch cannot reach them. (HFLM picks a device
     itself for names it does not list, e.g. the CLI's default ``cuda:0`` on a machine without CUDA.)"""
@@ -94,6 +97,7 @@ def check_hf_options(args: dict) -> None:
 
 # ---------------------------------------------------------------------------------------------- tasks
 
+
 def task_name(task) -> str | None:
     """The name of a task given as a string or as a built task object."""
     if isinstance(task, str):
@@ -112,5 +116,7 @@ def check_num_fewshot(num_fewshot, tasks) -> None:
     prompts before it (ICL tasks already hold their demonstrations as items)."""
     ours = pce_task_names(tasks)
     if num_fewshot and ours:
-        raise ValueError(f"--num_fewshot {num_fewshot}: pce tasks ({', '.join(ours)}) take no few-shot examples "
-                         "(their demonstrations are items of the prompt); leave --num_fewshot out")
+        raise ValueError(
+            f"--num_fewshot {num_fewshot}: pce tasks ({', '.join(ours)}) take no few-shot examples "
+            "(their demonstrations are items of the prompt); leave --num_fewshot out"
+        )

@@ -8,6 +8,7 @@
 A bad input of ours (a model_arg, a data file, an output path, ...) ends the command with one line on
 stderr and exit status 2; ``LM_EVAL_PARALLEL_TRACEBACK=1`` shows the traceback instead.
 """
+
 from __future__ import annotations
 
 import importlib
@@ -17,14 +18,20 @@ import sys
 # command -> ("module:function" taking the arguments after the command and returning the exit status, summary)
 COMMANDS = {
     "sweep": ("lm_eval_parallel.sweep:main_sweep", "P x method grid in one process, one results file each"),
-    "leaderboard": ("lm_eval_parallel.leaderboard:main_leaderboard",
-                    "README tables, board.csv, board.json and plots from results files"),
+    "leaderboard": (
+        "lm_eval_parallel.leaderboard:main_leaderboard",
+        "README tables, board.csv, board.json and plots from results files",
+    ),
     "check": ("lm_eval_parallel.leaderboard:main_check", "regression gate: compare results with a board.json"),
     "analyze": ("lm_eval_parallel.analysis:main", "the paper's analyses (figures, tables, a page) from sweep outputs"),
-    "paper": ("lm_eval_parallel.leaderboard.paper:main",
-              "the paper's Table 1 / Table 2 grid for a model, and ours side by side with the paper's numbers"),
-    "compact-samples": ("lm_eval_parallel.leaderboard.samples:main",
-                        "per-document results of a sweep as small reproducible .jsonl.gz files"),
+    "paper": (
+        "lm_eval_parallel.leaderboard.paper:main",
+        "the paper's Table 1 / Table 2 grid for a model, and ours side by side with the paper's numbers",
+    ),
+    "compact-samples": (
+        "lm_eval_parallel.leaderboard.samples:main",
+        "per-document results of a sweep as small reproducible .jsonl.gz files",
+    ),
 }
 EXIT_ERROR = 2
 _PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__))
@@ -32,13 +39,20 @@ _PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__))
 
 def usage() -> str:
     width = max(map(len, COMMANDS))
-    lines = ["usage: lm-eval-parallel COMMAND [arguments]", "       lm-eval-parallel [lm_eval arguments]", "",
-             "commands:"]
+    lines = [
+        "usage: lm-eval-parallel COMMAND [arguments]",
+        "       lm-eval-parallel [lm_eval arguments]",
+        "",
+        "commands:",
+    ]
     lines += [f"  {name:<{width}}  {summary}" for name, (_, summary) in COMMANDS.items()]
-    lines += [f"  {'run':<{width}}  lm-eval's run, with parallel_hf and the pce tasks registered (the default)",
-              f"  {'ls':<{width}}  lm-eval's ls (e.g. `lm-eval-parallel ls tasks`)", "",
-              "`lm-eval-parallel COMMAND --help` shows the arguments of a command; `lm-eval-parallel run --help`",
-              "those of an evaluation (as `lm_eval run --help`)."]
+    lines += [
+        f"  {'run':<{width}}  lm-eval's run, with parallel_hf and the pce tasks registered (the default)",
+        f"  {'ls':<{width}}  lm-eval's ls (e.g. `lm-eval-parallel ls tasks`)",
+        "",
+        "`lm-eval-parallel COMMAND --help` shows the arguments of a command; `lm-eval-parallel run --help`",
+        "those of an evaluation (as `lm_eval run --help`).",
+    ]
     return "\n".join(lines)
 
 

@@ -13,6 +13,7 @@ setting is a field of :class:`PCEConfig`; it declares how its model_arg is parse
 Adding a method is one line in ``METHODS`` plus its rule in the attention; adding a setting is one field.
 Stdlib only: the leaderboard reads this module without torch.
 """
+
 from __future__ import annotations
 
 import difflib
@@ -28,19 +29,20 @@ SINK_LOGLIKELIHOOD = "Given the following partial context, predicting the next s
 
 # ---------------------------------------------------------------------------------------------- methods
 
+
 @dataclass(frozen=True)
 class Method:
     """One ``method=`` (SPEC §4)."""
 
     name: str
-    parallel: bool        # P pieces; False: one piece holding every item, and P must be 1
-    uses_sink: bool       # the sink text joins the shared prefix
+    parallel: bool  # P pieces; False: one piece holding every item, and P must be 1
+    uses_sink: bool  # the sink text joins the shared prefix
     uses_selection: bool  # selective attention on query rows (SPEC §7)
-    contexts: str         # methods with the same value encode identical contexts at one P
-    color: str            # plots
+    contexts: str  # methods with the same value encode identical contexts at one P
+    color: str  # plots
     marker: str
     pos: str | None = None  # the piece positions the method prescribes (SPEC §6); None: the pos= setting
-    rule: str = ""        # its rule at the query stage (SPEC §7a): "", "structured", "ape" or "soft"
+    rule: str = ""  # its rule at the query stage (SPEC §7a): "", "structured", "ape" or "soft"
 
 
 # Board and plot order. A sweep runs, at each P, the methods of one `contexts` family back to back, so the
@@ -75,6 +77,7 @@ def method_names() -> tuple[str, ...]:
 # ---------------------------------------------------------------------------------------------- parsers
 # Each takes (model_arg name, raw value) and returns the value, or raises a one-line ValueError naming both.
 
+
 def as_bool(name: str, value) -> bool:
     if isinstance(value, bool):
         return value
@@ -87,7 +90,7 @@ def as_bool(name: str, value) -> bool:
 
 def as_positive_int(name: str, value) -> int:
     if isinstance(value, bool) or not isinstance(value, (int, float, str)):
-        raise ValueError(f"{name}={value!r} must be a positive integer")  # noqa: TRY004 (one error type per bad arg)
+        raise ValueError(f"{name}={value!r} must be a positive integer")
     try:
         as_float = float(value)
     except ValueError:
@@ -207,7 +210,7 @@ class Setting:
     name: str
     default: object
     parse: Callable[[str, object], object]  # (model_arg name, raw value) -> value
-    effect: str    # SCORES, REPORTED or RUNTIME
+    effect: str  # SCORES, REPORTED or RUNTIME
     doc: str
     hashed_at_default: bool = True  # False: in the fingerprint only when set to another value
 
@@ -215,16 +218,21 @@ class Setting:
 def setting(default, parse, effect: str, doc: str, hashed_at_default: bool = True):
     """A PCEConfig field with what the registry needs to know about it. A setting added after ``--use_cache``
     files were written takes ``hashed_at_default=False``, so that default configurations keep their files."""
-    return field(default=default, metadata={"parse": parse, "effect": effect, "doc": doc,
-                                            "hashed_at_default": hashed_at_default})
+    return field(
+        default=default, metadata={"parse": parse, "effect": effect, "doc": doc, "hashed_at_default": hashed_at_default}
+    )
 
 
 # preset= sets the defaults of other settings; a model_arg given explicitly overrides its preset (SPEC §11).
 PRESETS = {
     "paper": {},  # the paper's text: every setting at its own default
     "paper_code": {  # the released code (zzsfornlp/parallel_context_encoding_analysis)
-        "pos_round": "floor", "query_round": "floor", "harmonic_prefix": "min1", "lm_split": "ceil",
-        "gen_stop": "max_gen", "entropy_pool": "calls",
+        "pos_round": "floor",
+        "query_round": "floor",
+        "harmonic_prefix": "min1",
+        "lm_split": "ceil",
+        "gen_stop": "max_gen",
+        "entropy_pool": "calls",
     },
 }
 
@@ -236,61 +244,91 @@ PREFILL_BATCH_TOKENS = 32768  # = ParallelEngine.PREFILL_BATCH_TOKENS, the defau
 class PCEConfig:
     """Parallel-encoding settings: one per model instance, recorded in every results file (``config.pce``)."""
 
-    preset: str = setting("paper", one_of(*PRESETS), SCORES, "defaults of the settings below (SPEC §11)",
-                          hashed_at_default=False)
+    preset: str = setting(
+        "paper", one_of(*PRESETS), SCORES, "defaults of the settings below (SPEC §11)", hashed_at_default=False
+    )
     P: int = setting(1, as_positive_int, SCORES, "pieces per request (SPEC §3)")
     method: str = setting("naive", as_method, SCORES, "one of METHODS (SPEC §4)")
-    pos: str = setting("even", one_of("even", "left", "right", "harmonic", "serial"), SCORES,
-                       "piece positions (SPEC §6)")
+    pos: str = setting(
+        "even", one_of("even", "left", "right", "harmonic", "serial"), SCORES, "piece positions (SPEC §6)"
+    )
     pos_round: str = setting("none", one_of("none", "floor"), SCORES, "floor: the released code's integer cast")
-    query_round: str = setting("none", one_of("none", "floor"), SCORES, "floor: the query start too (SPEC §6)",
-                               hashed_at_default=False)
-    harmonic_prefix: str = setting("tokens", one_of("tokens", "min1"), SCORES,
-                                   "pos=harmonic, min1: an empty prefix spans one position (SPEC §6)",
-                                   hashed_at_default=False)
-    lm_split: str = setting("near_equal", one_of("near_equal", "ceil"), SCORES,
-                            "unmarked contexts: P near-equal chunks, or chunks of ceil(n/P) tokens (SPEC §1)",
-                            hashed_at_default=False)
+    query_round: str = setting(
+        "none", one_of("none", "floor"), SCORES, "floor: the query start too (SPEC §6)", hashed_at_default=False
+    )
+    harmonic_prefix: str = setting(
+        "tokens",
+        one_of("tokens", "min1"),
+        SCORES,
+        "pos=harmonic, min1: an empty prefix spans one position (SPEC §6)",
+        hashed_at_default=False,
+    )
+    lm_split: str = setting(
+        "near_equal",
+        one_of("near_equal", "ceil"),
+        SCORES,
+        "unmarked contexts: P near-equal chunks, or chunks of ceil(n/P) tokens (SPEC §1)",
+        hashed_at_default=False,
+    )
     top_k: int = setting(2, as_positive_int, SCORES, "pieces kept by selection (SPEC §7)")
     score_topn: int = setting(5, as_positive_int, SCORES, "piece score = sum of its top-n probabilities")
-    aggr: str = setting("auto", one_of("auto", "none", "H", "T", "HT", "LHT"), SCORES,
-                        "aggregation of piece scores over heads / query rows / layers")
+    aggr: str = setting(
+        "auto",
+        one_of("auto", "none", "H", "T", "HT", "LHT"),
+        SCORES,
+        "aggregation of piece scores over heads / query rows / layers",
+    )
     aggr_topn: int = setting(5, as_positive_int, SCORES, "aggregation = sum of the top-n values")
-    sel_tau: float = setting(0.1, as_positive_float, SCORES, "sel_soft: temperature of the piece weights (SPEC §7)",
-                             hashed_at_default=False)
-    structured_scale: bool = setting(True, as_bool, SCORES, "structured: piece keys' weights x 1/M (SPEC §7a)",
-                                     hashed_at_default=False)
-    ape_temperature: float = setting(0.9, as_positive_float, SCORES, "ape: temperature T on context logits",
-                                     hashed_at_default=False)
-    ape_scale: float = setting(0.9, as_positive_float, SCORES, "ape: scale S on the context's log-sum-exp",
-                               hashed_at_default=False)
-    logscale: bool = setting(False, as_bool, SCORES, "query logits x ln N / ln logscale_train_len (SPEC §7a)",
-                             hashed_at_default=False)
-    logscale_train_len: int = setting(0, as_train_len, SCORES,
-                                      "logscale: N_train; 0 = the model's max_position_embeddings",
-                                      hashed_at_default=False)
+    sel_tau: float = setting(
+        0.1, as_positive_float, SCORES, "sel_soft: temperature of the piece weights (SPEC §7)", hashed_at_default=False
+    )
+    structured_scale: bool = setting(
+        True, as_bool, SCORES, "structured: piece keys' weights x 1/M (SPEC §7a)", hashed_at_default=False
+    )
+    ape_temperature: float = setting(
+        0.9, as_positive_float, SCORES, "ape: temperature T on context logits", hashed_at_default=False
+    )
+    ape_scale: float = setting(
+        0.9, as_positive_float, SCORES, "ape: scale S on the context's log-sum-exp", hashed_at_default=False
+    )
+    logscale: bool = setting(
+        False, as_bool, SCORES, "query logits x ln N / ln logscale_train_len (SPEC §7a)", hashed_at_default=False
+    )
+    logscale_train_len: int = setting(
+        0, as_train_len, SCORES, "logscale: N_train; 0 = the model's max_position_embeddings", hashed_at_default=False
+    )
     sink_text: str | None = setting(None, as_optional_text, SCORES, "sink when the task gives none")
     # RUNTIME: the file's text becomes sink_text, which is what the scores (and the cache key) depend on.
-    sink_text_file: str | None = setting(None, as_text_file, RUNTIME,
-                                         "file whose text is sink_text (a sink with commas)")
+    sink_text_file: str | None = setting(
+        None, as_text_file, RUNTIME, "file whose text is sink_text (a sink with commas)"
+    )
     oracle_keys: bool = setting(False, as_bool, SCORES, "context keys from full attention (paper §4.3.2)")
     entropy: bool = setting(True, as_bool, REPORTED, "compute attn_entropy (SPEC §8)")
-    entropy_pool: str = setting("rows", one_of("rows", "calls"), SCORES,
-                                "attn_entropy over query rows, or over forward calls (SPEC §8)",
-                                hashed_at_default=False)
-    gen_stop: str = setting("eos", one_of("eos", "max_gen"), SCORES,
-                            "stop at EOS / stop strings, or decode max_gen_toks and cut after (SPEC §9)",
-                            hashed_at_default=False)
+    entropy_pool: str = setting(
+        "rows",
+        one_of("rows", "calls"),
+        SCORES,
+        "attn_entropy over query rows, or over forward calls (SPEC §8)",
+        hashed_at_default=False,
+    )
+    gen_stop: str = setting(
+        "eos",
+        one_of("eos", "max_gen"),
+        SCORES,
+        "stop at EOS / stop strings, or decode max_gen_toks and cut after (SPEC §9)",
+        hashed_at_default=False,
+    )
     analysis_path: str | None = setting(None, as_output_file, RUNTIME, "JSON lines of per-layer statistics")
     rolling_score_len: int = setting(1024, as_positive_int, SCORES, "loglikelihood_rolling: tokens per window")
     context_cache_mb: int = setting(0, as_non_negative_int, RUNTIME, "MiB of encoded contexts kept for reuse")
     tokenize: str = setting("items", one_of("items", "joint"), SCORES, "items on their own, or the prompt whole")
-    split: str = setting("tokens", as_split, SCORES, "where unmarked contexts are cut (docs/split.md)",
-                         hashed_at_default=False)
-    prefill_batch_tokens: int = setting(PREFILL_BATCH_TOKENS, as_positive_int, RUNTIME,
-                                        "tokens per prefill forward")
-    auto_batch_tokens: int = setting(16384, as_positive_int, RUNTIME,
-                                     "batch_size=auto: query rows per batch = this / row length")
+    split: str = setting(
+        "tokens", as_split, SCORES, "where unmarked contexts are cut (docs/split.md)", hashed_at_default=False
+    )
+    prefill_batch_tokens: int = setting(PREFILL_BATCH_TOKENS, as_positive_int, RUNTIME, "tokens per prefill forward")
+    auto_batch_tokens: int = setting(
+        16384, as_positive_int, RUNTIME, "batch_size=auto: query rows per batch = this / row length"
+    )
 
     @classmethod
     def from_args(cls, **args) -> PCEConfig:
@@ -307,13 +345,16 @@ class PCEConfig:
         method = get_method(values["method"])
         if method.pos is not None:
             if "pos" in args and values["pos"] != method.pos:
-                raise ValueError(f"pos={values['pos']} with method={method.name}: the method places its pieces "
-                                 f"with pos={method.pos}; leave pos out, or use method=naive with pos=")
+                raise ValueError(
+                    f"pos={values['pos']} with method={method.name}: the method places its pieces "
+                    f"with pos={method.pos}; leave pos out, or use method=naive with pos="
+                )
             values["pos"] = method.pos
         if not method.parallel and values["P"] != 1:
             parallel = "/".join(m.name for m in METHODS if m.parallel)
-            raise ValueError(f"P={values['P']} with method={values['method']}: it encodes one piece; use P=1, "
-                             f"or method={parallel}")
+            raise ValueError(
+                f"P={values['P']} with method={values['method']}: it encodes one piece; use P=1, or method={parallel}"
+            )
         return cls(**values)
 
     @property
@@ -349,19 +390,34 @@ class PCEConfig:
     def fingerprint(self) -> str:
         """Short hash of every setting that changes the responses (SCORES and REPORTED): names the
         ``--use_cache`` file, so that two configurations never share cached responses."""
-        kept = {k: v for k, v in self.as_dict().items()
-                if SETTINGS[k].effect != RUNTIME and (SETTINGS[k].hashed_at_default or v != SETTINGS[k].default)}
+        kept = {
+            k: v
+            for k, v in self.as_dict().items()
+            if SETTINGS[k].effect != RUNTIME and (SETTINGS[k].hashed_at_default or v != SETTINGS[k].default)
+        }
         return hashlib.sha256(json.dumps(kept, sort_keys=True).encode()).hexdigest()[:12]
 
 
 SETTINGS = {f.name: Setting(f.name, f.default, **f.metadata) for f in fields(PCEConfig)}
 
 # lm-eval `hf` model_args that do not change scores (hardware, batching, loading).
-HF_RUNTIME_ARGS = frozenset({
-    "device", "device_map", "batch_size", "max_batch_size", "parallelize", "trust_remote_code",
-    "use_fast_tokenizer", "cache_dir", "max_memory_per_gpu", "max_cpu_memory", "offload_folder", "autogptq",
-    "gptqmodel",
-})
+HF_RUNTIME_ARGS = frozenset(
+    {
+        "device",
+        "device_map",
+        "batch_size",
+        "max_batch_size",
+        "parallelize",
+        "trust_remote_code",
+        "use_fast_tokenizer",
+        "cache_dir",
+        "max_memory_per_gpu",
+        "max_cpu_memory",
+        "offload_folder",
+        "autogptq",
+        "gptqmodel",
+    }
+)
 # Every model_arg that does not change scores: left out of a run's identity on the board.
 NON_SCORE_ARGS = HF_RUNTIME_ARGS | {name for name, s in SETTINGS.items() if s.effect != SCORES}
 
@@ -373,6 +429,7 @@ def take_own_args(kwargs: dict, other_args: set[str]) -> dict:
     for key in kwargs:
         close = difflib.get_close_matches(key, SETTINGS, n=1, cutoff=0.75)
         if close and key not in other_args:
-            raise ValueError(f"unknown model_arg {key!r}; did you mean {close[0]!r}? "
-                             f"(parallel options: {', '.join(SETTINGS)})")
+            raise ValueError(
+                f"unknown model_arg {key!r}; did you mean {close[0]!r}? (parallel options: {', '.join(SETTINGS)})"
+            )
     return own

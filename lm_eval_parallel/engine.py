@@ -6,6 +6,7 @@ No forward ever sees an L x L mask: pieces are rows of a batch (square causal SD
 prefix at the head of every row, or its cached keys prepended when it is long), and query rows
 attend over the flat store. Numbers are per SPEC §5-§9.
 """
+
 from __future__ import annotations
 
 import math
@@ -80,13 +81,18 @@ class RequestStats:
         return {
             "attn_entropy": self.attn_entropy,
             "layer_entropy": [s / n if n else math.nan for s, n in zip(self.entropy_sum, self.rows)],
-            "head_entropy": [[e / max(r / n_heads, 1.0) for e in layer]
-                             for layer, r in zip(self.head_entropy_sum, self.rows)]
-            if self.head_entropy_sum else None,
+            "head_entropy": [
+                [e / max(r / n_heads, 1.0) for e in layer] for layer, r in zip(self.head_entropy_sum, self.rows)
+            ]
+            if self.head_entropy_sum
+            else None,
             "key_norm": self.key_norm,
-            "abs_logit": [[s / c if c else math.nan for s, c in zip(ls, lc)]
-                          for ls, lc in zip(self.head_abs_logit_sum, self.head_logit_count)]
-            if self.head_abs_logit_sum else None,
+            "abs_logit": [
+                [s / c if c else math.nan for s, c in zip(ls, lc)]
+                for ls, lc in zip(self.head_abs_logit_sum, self.head_logit_count)
+            ]
+            if self.head_abs_logit_sum
+            else None,
         }
 
 
@@ -180,10 +186,22 @@ class ParallelEngine:
     # as full attention's and the launches few; activations stay ~0.4x of a 128K full prefill's.
     PREFILL_BATCH_TOKENS = 32768
 
-    def __init__(self, model, device, *, pos: str = "even", pos_round: str = "none", want_stats: bool = True,
-                 analysis: bool = False, max_batch_tokens: int = PREFILL_BATCH_TOKENS, prefix_cache_size: int = 8,
-                 query_round: str = "none", harmonic_prefix: str = "tokens", entropy_pool: str = "rows",
-                 rule: QueryRule | None = None):
+    def __init__(
+        self,
+        model,
+        device,
+        *,
+        pos: str = "even",
+        pos_round: str = "none",
+        want_stats: bool = True,
+        analysis: bool = False,
+        max_batch_tokens: int = PREFILL_BATCH_TOKENS,
+        prefix_cache_size: int = 8,
+        query_round: str = "none",
+        harmonic_prefix: str = "tokens",
+        entropy_pool: str = "rows",
+        rule: QueryRule | None = None,
+    ):
         self.model = model
         self.device = device
         self.pos = pos
@@ -202,8 +220,10 @@ class ParallelEngine:
     # ------------------------------------------------------------------ prefill
     def _forward(self, ids: torch.Tensor, positions: torch.Tensor, keep_logits: int = 1):
         return self.model(
-            input_ids=ids.to(self.device), position_ids=positions.to(self.device),
-            use_cache=False, logits_to_keep=keep_logits,
+            input_ids=ids.to(self.device),
+            position_ids=positions.to(self.device),
+            use_cache=False,
+            logits_to_keep=keep_logits,
         )
 
     def _encode_prefix(self, prefix: tuple[int, ...]):
@@ -295,8 +315,14 @@ class ParallelEngine:
         piece_index = np.full((1, max(1, len(lengths)), max([1, *lengths])), -1, dtype=np.int64)
         for i, (o, n) in enumerate(zip(offsets, lengths)):
             piece_index[0, i, :n] = np.arange(o, o + n)
-        store = KVStore(self.n_layers, torch.from_numpy(key_valid), torch.from_numpy(key_group),
-                        torch.tensor([n_pieces]), torch.from_numpy(piece_index), n_ctx)
+        store = KVStore(
+            self.n_layers,
+            torch.from_numpy(key_valid),
+            torch.from_numpy(key_group),
+            torch.tensor([n_pieces]),
+            torch.from_numpy(piece_index),
+            n_ctx,
+        )
 
         per_piece, query_start = piece_position_arrays(s, lengths, self.pos, self.pos_round, *self.position_rules)
         if n_pieces:
@@ -314,8 +340,14 @@ class ParallelEngine:
         return EncodedContext(store, n_ctx, query_start)
 
     # ------------------------------------------------------------------ query stage
-    def _query_forward(self, store: KVStore, ids: torch.Tensor, positions: torch.Tensor, q_valid: torch.Tensor,
-                       selection: Selection | None) -> tuple[torch.Tensor, QueryOutputs]:
+    def _query_forward(
+        self,
+        store: KVStore,
+        ids: torch.Tensor,
+        positions: torch.Tensor,
+        q_valid: torch.Tensor,
+        selection: Selection | None,
+    ) -> tuple[torch.Tensor, QueryOutputs]:
         """One query forward over ``store`` (LHT runs it twice); returns (logits [B, Q, V], outputs)."""
         store.mark(store.length, q_valid)
         q_valid = q_valid.to(self.device)  # before the forward: no host -> device copy inside a layer
@@ -330,11 +362,13 @@ class ParallelEngine:
                 keep = piece_weights(aggregated, n_pieces, selection.tau)
             else:
                 keep = select_pieces(aggregated, n_pieces, selection.top_k)
-            plan = QueryPlan(store, q_valid, forced_keep=keep, want_stats=self.want_stats, analysis=self.analysis,
-                             rule=self.rule)
+            plan = QueryPlan(
+                store, q_valid, forced_keep=keep, want_stats=self.want_stats, analysis=self.analysis, rule=self.rule
+            )
         else:
-            plan = QueryPlan(store, q_valid, selection=selection, want_stats=self.want_stats, analysis=self.analysis,
-                             rule=self.rule)
+            plan = QueryPlan(
+                store, q_valid, selection=selection, want_stats=self.want_stats, analysis=self.analysis, rule=self.rule
+            )
         with querying(plan) as outputs:
             out = self._forward(ids, positions, keep_logits=0)
         return out.logits, outputs
@@ -358,8 +392,13 @@ class ParallelEngine:
         return ids, pos, valid
 
     @torch.no_grad()
-    def score(self, contexts: list[EncodedContext], queries: list[list[int]], continuations: list[list[int]],
-              selection: Selection | None):
+    def score(
+        self,
+        contexts: list[EncodedContext],
+        queries: list[list[int]],
+        continuations: list[list[int]],
+        selection: Selection | None,
+    ):
         """Loglikelihood of each continuation (query + continuation are one forward call, SPEC §7)."""
         rows = [q + c for q, c in zip(queries, continuations)]
         width = max(len(r) for r in rows)
@@ -381,8 +420,15 @@ class ParallelEngine:
         return results
 
     @torch.no_grad()
-    def generate(self, contexts: list[EncodedContext], queries: list[list[int]], max_new_tokens: int,
-                 selection: Selection | None, is_done, eos_ids: set[int]):
+    def generate(
+        self,
+        contexts: list[EncodedContext],
+        queries: list[list[int]],
+        max_new_tokens: int,
+        selection: Selection | None,
+        is_done,
+        eos_ids: set[int],
+    ):
         """Greedy decoding; ``is_done(b, tokens)`` says when row b may stop. Returns (tokens, stats) per row."""
         b_size = len(contexts)
         saved = [c.store.length for c in contexts]
@@ -399,7 +445,7 @@ class ParallelEngine:
         next_pos = [c.query_start + len(q) for c, q in zip(contexts, queries)]
         tokens: list[list[int]] = [[] for _ in range(b_size)]
         active = [True] * b_size
-        for step in range(max_new_tokens):
+        for _ in range(max_new_tokens):
             for b in range(b_size):
                 if active[b]:
                     tokens[b].append(next_tok[b])

@@ -4,6 +4,7 @@ the same cache path never reads the first model's answers.
 A local model is its resolved path plus the size and modification time of its files (a model saved again at
 the same path is another model); a hub model is its id, revision and the commit it was loaded from.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -37,13 +38,19 @@ def source_identity(source):
     return source
 
 
-def model_identity(pretrained, *, gguf_file=None, revision=None, subfolder=None, dtype=None, peft=None,
-                   delta=None, commit=None) -> dict:
+def model_identity(
+    pretrained, *, gguf_file=None, revision=None, subfolder=None, dtype=None, peft=None, delta=None, commit=None
+) -> dict:
     """Everything that picks the weights a run scores with (``dtype``: the dtype the model was loaded in)."""
     return {
-        "pretrained": source_identity(pretrained), "gguf_file": gguf_file, "revision": revision,
-        "subfolder": subfolder or "", "dtype": None if dtype is None else str(dtype),
-        "peft": source_identity(peft), "delta": source_identity(delta), "commit": commit,
+        "pretrained": source_identity(pretrained),
+        "gguf_file": gguf_file,
+        "revision": revision,
+        "subfolder": subfolder or "",
+        "dtype": None if dtype is None else str(dtype),
+        "peft": source_identity(peft),
+        "delta": source_identity(delta),
+        "commit": commit,
     }
 
 
@@ -51,8 +58,13 @@ def identity_of(hflm, pretrained, gguf_file=None, subfolder=None) -> dict:
     """:func:`model_identity` of a loaded lm-eval ``HFLM`` (the arguments as they were given to it)."""
     model = getattr(hflm, "_model", None)
     return model_identity(
-        pretrained, gguf_file=gguf_file, revision=getattr(hflm, "revision", None), subfolder=subfolder,
-        dtype=getattr(model, "dtype", None), peft=getattr(hflm, "peft", None), delta=getattr(hflm, "delta", None),
+        pretrained,
+        gguf_file=gguf_file,
+        revision=getattr(hflm, "revision", None),
+        subfolder=subfolder,
+        dtype=getattr(model, "dtype", None),
+        peft=getattr(hflm, "peft", None),
+        delta=getattr(hflm, "delta", None),
         commit=getattr(getattr(model, "config", None), "_commit_hash", None),
     )
 

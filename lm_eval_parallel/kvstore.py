@@ -6,6 +6,7 @@ left-padded to a common context length). Piece encoding writes each piece at its
 forward writes its keys at ``[length, length + Q)`` and the engine decides whether to keep them
 (generation) or to rewind (scoring several continuations of one context).
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -58,8 +59,15 @@ def _first_false(valid: torch.Tensor) -> int:
 
 
 class KVStore:
-    def __init__(self, n_layers: int, key_valid: torch.Tensor, key_group: torch.Tensor, n_pieces: torch.Tensor,
-                 piece_index: torch.Tensor, length: int):
+    def __init__(
+        self,
+        n_layers: int,
+        key_valid: torch.Tensor,
+        key_group: torch.Tensor,
+        n_pieces: torch.Tensor,
+        piece_index: torch.Tensor,
+        length: int,
+    ):
         self.k: list[torch.Tensor | None] = [None] * n_layers
         self.v: list[torch.Tensor | None] = [None] * n_layers
         self.key_valid = key_valid  # [B, cap] bool: False for left padding and unused slots
@@ -89,8 +97,12 @@ class KVStore:
         (a decode step copies one column, not the whole layout)."""
         key = str(device)
         if key not in self._on_device:
-            self._on_device[key] = KeyLayout(*(t.to(device, copy=True) for t in (
-                self.key_valid, self.group_index(), self.piece_index, self.n_pieces)))
+            self._on_device[key] = KeyLayout(
+                *(
+                    t.to(device, copy=True)
+                    for t in (self.key_valid, self.group_index(), self.piece_index, self.n_pieces)
+                )
+            )
         return self._on_device[key]
 
     def key_groups(self, n_k: int, device) -> KeyGroups:
@@ -117,8 +129,9 @@ class KVStore:
             keys = np.flatnonzero(rest[row])
             rest_index[row, : len(keys)] = keys
             rest_valid[row, : len(keys)] = True
-        return KeyGroups(tuple(spans), gathered, torch.from_numpy(rest_index).to(device),
-                         torch.from_numpy(rest_valid).to(device))
+        return KeyGroups(
+            tuple(spans), gathered, torch.from_numpy(rest_index).to(device), torch.from_numpy(rest_valid).to(device)
+        )
 
     def ensure_capacity(self, needed: int) -> None:
         if needed <= self.capacity:

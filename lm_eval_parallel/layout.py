@@ -3,6 +3,7 @@
 Everything here is a small pure function of token counts and indices, so the engine, the dense
 reference of the tests and the documentation all share one definition.
 """
+
 from __future__ import annotations
 
 from collections.abc import Callable
@@ -95,8 +96,9 @@ class Layout:
         return TokenGroups(kind, piece)
 
 
-def piece_positions(s: int, lengths: list[int], pos: str, pos_round: str, query_round: str = "none",
-                    harmonic_prefix: str = "tokens") -> tuple[list[list[float]], float]:
+def piece_positions(
+    s: int, lengths: list[int], pos: str, pos_round: str, query_round: str = "none", harmonic_prefix: str = "tokens"
+) -> tuple[list[list[float]], float]:
     """Positions of every piece token and the position of the first query token (SPEC §6).
 
     ``s`` = prefix length, ``lengths`` = piece lengths. Returns ``(positions per piece, query_start)``.
@@ -105,8 +107,9 @@ def piece_positions(s: int, lengths: list[int], pos: str, pos_round: str, query_
     return [piece.tolist() for piece in arrays], query_start
 
 
-def piece_position_arrays(s: int, lengths: list[int], pos: str, pos_round: str, query_round: str = "none",
-                          harmonic_prefix: str = "tokens") -> tuple[list[np.ndarray], float]:
+def piece_position_arrays(
+    s: int, lengths: list[int], pos: str, pos_round: str, query_round: str = "none", harmonic_prefix: str = "tokens"
+) -> tuple[list[np.ndarray], float]:
     """:func:`piece_positions` as one float64 array per piece (what the engine fills its rows from).
 
     ``pos_round=floor``: piece positions become integers, floored after rounding to float32 (the positions the
@@ -151,12 +154,14 @@ def piece_position_arrays(s: int, lengths: list[int], pos: str, pos_round: str, 
     return out, query_start
 
 
-def layout_positions(layout: Layout, pos: str, pos_round: str, query_round: str = "none",
-                     harmonic_prefix: str = "tokens") -> tuple[list[float], float]:
+def layout_positions(
+    layout: Layout, pos: str, pos_round: str, query_round: str = "none", harmonic_prefix: str = "tokens"
+) -> tuple[list[float], float]:
     """Positions of all context tokens in cache order and the first query position."""
     s = len(layout.prefix)
-    per_piece, query_start = piece_positions(s, [len(p) for p in layout.pieces], pos, pos_round, query_round,
-                                             harmonic_prefix)
+    per_piece, query_start = piece_positions(
+        s, [len(p) for p in layout.pieces], pos, pos_round, query_round, harmonic_prefix
+    )
     flat = [float(j) for j in range(s)]
     for piece in per_piece:
         flat.extend(piece)

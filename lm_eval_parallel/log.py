@@ -1,4 +1,5 @@
 """The package's logger, and warnings logged once per process."""
+
 from __future__ import annotations
 
 import logging

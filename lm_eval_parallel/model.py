@@ -4,6 +4,7 @@ Strings -> token ids is the request builder's job (``requests.py``, as HFLM's ``
 ``_encode_pair``); this adapter validates every request before any compute, schedules them so that each
 distinct context is encoded once, calls the engine (token ids -> scores) and wraps its results for lm-eval.
 """
+
 from __future__ import annotations
 
 import inspect
@@ -47,8 +48,11 @@ def check_model_supported(model) -> None:
             "(supported: llama, mistral, qwen2, qwen3, gemma2, gemma3, phi3 and other RoPE decoders)"
         )
     if getattr(cfg, "rope_scaling", None) and (cfg.rope_scaling or {}).get("rope_type") in ("dynamic", "longrope"):
-        warn_once("rope", "dynamic/longrope RoPE picks frequencies from the longest position of each forward; "
-                          "pieces and query may then use different frequencies")
+        warn_once(
+            "rope",
+            "dynamic/longrope RoPE picks frequencies from the longest position of each forward; "
+            "pieces and query may then use different frequencies",
+        )
 
 
 def sliding_window_of(model) -> int | None:
@@ -74,10 +78,16 @@ def selection_for(pce: PCEConfig, request_type: str) -> Selection | None:
 def engine_for(model, device, pce: PCEConfig) -> ParallelEngine:
     """The engine that runs ``pce`` on ``model`` (positions, statistics, batching)."""
     return ParallelEngine(
-        model, device, pos=pce.pos, pos_round=pce.pos_round,
-        want_stats=pce.entropy, analysis=pce.analysis_path is not None,
+        model,
+        device,
+        pos=pce.pos,
+        pos_round=pce.pos_round,
+        want_stats=pce.entropy,
+        analysis=pce.analysis_path is not None,
         max_batch_tokens=pce.prefill_batch_tokens,
-        query_round=pce.query_round, harmonic_prefix=pce.harmonic_prefix, entropy_pool=pce.entropy_pool,
+        query_round=pce.query_round,
+        harmonic_prefix=pce.harmonic_prefix,
+        entropy_pool=pce.entropy_pool,
         rule=query_rule_for(pce, model),
     )
 
@@ -89,10 +99,15 @@ def query_rule_for(pce: PCEConfig, model) -> QueryRule | None:
     if pce.logscale:
         train_len = pce.logscale_train_len or getattr(model.config.get_text_config(), "max_position_embeddings", None)
         if not isinstance(train_len, int) or train_len < 2:
-            raise ValueError(f"logscale=true: the model gives no max_position_embeddings ({train_len!r}); "
-                             "set logscale_train_len= to its training context length")
-    rule = QueryRule(logscale_train_len=train_len, structured=method.rule == "structured" and pce.structured_scale,
-                     ape=(pce.ape_temperature, pce.ape_scale) if method.rule == "ape" else None)
+            raise ValueError(
+                f"logscale=true: the model gives no max_position_embeddings ({train_len!r}); "
+                "set logscale_train_len= to its training context length"
+            )
+    rule = QueryRule(
+        logscale_train_len=train_len,
+        structured=method.rule == "structured" and pce.structured_scale,
+        ape=(pce.ape_temperature, pce.ape_scale) if method.rule == "ape" else None,
+    )
     return None if rule == QueryRule() else rule
 
 
@@ -105,10 +120,14 @@ def analysis_record(pce: PCEConfig, request_type: str, req, prepared: Prepared, 
     """One line of the ``analysis_path`` JSONL: the request, its layout and the engine's statistics."""
     record = {
         "request_type": request_type,
-        "task": getattr(req, "task_name", None), "doc_id": getattr(req, "doc_id", None),
+        "task": getattr(req, "task_name", None),
+        "doc_id": getattr(req, "doc_id", None),
         "idx": getattr(req, "idx", None),
-        "P": pce.P, "method": pce.method, "pos": pce.pos,
-        "n_pieces": len(prepared.layout.pieces), "n_context_tokens": prepared.layout.n_context,
+        "P": pce.P,
+        "method": pce.method,
+        "pos": pce.pos,
+        "n_pieces": len(prepared.layout.pieces),
+        "n_context_tokens": prepared.layout.n_context,
         "n_query_tokens": len(prepared.query) + len(prepared.continuation),
     }
     record.update(stats.analysis_record() if stats is not None else {})
@@ -128,8 +147,11 @@ class ParallelHFLM(HFLM):
         if gguf_file:
             kwargs["gguf_file"] = gguf_file
         if kwargs.get("attn_implementation") not in (None, attention.ATTN_NAME):
-            warn_once("attn", f"attn_implementation={kwargs['attn_implementation']!r} is replaced by "
-                              f"{attention.ATTN_NAME!r} (parallel encoding needs its own attention function)")
+            warn_once(
+                "attn",
+                f"attn_implementation={kwargs['attn_implementation']!r} is replaced by "
+                f"{attention.ATTN_NAME!r} (parallel encoding needs its own attention function)",
+            )
         kwargs.pop("attn_implementation", None)
         attention.register()
         super().__init__(pretrained=pretrained, **kwargs)
@@ -155,12 +177,18 @@ class ParallelHFLM(HFLM):
         if pce.uses_sink and pce.sink_text is not None:
             n_tokens = len(self.builder.ids(pce.sink_text))
             if n_tokens > LONG_SINK_TOKENS:
-                warn_once(f"sink{n_tokens}", f"sink_text is {n_tokens} tokens ({len(pce.sink_text)} characters): "
-                                             "every piece attends to all of it and starts after it; the paper's "
-                                             "sinks are about 15 tokens")
+                warn_once(
+                    f"sink{n_tokens}",
+                    f"sink_text is {n_tokens} tokens ({len(pce.sink_text)} characters): "
+                    "every piece attends to all of it and starts after it; the paper's "
+                    "sinks are about 15 tokens",
+                )
         if pce.uses_selection and get_method(pce.method).rule != "soft" and pce.P <= pce.top_k:
-            warn_once(f"sel{pce.P}", f"method={pce.method} with top_k={pce.top_k} >= P={pce.P}: "
-                                     "selection keeps every piece and changes nothing")
+            warn_once(
+                f"sel{pce.P}",
+                f"method={pce.method} with top_k={pce.top_k} >= P={pce.P}: "
+                "selection keeps every piece and changes nothing",
+            )
 
     def prepare_loglikelihood(self, context: str, continuation: str) -> Prepared:
         return self.builder.loglikelihood(context, continuation)
@@ -198,8 +226,12 @@ class ParallelHFLM(HFLM):
         def flush():
             if not pending:
                 return
-            out = self.engine.score([c for c, _ in pending], [prepared[i].query for _, i in pending],
-                                    [prepared[i].continuation for _, i in pending], selection)
+            out = self.engine.score(
+                [c for c, _ in pending],
+                [prepared[i].query for _, i in pending],
+                [prepared[i].continuation for _, i in pending],
+                selection,
+            )
             for (_, i), r in zip(pending, out):
                 results[i] = r
             pbar.update(len(pending))
@@ -242,8 +274,10 @@ class ParallelHFLM(HFLM):
         for r, req in enumerate(requests):
             (string,) = req.args
             windows = get_rolling_token_windows(
-                token_list=self.builder.ids(string), prefix_token=self.prefix_token_id,
-                max_seq_len=self.max_length, context_len=self.max_length - score_len + 1,
+                token_list=self.builder.ids(string),
+                prefix_token=self.prefix_token_id,
+                max_seq_len=self.max_length,
+                context_len=self.max_length - score_len + 1,
             )
             for ctx, cont in map(make_disjoint_window, windows):
                 prepared.append(self.builder.loglikelihood_tokens(ctx, cont))
@@ -300,7 +334,8 @@ class ParallelHFLM(HFLM):
                 prepared, _, max_gen = jobs[i]
                 if prepared.layout not in encoded:
                     encoded[prepared.layout] = self.engine.encode(
-                        prepared.layout, reserve=len(prepared.query) + max_gen + 1, oracle_keys=self.pce.oracle_keys)
+                        prepared.layout, reserve=len(prepared.query) + max_gen + 1, oracle_keys=self.pce.oracle_keys
+                    )
             stops = [jobs[i][1] for i in batch]
             limits = [jobs[i][2] for i in batch]
 
@@ -315,8 +350,14 @@ class ParallelHFLM(HFLM):
                 text = self.tokenizer.decode(tokens, skip_special_tokens=False)
                 return any(s and s in text for s in stops[b])
 
-            out = self.engine.generate([encoded[jobs[i][0].layout] for i in batch], [jobs[i][0].query for i in batch],
-                                       max(limits) + fed_back, selection, is_done, engine_eos)
+            out = self.engine.generate(
+                [encoded[jobs[i][0].layout] for i in batch],
+                [jobs[i][0].query for i in batch],
+                max(limits) + fed_back,
+                selection,
+                is_done,
+                engine_eos,
+            )
             for i, (tokens, stats) in zip(batch, out):
                 tokens = tokens[: len(tokens) - fed_back]
                 if not to_eos:

@@ -12,6 +12,7 @@
 
 Each ``patch_*`` takes the lm-eval module and is idempotent.
 """
+
 from __future__ import annotations
 
 import functools
@@ -54,6 +55,7 @@ def _is_marked(function) -> bool:
 
 # ---------------------------------------------------------------------------------------------- HFLM
 
+
 def patch_hflm(module) -> None:
     from .identity import identity_of
     from .resolve import check_pretrained, resolve_pretrained
@@ -80,20 +82,22 @@ def patch_hflm(module) -> None:
             check_device(arguments.get("device"))
         original(*bound.args, **bound.kwargs)
         if getattr(self, "cache_identity", None) is None:
-            self.cache_identity = identity_of(self, arguments["pretrained"], arguments.get("gguf_file"),
-                                              arguments.get("subfolder"))
+            self.cache_identity = identity_of(
+                self, arguments["pretrained"], arguments.get("gguf_file"), arguments.get("subfolder")
+            )
 
     hflm.__init__ = _mark(__init__)
 
 
 # ---------------------------------------------------------------------------------------------- simple_evaluate
 
+
 def _model_class(name: str):
     try:
         from lm_eval.api.registry import get_model
 
         return get_model(name)
-    except Exception:  # noqa: BLE001  (an unknown model: lm-eval itself reports it, as before)
+    except Exception:
         return None
 
 
@@ -162,8 +166,14 @@ def patch_evaluator(module) -> None:
         _last_run.clear()
         _last_run["tracker"] = tracker
         task_manager = arguments.get("task_manager")
-        early = (EARLY_TASKS and isinstance(model, str) and task_manager is not None and isinstance(tasks, list)
-                 and all(isinstance(t, str) for t in tasks) and pce_task_names(tasks))
+        early = (
+            EARLY_TASKS
+            and isinstance(model, str)
+            and task_manager is not None
+            and isinstance(tasks, list)
+            and all(isinstance(t, str) for t in tasks)
+            and pce_task_names(tasks)
+        )
         if not early:
             results = original(*args, **kwargs)
         else:
@@ -182,6 +192,7 @@ def patch_evaluator(module) -> None:
 
 # ---------------------------------------------------------------------------------------------- the CLI run
 
+
 def saved_results_file(tracker) -> str | None:
     """The results file ``EvaluationTracker.save_results_aggregated`` wrote, or None when none was written.
     Raises nothing when the tracker does not say when it saved (another lm-eval): returns ``""`` then."""
@@ -190,8 +201,7 @@ def saved_results_file(tracker) -> str | None:
     if not output_path or date_id is None:
         return ""
     folder = os.path.dirname(os.path.abspath(output_path)) if output_path.endswith(".json") else output_path
-    found = sorted(glob.glob(os.path.join(glob.escape(folder), "**", f"*_{glob.escape(date_id)}.json"),
-                             recursive=True))
+    found = sorted(glob.glob(os.path.join(glob.escape(folder), "**", f"*_{glob.escape(date_id)}.json"), recursive=True))
     found = [path for path in found if not os.path.basename(path).startswith("samples_")]
     return found[0] if found else None
 

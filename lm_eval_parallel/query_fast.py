@@ -21,6 +21,7 @@ Few query rows (a decode step) take :func:`small_query_attention` instead: the p
 every key are small then, and a fixed handful of kernels per layer (whatever the number of pieces) beats one
 kernel call per group.
 """
+
 from __future__ import annotations
 
 import itertools
@@ -50,8 +51,9 @@ def is_small(q: torch.Tensor, k: torch.Tensor) -> bool:
     return n_q <= SMALL_QUERY_ROWS and b * h * n_q * k.shape[2] * 4 <= SMALL_QUERY_BYTES
 
 
-def attend_with_lse(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: torch.Tensor | None,
-                    scaling: float) -> tuple[torch.Tensor, torch.Tensor]:
+def attend_with_lse(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: torch.Tensor | None, scaling: float
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Softmax attention with its log-sum-exp, every query row over every key (plus ``bias``).
 
     q [B, n, M, D]; k, v [B, n, N, D]; bias None or additive, broadcastable to [B, n, M, N].
@@ -61,16 +63,18 @@ def attend_with_lse(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: tor
     if bias is not None:
         bias = bias.to(q.dtype).expand(b, n, m, k.shape[2])
     if not q.is_cuda:
-        return torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(q, k, v, 0.0, False, attn_mask=bias,
-                                                                           scale=scaling)
+        return torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(
+            q, k, v, 0.0, False, attn_mask=bias, scale=scaling
+        )
     if bias is None and q.dtype in (torch.float16, torch.bfloat16):
         out, lse = torch.ops.aten._scaled_dot_product_flash_attention(q, k, v, 0.0, False, False, scale=scaling)[:2]
         return out, lse
     if bias is not None and k.shape[2] % 16:  # the kernel reads the bias rows 16-element aligned
         width = -(-k.shape[2] // 16) * 16
         bias = bias.new_zeros(b, n, m, width)[..., : k.shape[2]].copy_(bias)
-    out, lse = torch.ops.aten._scaled_dot_product_efficient_attention(q, k, v, bias, True, 0.0, False,
-                                                                      scale=scaling)[:2]
+    out, lse = torch.ops.aten._scaled_dot_product_efficient_attention(q, k, v, bias, True, 0.0, False, scale=scaling)[
+        :2
+    ]
     return out, lse[:, :, :m]
 
 
@@ -116,8 +120,7 @@ def topn_values(x: torch.Tensor, n: int) -> torch.Tensor:
     return candidates.flatten(-2).topk(n, dim=-1).values
 
 
-def _piece_topn(qg: torch.Tensor, k: torch.Tensor, key_ok: torch.Tensor | None, scaling: float,
-                n: int) -> torch.Tensor:
+def _piece_topn(qg: torch.Tensor, k: torch.Tensor, key_ok: torch.Tensor | None, scaling: float, n: int) -> torch.Tensor:
     """The ``n`` largest scaled scores of every folded row over the keys k: qg [B, Hkv, M, D], k [B, Hkv, L, D],
     key_ok None or [B, L] bool -> fp32 [B, Hkv, M, n], -inf where fewer keys exist."""
     b, hkv, m, _ = qg.shape
@@ -133,8 +136,15 @@ def _piece_topn(qg: torch.Tensor, k: torch.Tensor, key_ok: torch.Tensor | None, 
     return F.pad(top, (0, n - top.shape[-1]), value=float("-inf")) if top.shape[-1] < n else top
 
 
-def fast_query_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, plan: QueryPlan, masks: QueryMasks,
-                         scaling: float, softcap: float | None) -> LayerResult:
+def fast_query_attention(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    plan: QueryPlan,
+    masks: QueryMasks,
+    scaling: float,
+    softcap: float | None,
+) -> LayerResult:
     """The query stage without the eager path's chunks of fp32 rows; equals :func:`eager_query_attention`.
 
     q [B, H, Q, D]; k, v [B, Hkv, K, D] (every key so far, this forward's included). Few rows (:func:`is_small`):
@@ -147,8 +157,9 @@ def fast_query_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, plan
     return grouped_query_attention(q, k, v, plan, masks, scaling)
 
 
-def small_query_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, plan: QueryPlan, masks: QueryMasks,
-                          scaling: float) -> LayerResult:
+def small_query_attention(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, plan: QueryPlan, masks: QueryMasks, scaling: float
+) -> LayerResult:
     """Every row over every key at once, in fp32: the same kernels whatever the number of pieces, no host sync.
 
     q [B, H, Q, D]; k, v [B, Hkv, K, D]. Scores, selection, renormalisation and entropy as the eager path's
@@ -174,8 +185,9 @@ def small_query_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, pla
     return LayerResult(out.to(q.dtype).transpose(1, 2), stats, scores if plan.scores_only else None)
 
 
-def grouped_query_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, plan: QueryPlan, masks: QueryMasks,
-                            scaling: float) -> LayerResult:
+def grouped_query_attention(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, plan: QueryPlan, masks: QueryMasks, scaling: float
+) -> LayerResult:
     """Query rows by groups of keys merged by their log-sum-exp (the module docstring); needs ``masks.groups``.
 
     q [B, H, Q, D]; k, v [B, Hkv, K, D] (every key so far, this forward's included).

@@ -4,6 +4,7 @@ Shapes: B requests, H query heads, r query rows, K keys. The logits are fp32 [B,
 softcap and before the mask; "context keys" are the pieces' keys (not the shared prefix, not query keys). Each rule
 is the identity at its neutral value, exactly (a factor 1.0, an added 0.0).
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass

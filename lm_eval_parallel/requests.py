@@ -4,6 +4,7 @@ A marked prompt (``parallel_prompt``) gives its items, query and sink; any other
 unmarked-context rule. The result, a :class:`Prepared`, holds only token ids: the model turns it into
 scores. No lm-eval import here.
 """
+
 from __future__ import annotations
 
 import bisect
@@ -57,8 +58,10 @@ class RequestBuilder:
         self.prefix_token_id = prefix_token_id  # the query of an empty context (lm-eval's convention)
         self.split_rule = parse_split(pce.split)  # unmarked contexts (docs/split.md)
         if self.split_rule.pattern is not None and not getattr(tokenizer, "is_fast", False):
-            raise ValueError(f"split={pce.split} needs a fast tokenizer (character offsets); this one is "
-                             f"{type(tokenizer).__name__}: use split=tokens")
+            raise ValueError(
+                f"split={pce.split} needs a fast tokenizer (character offsets); this one is "
+                f"{type(tokenizer).__name__}: use split=tokens"
+            )
 
     def ids(self, text: str) -> list[int]:
         return token_ids(self.tokenizer, text)
@@ -88,8 +91,11 @@ class RequestBuilder:
         """Unmarked context (SPEC §1): its last token is the query, the tokens before it are the pieces.
         Token ids without their text (``loglikelihood_rolling`` windows) are cut by ``split=tokens``."""
         if self.split_rule.pattern is not None:
-            warn_once("split-rolling", f"split={self.pce.split} does not apply to loglikelihood_rolling windows "
-                                       "(token ids without text): they are cut by tokens; logged once")
+            warn_once(
+                "split-rolling",
+                f"split={self.pce.split} does not apply to loglikelihood_rolling windows "
+                "(token ids without text): they are cut by tokens; logged once",
+            )
         rest, q_ids = context_ids[:-1], context_ids[-1:]
         return Prepared(Layout(self._prefix("loglikelihood", None), self._chunks(rest)), q_ids, continuation_ids)
 
@@ -129,19 +135,25 @@ class RequestBuilder:
         longest = sum(lengths) if self.pce.pos == "serial" else max(lengths, default=0)
         span = len(prepared.layout.prefix) + longest + len(prepared.query) + len(prepared.continuation) + extra
         if span > max_length:
-            warn_once("window", f"a request spans {span} positions (prefix + longest piece + query), more than the "
-                                f"model's window max_length={max_length}; nothing is truncated (logged once)")
+            warn_once(
+                "window",
+                f"a request spans {span} positions (prefix + longest piece + query), more than the "
+                f"model's window max_length={max_length}; nothing is truncated (logged once)",
+            )
 
     # ------------------------------------------------------------------ marked prompts
     def _marked(self, parts: PromptParts, request_type: str, continuation: str | None) -> Prepared:
         """Both request types: the same checks, the same tokenization, the same layout."""
         if not parts.query.strip():
-            raise ValueError(f"empty query after the items ({parts.query!r}): the query marker must be followed "
-                             "by text, not only whitespace")
+            raise ValueError(
+                f"empty query after the items ({parts.query!r}): the query marker must be followed "
+                "by text, not only whitespace"
+            )
         preamble, units, q_ids, c_ids = self._segments(parts, continuation)
         if not q_ids:
-            raise ValueError("the query has no token of its own (it merged into the last item); "
-                             "tokenize=items avoids this")
+            raise ValueError(
+                "the query has no token of its own (it merged into the last item); tokenize=items avoids this"
+            )
         layout = Layout(self._prefix(request_type, parts.sink, preamble), self._pieces(units))
         return Prepared(layout, q_ids, c_ids)
 
@@ -191,8 +203,11 @@ class RequestBuilder:
         """Items grouped into P contiguous pieces (SPEC §3)."""
         n_pieces = self.pce.n_pieces
         if 0 < len(units) < n_pieces:
-            warn_once("peff", f"P={n_pieces} is larger than the {len(units)} items of a request: every item becomes "
-                              f"its own piece (SPEC §3); logged once")
+            warn_once(
+                "peff",
+                f"P={n_pieces} is larger than the {len(units)} items of a request: every item becomes "
+                f"its own piece (SPEC §3); logged once",
+            )
         return tuple(tuple(t for unit in group for t in unit) for group in group_items(units, n_pieces))
 
     def _chunks(self, tokens: list[int]) -> tuple[tuple[int, ...], ...]:

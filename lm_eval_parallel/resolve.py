@@ -13,6 +13,7 @@ The tokenizer's special tokens and chat template are pinned from the GGUF's own 
 tokenizer that transformers builds from a GGUF depends on its version (5.17 reports EOS = BOS =
 ``<|im_start|>`` for SmolLM2, 5.23+ ``<|im_end|>``).
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -177,8 +178,10 @@ def pin_special_tokens(tok, meta: GGUFMetadata) -> None:
     for name, token in meta.special_tokens.items():
         want = getattr(meta, f"{name}_id")
         if tok.convert_tokens_to_ids(token) != want:
-            raise ValueError(f"GGUF {name} id {want} is {token!r}, which the converted tokenizer maps to "
-                             f"{tok.convert_tokens_to_ids(token)}")
+            raise ValueError(
+                f"GGUF {name} id {want} is {token!r}, which the converted tokenizer maps to "
+                f"{tok.convert_tokens_to_ids(token)}"
+            )
         setattr(tok, name, token)
     if meta.chat_template:
         tok.chat_template = meta.chat_template
@@ -255,8 +258,10 @@ def converted_gguf(path: str) -> str | None:
         folder.parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
     except OSError as exc:
-        logger.warning(f"cannot write the GGUF cache under {folder.parent} ({exc}); loading {path} directly "
-                       f"(set {CACHE_ENV} to a writable folder)")
+        logger.warning(
+            f"cannot write the GGUF cache under {folder.parent} ({exc}); loading {path} directly "
+            f"(set {CACHE_ENV} to a writable folder)"
+        )
         return None
     try:
         try:
@@ -304,8 +309,14 @@ def _convert(path: str, out: Path) -> None:
     model.save_pretrained(out)
     tok.save_pretrained(out)
     real, size, mtime = _file_identity(path)
-    record = {"source": real, "size": size, "mtime_ns": mtime, "transformers": transformers.__version__,
-              "format": GGUF_FORMAT, "metadata": asdict(meta)}
+    record = {
+        "source": real,
+        "size": size,
+        "mtime_ns": mtime,
+        "transformers": transformers.__version__,
+        "format": GGUF_FORMAT,
+        "metadata": asdict(meta),
+    }
     (out / GGUF_MARKER).write_text(json.dumps(record, indent=1) + "\n")
 
 
@@ -324,5 +335,4 @@ def check_pretrained(pretrained) -> None:
             return
         except HFValidationError:
             pass
-    raise ValueError(f"pretrained={pretrained!r} is not a folder, a .gguf file, an alias ({DEFAULT_ALIAS}) "
-                     "or a hub id")
+    raise ValueError(f"pretrained={pretrained!r} is not a folder, a .gguf file, an alias ({DEFAULT_ALIAS}) or a hub id")

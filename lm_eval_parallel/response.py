@@ -4,6 +4,7 @@
 them for lm-eval (filters, caching, logging), and ``attn_entropy_of`` reads the value back in a
 task's ``process_results``. Under any other model the value is NaN.
 """
+
 from __future__ import annotations
 
 import math
@@ -48,8 +49,12 @@ class RollingResult(float):
 def attn_entropy_of(response) -> float:
     """Entropy carried by one response (or the mean over a list of responses); NaN if none."""
     carried = (GenerationResult, LoglikelihoodResult)
-    is_tuple_of_results = (isinstance(response, tuple) and not isinstance(response, LoglikelihoodResult)
-                           and response and isinstance(response[0], carried))
+    is_tuple_of_results = (
+        isinstance(response, tuple)
+        and not isinstance(response, LoglikelihoodResult)
+        and response
+        and isinstance(response[0], carried)
+    )
     if isinstance(response, list) or is_tuple_of_results:
         values = [attn_entropy_of(r) for r in response]
         values = [v for v in values if not math.isnan(v)]

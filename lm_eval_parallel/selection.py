@@ -2,6 +2,7 @@
 
 Shapes: B requests, H query heads, r query rows, K keys, P pieces, Lmax longest piece.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass

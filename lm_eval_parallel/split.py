@@ -20,6 +20,7 @@ lm-eval's ``hf``. Two boundaries inside one token give one cut.
 
 Nothing here imports lm-eval or a tokenizer library: token ids and character offsets in, token-id pieces out.
 """
+
 from __future__ import annotations
 
 import re
@@ -61,7 +62,7 @@ def parse_split(value: str | SplitRule) -> SplitRule:
     if value == "sentence":
         return SplitRule("sentence", re.compile(SENTENCE_END))
     if value.startswith("regex:"):
-        source = value[len("regex:"):]
+        source = value[len("regex:") :]
         if not source:
             raise ValueError(f"split={value!r} has an empty pattern; write regex:PATTERN, e.g. regex:\\n")
         try:
@@ -142,8 +143,10 @@ def split_ids(
     token_starts = [int(span[0]) for span in offsets]
     for i in range(1, len(token_starts)):
         if token_starts[i] < token_starts[i - 1]:
-            raise ValueError(f"split={rule}: token offsets go backwards at token {i}; the tokenizer's "
-                             f"offset_mapping must follow the text (split=tokens needs none)")
+            raise ValueError(
+                f"split={rule}: token offsets go backwards at token {i}; the tokenizer's "
+                f"offset_mapping must follow the text (split=tokens needs none)"
+            )
     bounds = [0, *unit_cuts(token_starts, unit_starts(text, rule)), len(ids)]
     units = [ids[a:b] for a, b in pairwise(bounds) if b > a]
     pieces, first = [], 0

@@ -9,6 +9,7 @@ them (with the sink they enclose) gives the plain prompt ``"".join(items) + quer
 Text before the first marker (a chat template, a task ``description``) is the *preamble*: it is
 kept in the plain prompt and encoded in the shared prefix, which every piece attends to.
 """
+
 from __future__ import annotations
 
 SINK_OPEN = "\ue000"

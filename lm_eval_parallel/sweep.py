@@ -15,6 +15,7 @@ with its model_args recorded. It is written into a hidden ``.NAME.partial`` fold
 name once every file is complete, so a folder with a name holds a complete configuration: the sweep skips
 those and resumes at the first configuration without one, whenever it was stopped.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -42,6 +43,7 @@ DEFAULT_CONTEXT_CACHE_MB = 4096
 
 
 # ---------------------------------------------------------------------------------------------- the grid
+
 
 def _run_rank(name: str) -> tuple[int, int]:
     """Methods of one `contexts` family (METHODS) run back to back, so the second finds the first one's
@@ -119,6 +121,7 @@ def partial_dir(output_path: str, name: str) -> str:
 
 # ---------------------------------------------------------------------------------------------- done or not
 
+
 def results_file(folder: str) -> str | None:
     """The folder's lm-eval results file, if it holds one that reads as a whole results file."""
     for path in sorted(glob.glob(os.path.join(glob.escape(folder), "**", "results_*.json"), recursive=True)):
@@ -152,6 +155,7 @@ def recorded_difference(path: str, model_args: dict, limit) -> str | None:
 
 # ---------------------------------------------------------------------------------------------- the flags
 
+
 def build_parser() -> argparse.ArgumentParser:
     """``lm_eval run``'s own parser (lm-eval 0.4.13 ``lm_eval._cli.run.Run``) plus the sweep's flags."""
     from lm_eval._cli.run import Run
@@ -160,12 +164,16 @@ def build_parser() -> argparse.ArgumentParser:
     Run.create(subparsers)
     parser = subparsers.choices["run"]
     parser.prog = "lm-eval-parallel sweep"
-    parser.usage = ("lm-eval-parallel sweep --model_args <arg=value> --tasks <task> --output_path <dir> "
-                    "[--P 1,2,4] [--methods naive,sel] [--grid KEY=V1,V2] [lm_eval run options]")
+    parser.usage = (
+        "lm-eval-parallel sweep --model_args <arg=value> --tasks <task> --output_path <dir> "
+        "[--P 1,2,4] [--methods naive,sel] [--grid KEY=V1,V2] [lm_eval run options]"
+    )
     parser.description = __doc__.split("\n\n")[0]
-    parser.epilog = ("examples:\n  lm-eval-parallel sweep --model_args pretrained=smollm2-135m --tasks pce_smoke "
-                     "--output_path runs/smoke --P 2,4 --methods naive,sel --grid top_k=1,2\n"
-                     "  lm-eval-parallel sweep --config sweep.yaml --limit 10    # flags override the YAML")
+    parser.epilog = (
+        "examples:\n  lm-eval-parallel sweep --model_args pretrained=smollm2-135m --tasks pce_smoke "
+        "--output_path runs/smoke --P 2,4 --methods naive,sel --grid top_k=1,2\n"
+        "  lm-eval-parallel sweep --config sweep.yaml --limit 10    # flags override the YAML"
+    )
     for action in parser._actions:  # the two flags that mean more here than in `lm_eval run`
         if action.dest == "model":
             action.help = "parallel_hf, the one model a sweep runs (may be left out)"
@@ -173,14 +181,26 @@ def build_parser() -> argparse.ArgumentParser:
             action.help = "YAML file of a whole sweep: one key per flag (P, methods, grid too); flags override it"
     ours = parser.add_argument_group("sweep (every other option is lm_eval run's)")
     ours.add_argument("--P", default=None, metavar="<P,P,...>", help=f"P values (default: {DEFAULT_P})")
-    ours.add_argument("--methods", default=None, metavar="<method,...>",
-                      help=f"methods (default: {DEFAULT_METHODS}); full adds one P=1 run")
-    ours.add_argument("--grid", action="append", default=None, metavar="<KEY=V1,V2>",
-                      help="values of one parallel_hf setting (top_k, aggr, pos, sink_text, split, ...); repeatable, "
-                           "a repeated KEY adds values; quote a value holding a comma ('a, b')")
-    ours.add_argument("--context_cache_mb", default=None, metavar="<MiB>",
-                      help=f"memory for encoded contexts shared by methods of one P (default: "
-                           f"{DEFAULT_CONTEXT_CACHE_MB}; 0 = off)")
+    ours.add_argument(
+        "--methods",
+        default=None,
+        metavar="<method,...>",
+        help=f"methods (default: {DEFAULT_METHODS}); full adds one P=1 run",
+    )
+    ours.add_argument(
+        "--grid",
+        action="append",
+        default=None,
+        metavar="<KEY=V1,V2>",
+        help="values of one parallel_hf setting (top_k, aggr, pos, sink_text, split, ...); repeatable, "
+        "a repeated KEY adds values; quote a value holding a comma ('a, b')",
+    )
+    ours.add_argument(
+        "--context_cache_mb",
+        default=None,
+        metavar="<MiB>",
+        help=f"memory for encoded contexts shared by methods of one P (default: {DEFAULT_CONTEXT_CACHE_MB}; 0 = off)",
+    )
     return parser
 
 
@@ -221,8 +241,10 @@ def read_sweep_yaml(path: str) -> tuple[dict, dict]:
     if unknown:
         close = difflib.get_close_matches(unknown[0], sorted(lm_eval_keys | set(SWEEP_FLAGS)), n=1)
         hint = f"; did you mean {close[0]!r}?" if close else ""
-        raise ValueError(f"--config {path!r}: unknown key {unknown[0]!r}{hint} (keys: the flags' names, and "
-                         f"{', '.join(SWEEP_FLAGS)})")
+        raise ValueError(
+            f"--config {path!r}: unknown key {unknown[0]!r}{hint} (keys: the flags' names, and "
+            f"{', '.join(SWEEP_FLAGS)})"
+        )
     ours = {k: data.pop(k) for k in SWEEP_FLAGS if k in data}
     return data, ours
 
@@ -233,8 +255,9 @@ def evaluator_config(args: argparse.Namespace, yaml_values: dict):
 
     values = dataclasses.asdict(EvaluatorConfig())
     values.update(yaml_values)
-    given = {k: v for k, v in vars(args).items()
-             if (v or v == 0) and k not in ("command", "func", "config", *SWEEP_FLAGS)}
+    given = {
+        k: v for k, v in vars(args).items() if (v or v == 0) and k not in ("command", "func", "config", *SWEEP_FLAGS)
+    }
     values.update(given)
     if "model" not in given and "model" not in yaml_values:
         values["model"] = "parallel_hf"
@@ -247,9 +270,9 @@ def evaluator_config(args: argparse.Namespace, yaml_values: dict):
 class Plan:
     """Everything a sweep needs, checked before the model loads."""
 
-    cfg: object              # lm-eval's EvaluatorConfig
-    model_args: dict         # --model_args (pretrained included), without P, method and grid settings
-    own: dict                # parallel settings of model_args, and context_cache_mb
+    cfg: object  # lm-eval's EvaluatorConfig
+    model_args: dict  # --model_args (pretrained included), without P, method and grid settings
+    own: dict  # parallel settings of model_args, and context_cache_mb
     todo: list[Configuration]
     task_manager: object
     tasks: list
@@ -264,8 +287,10 @@ def grid_values(raw: dict[str, list], model_args: dict) -> dict[str, list]:
         if key not in SETTINGS:
             close = difflib.get_close_matches(key, SETTINGS, n=1, cutoff=0.75)
             hint = f"did you mean {close[0]!r}? " if close else ""
-            raise ValueError(f"--grid {key}=...: {key!r} is not a parallel_hf setting; {hint}the model loads once, "
-                             f"so its own arguments go in --model_args (settings: {', '.join(SETTINGS)})")
+            raise ValueError(
+                f"--grid {key}=...: {key!r} is not a parallel_hf setting; {hint}the model loads once, "
+                f"so its own arguments go in --model_args (settings: {', '.join(SETTINGS)})"
+            )
         if key in model_args:
             raise ValueError(f"{key} is in --model_args and in --grid; give it in one of them")
         values[key] = list(dict.fromkeys(SETTINGS[key].parse(key, v) for v in items))
@@ -300,8 +325,9 @@ def plan_sweep(args: argparse.Namespace) -> Plan:
         return value if value is not None else yaml_ours.get(flag, default)
 
     p_values = list(dict.fromkeys(SETTINGS["P"].parse("P", p) for p in _as_list(pick("P", DEFAULT_P))))
-    methods = list(dict.fromkeys(SETTINGS["method"].parse("method", m)
-                                 for m in _as_list(pick("methods", DEFAULT_METHODS))))
+    methods = list(
+        dict.fromkeys(SETTINGS["method"].parse("method", m) for m in _as_list(pick("methods", DEFAULT_METHODS)))
+    )
     yaml_grid = yaml_ours.get("grid") or {}  # {KEY: [V1, V2]} or ["KEY=V1,V2", ...]
     if isinstance(yaml_grid, dict):
         raw_grid = {key: _as_list(v) for key, v in yaml_grid.items()}
@@ -309,8 +335,10 @@ def plan_sweep(args: argparse.Namespace) -> Plan:
         raw_grid = parse_grid(_as_list(yaml_grid))
     raw_grid.update(parse_grid(args.grid or []))  # a key given as a flag replaces the YAML's values
     values = grid_values(raw_grid, model_args)
-    own.setdefault("context_cache_mb", SETTINGS["context_cache_mb"].parse(
-        "context_cache_mb", pick("context_cache_mb", DEFAULT_CONTEXT_CACHE_MB)))
+    own.setdefault(
+        "context_cache_mb",
+        SETTINGS["context_cache_mb"].parse("context_cache_mb", pick("context_cache_mb", DEFAULT_CONTEXT_CACHE_MB)),
+    )
     planned = configurations(p_values, methods, values)
     if not planned:
         raise ValueError("the grid is empty: give --P and --methods values")
@@ -334,8 +362,9 @@ def plan_sweep(args: argparse.Namespace) -> Plan:
             continue
         difference = recorded_difference(done, {**model_args, **conf.settings()}, cfg.limit)
         if difference:
-            raise ValueError(f"{folder} holds a run of other settings ({difference}); remove it or use another "
-                             "--output_path")
+            raise ValueError(
+                f"{folder} holds a run of other settings ({difference}); remove it or use another --output_path"
+            )
         print(f"sweep: {conf} already in {folder}; skipped")
     if not todo:
         return Plan(cfg, model_args, own, [], None, [])
@@ -358,6 +387,7 @@ def build_tasks(task_manager, names: list) -> list:
 
 
 # ---------------------------------------------------------------------------------------------- running
+
 
 def _one_line(err: BaseException) -> str:
     return " ".join(str(err).split()) or type(err).__name__
@@ -425,19 +455,36 @@ def run_configuration(lm, plan: Plan, conf: Configuration, first_run: bool) -> N
     requests_cache = cfg.cache_requests or {}
     start = time.time()
     results = simple_evaluate(
-        model=lm, model_args=model_args, tasks=plan.tasks, num_fewshot=cfg.num_fewshot,
-        batch_size=cfg.batch_size, max_batch_size=cfg.max_batch_size, device=cfg.device, use_cache=cfg.use_cache,
+        model=lm,
+        model_args=model_args,
+        tasks=plan.tasks,
+        num_fewshot=cfg.num_fewshot,
+        batch_size=cfg.batch_size,
+        max_batch_size=cfg.max_batch_size,
+        device=cfg.device,
+        use_cache=cfg.use_cache,
         cache_requests=requests_cache.get("cache_requests", False),
         rewrite_requests_cache=first_run and requests_cache.get("rewrite_requests_cache", False),
         delete_requests_cache=first_run and requests_cache.get("delete_requests_cache", False),
-        limit=cfg.limit, samples=cfg.samples, check_integrity=first_run and cfg.check_integrity,
-        write_out=cfg.write_out, log_samples=cfg.log_samples, evaluation_tracker=tracker,
-        system_instruction=cfg.system_instruction, apply_chat_template=cfg.apply_chat_template,
-        fewshot_as_multiturn=cfg.fewshot_as_multiturn, gen_kwargs=cfg.gen_kwargs, task_manager=plan.task_manager,
-        verbosity=cfg.verbosity, predict_only=cfg.predict_only,
-        random_seed=cfg.seed[0] if cfg.seed else None, numpy_random_seed=cfg.seed[1] if cfg.seed else None,
-        torch_random_seed=cfg.seed[2] if cfg.seed else None, fewshot_random_seed=cfg.seed[3] if cfg.seed else None,
-        confirm_run_unsafe_code=cfg.confirm_run_unsafe_code, metadata={**cfg.metadata, **conf.settings()},
+        limit=cfg.limit,
+        samples=cfg.samples,
+        check_integrity=first_run and cfg.check_integrity,
+        write_out=cfg.write_out,
+        log_samples=cfg.log_samples,
+        evaluation_tracker=tracker,
+        system_instruction=cfg.system_instruction,
+        apply_chat_template=cfg.apply_chat_template,
+        fewshot_as_multiturn=cfg.fewshot_as_multiturn,
+        gen_kwargs=cfg.gen_kwargs,
+        task_manager=plan.task_manager,
+        verbosity=cfg.verbosity,
+        predict_only=cfg.predict_only,
+        random_seed=cfg.seed[0] if cfg.seed else None,
+        numpy_random_seed=cfg.seed[1] if cfg.seed else None,
+        torch_random_seed=cfg.seed[2] if cfg.seed else None,
+        fewshot_random_seed=cfg.seed[3] if cfg.seed else None,
+        confirm_run_unsafe_code=cfg.confirm_run_unsafe_code,
+        metadata={**cfg.metadata, **conf.settings()},
     )
     if results is None:  # non-zero rank under data parallel
         return
@@ -455,7 +502,7 @@ def run_configuration(lm, plan: Plan, conf: Configuration, first_run: bool) -> N
             logger.log_eval_result()
             if cfg.log_samples:
                 logger.log_eval_samples(samples)
-        except Exception as err:  # noqa: BLE001 (as lm_eval run: a logging failure does not stop the run)
+        except Exception as err:
             print(f"sweep: logging to {type(logger).__name__} failed: {_one_line(err)}", file=sys.stderr)
     tracker.save_results_aggregated(results=results, samples=samples)
     if cfg.log_samples and samples:
@@ -473,6 +520,5 @@ def run_configuration(lm, plan: Plan, conf: Configuration, first_run: bool) -> N
         os.rename(folder, aside)
         print(f"sweep: {folder} held no complete results; moved to {aside}")
     os.rename(partial, folder)  # the configuration appears whole or not at all
-    scores = {t: {k: v for k, v in r.items() if "," in k and "stderr" not in k}
-              for t, r in results["results"].items()}
+    scores = {t: {k: v for k, v in r.items() if "," in k and "stderr" not in k} for t, r in results["results"].items()}
     print(f"sweep: {conf} done in {time.time() - start:.1f}s -> {folder}\n{json.dumps(scores, indent=1)}")

@@ -8,6 +8,7 @@ A loader (``custom_dataset``) starts with :func:`task_args`, which validates lm-
 task's ``dataset_kwargs`` before any data is read; it then builds its documents through :func:`cached_docs`,
 keyed by everything that shapes them.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -101,18 +102,19 @@ def check_metadata_keys(kwargs: dict) -> None:
 class TaskArgs:
     """The validated arguments of one task build."""
 
-    task: str              # e.g. "pce_icl_nlu_8k"
-    dataset: str | None    # the family's dataset or RULER variant; None for JSON-KV
-    length: str            # "8k"
+    task: str  # e.g. "pce_icl_nlu_8k"
+    dataset: str | None  # the family's dataset or RULER variant; None for JSON-KV
+    length: str  # "8k"
     n_samples: int
     seed: int
-    source: str | None     # "generate" | "helmet" (RULER, JSON-KV); None elsewhere
-    fit: bool              # ICL/RAG: drop items from the end to fit the length
+    source: str | None  # "generate" | "helmet" (RULER, JSON-KV); None elsewhere
+    fit: bool  # ICL/RAG: drop items from the end to fit the length
     tokenizer: tuple | None  # tokenizer_key(), or None when the build needs no tokenizer
 
 
-def task_args(kwargs: dict, family: str, *, datasets=None, lengths=None, sources=False,
-              tokenizer: str = "required") -> TaskArgs:
+def task_args(
+    kwargs: dict, family: str, *, datasets=None, lengths=None, sources=False, tokenizer: str = "required"
+) -> TaskArgs:
     """Validate what lm-eval passes to ``custom_dataset`` (metadata + dataset_kwargs), before any data is read.
 
     family: ``icl`` | ``rag`` | ``ruler`` | ``json_kv`` | ``ppl``; datasets: allowed ``pce_dataset`` values
@@ -149,8 +151,10 @@ def data_dir() -> Path | None:
         return None
     path = Path(value).expanduser()
     if not path.is_dir():
-        raise PceDataError(f"{DATA_ENV}={value!r} is not a folder; set it to the folder that holds the icl/, rag/, "
-                           f"essays/, ppl/ or helmet/ data (export {DATA_ENV}=/path/to/data), or unset it")
+        raise PceDataError(
+            f"{DATA_ENV}={value!r} is not a folder; set it to the folder that holds the icl/, rag/, "
+            f"essays/, ppl/ or helmet/ data (export {DATA_ENV}=/path/to/data), or unset it"
+        )
     return path.resolve()
 
 
@@ -174,8 +178,10 @@ def local_data(what: str, expected: str):
     except PceDataError:
         raise
     except (ValueError, KeyError, IndexError, TypeError, OSError, EOFError, csv.Error) as exc:
-        raise PceDataError(f"{what}: the data under {DATA_ENV}={os.environ.get(DATA_ENV)} is not in the expected "
-                           f"layout ({type(exc).__name__}: {exc}); expected {expected}") from exc
+        raise PceDataError(
+            f"{what}: the data under {DATA_ENV}={os.environ.get(DATA_ENV)} is not in the expected "
+            f"layout ({type(exc).__name__}: {exc}); expected {expected}"
+        ) from exc
 
 
 def read_text(path: Path, expected: str) -> str:
@@ -190,8 +196,10 @@ def read_json(path: Path, expected: str):
     try:
         return json.loads(text)
     except json.JSONDecodeError as exc:
-        raise PceDataError(f"{path}, line {exc.lineno} column {exc.colno}: not valid JSON ({exc.msg}; "
-                           f"truncated file?); expected {expected}") from None
+        raise PceDataError(
+            f"{path}, line {exc.lineno} column {exc.colno}: not valid JSON ({exc.msg}; "
+            f"truncated file?); expected {expected}"
+        ) from None
 
 
 def iter_jsonl(path: Path, expected: str = "one JSON object per line"):
@@ -208,15 +216,18 @@ def iter_jsonl(path: Path, expected: str = "one JSON object per line"):
                 try:
                     row = json.loads(line)
                 except json.JSONDecodeError as exc:
-                    raise PceDataError(f"{path}, line {line_no}: not valid JSON ({exc.msg}; truncated file?); "
-                                       f"expected {expected}") from None
+                    raise PceDataError(
+                        f"{path}, line {line_no}: not valid JSON ({exc.msg}; truncated file?); expected {expected}"
+                    ) from None
                 if not isinstance(row, dict):
                     raise PceDataError(f"{path}, line {line_no}: a JSON {type(row).__name__}; expected {expected}")
                 rows += 1
                 yield row
     except (EOFError, gzip.BadGzipFile, UnicodeDecodeError) as exc:
-        raise PceDataError(f"{path}, line {line_no + 1}: unreadable ({type(exc).__name__}: {exc}; truncated "
-                           f"file?); expected {expected}") from None
+        raise PceDataError(
+            f"{path}, line {line_no + 1}: unreadable ({type(exc).__name__}: {exc}; truncated "
+            f"file?); expected {expected}"
+        ) from None
     if rows == 0:
         raise PceDataError(f"{path}: the file has no rows; expected {expected}")
 
@@ -230,8 +241,9 @@ def read_csv(path: Path, columns: tuple[str, ...]) -> list[dict]:
             raise PceDataError(f"{path}: the file is empty; expected {expected}")
         missing = [c for c in columns if c not in reader.fieldnames]
         if missing:
-            raise PceDataError(f"{path}, line 1: the header {reader.fieldnames} lacks {', '.join(missing)}; "
-                               f"expected {expected}")
+            raise PceDataError(
+                f"{path}, line 1: the header {reader.fieldnames} lacks {', '.join(missing)}; expected {expected}"
+            )
         rows = []
         for row in reader:
             for c in columns:
@@ -273,7 +285,7 @@ def tokenizer_key(kwargs: dict, *, required: bool, task: str) -> tuple | None:
         if required:
             raise PceDataError(
                 f"{task}: sizing needs the model's tokenizer, but no pretrained= reached the task; run with "
-                f"--model_args pretrained=... (or --metadata '{{\"pretrained\": \"...\"}}')"
+                f'--model_args pretrained=... (or --metadata \'{{"pretrained": "..."}}\')'
             )
         return None
     if not isinstance(pretrained, str) and pretrained is not None:
@@ -308,8 +320,16 @@ def tokenizer_fingerprint(tok) -> str:
         return held[1]
     backend = getattr(tok, "backend_tokenizer", None)
     spec = backend.to_str() if backend is not None else json.dumps(sorted(tok.get_vocab().items()))
-    extra = json.dumps([type(tok).__name__, tok.special_tokens_map, getattr(tok, "add_bos_token", None),
-                        getattr(tok, "add_eos_token", None)], sort_keys=True, default=str)
+    extra = json.dumps(
+        [
+            type(tok).__name__,
+            tok.special_tokens_map,
+            getattr(tok, "add_bos_token", None),
+            getattr(tok, "add_eos_token", None),
+        ],
+        sort_keys=True,
+        default=str,
+    )
     digest = hashlib.sha256((spec + extra).encode()).hexdigest()
     _FINGERPRINTS[id(tok)] = (tok, digest)
     return digest
@@ -365,9 +385,15 @@ def docs_key(args: TaskArgs, *, inputs, builder: str) -> dict:
     """Everything that shapes a task's documents: the arguments, the inputs read (file identities, word lists,
     dataset ids), the tokenizer (by content), and the builder's code version."""
     return {
-        "task": args.task, "length": args.length, "n_samples": args.n_samples, "seed": args.seed,
-        "source": args.source, "fit": args.fit, "inputs": inputs,
-        "tokenizer": tokenizer_fingerprint(tokenizer_of(args.tokenizer)), "code": code_version(builder),
+        "task": args.task,
+        "length": args.length,
+        "n_samples": args.n_samples,
+        "seed": args.seed,
+        "source": args.source,
+        "fit": args.fit,
+        "inputs": inputs,
+        "tokenizer": tokenizer_fingerprint(tokenizer_of(args.tokenizer)),
+        "code": code_version(builder),
     }
 
 

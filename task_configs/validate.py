@@ -16,6 +16,7 @@ checks lm-eval makes when it loads a task (``TaskFactory`` / ``ConfigurableTask.
 * a group's members are indexed, ``GroupConfig`` accepts it, and each metric it averages is reported by
   every task under it, with one direction (a mean of accuracies and perplexities means nothing).
 """
+
 from __future__ import annotations
 
 import logging
@@ -123,8 +124,11 @@ def validate(root: Path = HERE) -> list[str]:
     manager = TaskManager(include_path=str(root), include_defaults=False)
     index = manager.task_index
     found = set(manager.match_tasks(list(names.values())))
-    problems += [f"{path.relative_to(root)}: {name!r} is not indexed by lm-eval (it skips YAML it cannot load)"
-                 for path, name in names.items() if name not in found]
+    problems += [
+        f"{path.relative_to(root)}: {name!r} is not indexed by lm-eval (it skips YAML it cannot load)"
+        for path, name in names.items()
+        if name not in found
+    ]
 
     collector = _Warnings()
     lm_eval_logger = logging.getLogger("lm_eval")
@@ -142,8 +146,9 @@ def validate(root: Path = HERE) -> list[str]:
                 continue
             if entry.kind == Kind.GROUP:
                 groups.append((name, cfg))
-                member_cfgs[name] = [m if isinstance(m, str) else m.get("task") or m.get("group")
-                                     for m in cfg.get("task") or []]
+                member_cfgs[name] = [
+                    m if isinstance(m, str) else m.get("task") or m.get("group") for m in cfg.get("task") or []
+                ]
                 continue
             collector.messages.clear()
             problems += _task_problems(name, cfg)
@@ -169,8 +174,10 @@ def validate(root: Path = HERE) -> list[str]:
                 problems.append(f"{name}: averages {agg.metric!r}, which {', '.join(lacking)} do not report")
             directions = {metrics[t][agg.metric] for t in leaves if agg.metric in metrics.get(t, {})}
             if len(directions) > 1:
-                problems.append(f"{name}: averages {agg.metric!r} over tasks where it is higher-is-better and "
-                                "tasks where it is lower-is-better")
+                problems.append(
+                    f"{name}: averages {agg.metric!r} over tasks where it is higher-is-better and "
+                    "tasks where it is lower-is-better"
+                )
         if not isinstance(group.metadata, dict) or "version" not in group.metadata:
             problems.append(f"{name}: metadata has no version")
     return problems

@@ -1,4 +1,5 @@
 """A small structured generation task written into a folder, for end-to-end CLI tests (--include_path)."""
+
 import textwrap
 
 _YAML = """\

@@ -2,6 +2,7 @@
 (§5), the positions of §6 and the selection of §7 applied to query rows. Written independently of
 the engine: no KV store, no chunking, no batching; O(L^2) and only for tiny models.
 """
+
 from __future__ import annotations
 
 import contextvars
@@ -115,8 +116,16 @@ def reference_attention(module, query, key, value, attention_mask, scaling=None,
 AttentionInterface.register(REF_NAME, reference_attention)
 
 
-def reference_forward(model, layout: Layout, calls: list[list[int]], pos: str, pos_round: str, selection: dict | None,
-                      query_positions: str = "layout", **rule):
+def reference_forward(
+    model,
+    layout: Layout,
+    calls: list[list[int]],
+    pos: str,
+    pos_round: str,
+    selection: dict | None,
+    query_positions: str = "layout",
+    **rule,
+):
     """Logits [T, V] of the whole sequence (context + every call's tokens) and the mean entropy.
 
     ``calls``: token lists, each one forward call of the engine (query+continuation, or the query
@@ -140,22 +149,38 @@ def reference_forward(model, layout: Layout, calls: list[list[int]], pos: str, p
     is_piece = groups.kind == TokenKind.PIECE
     piece_keys = [torch.nonzero(is_piece & (groups.piece == i)).flatten().tolist() for i in range(len(layout.pieces))]
     piece_keys = [keys for keys in piece_keys if keys]
-    state = {"mask": mask, "selection": selection, "call_rows": call_rows, "piece_keys": piece_keys,
-             "forced": {}, "collect_call": None, "collected": {}, "entropy": {}, "rule": rule}
+    state = {
+        "mask": mask,
+        "selection": selection,
+        "call_rows": call_rows,
+        "piece_keys": piece_keys,
+        "forced": {},
+        "collect_call": None,
+        "collected": {},
+        "entropy": {},
+        "rule": rule,
+    }
     previous = model.config._attn_implementation
     model.set_attn_implementation(REF_NAME)
     token = _STATE.set(state)
     try:
         with torch.no_grad():
-            run = lambda: model(input_ids=torch.tensor([ids]), position_ids=torch.tensor([positions]),
-                                attention_mask=torch.zeros(1, 1, n, n), use_cache=False).logits[0]
+
+            def run():
+                return model(
+                    input_ids=torch.tensor([ids]),
+                    position_ids=torch.tensor([positions]),
+                    attention_mask=torch.zeros(1, 1, n, n),
+                    use_cache=False,
+                ).logits[0]
+
             if selection is not None and selection["aggr"] == "LHT":
                 for c in range(len(calls)):
                     if len(piece_keys) <= selection["top_k"] and selection.get("tau") is None:
                         break
                     state["collect_call"], state["collected"] = c, {}
                     run()
-                    g = torch.stack([state["collected"][l] for l in sorted(state["collected"])])  # [L, H, T, P]
+                    g = torch.stack([state["collected"][layer] for layer in sorted(state["collected"])])  # [L, H, T, P]
                     agg = _topn_sum(g.permute(3, 0, 1, 2).reshape(g.shape[-1], -1), selection["aggr_topn"])
                     if selection.get("tau") is not None:
                         keep = torch.softmax(torch.log(agg + 1e-5) / selection["tau"], dim=-1)

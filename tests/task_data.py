@@ -1,4 +1,5 @@
 """Small local data in the ``PCE_DATA_DIR`` layout (task_configs/README.md), written in milliseconds."""
+
 from __future__ import annotations
 
 import gzip
@@ -36,8 +37,9 @@ def write_local_data(root: Path) -> Path:
     (icl / "categories.json").write_text(json.dumps(labels))
     rows = "".join(f'"{sentence(i)}",{labels[i % 3]}\n' for i in range(30))
     (icl / "train.csv").write_text("text,category\n" + rows)
-    (icl / "test.csv").write_text("text,category\n" + "".join(f'"{sentence(i)}?",{labels[i % 3]}\n'
-                                                              for i in range(30, 40)))
+    (icl / "test.csv").write_text(
+        "text,category\n" + "".join(f'"{sentence(i)}?",{labels[i % 3]}\n' for i in range(30, 40))
+    )
     trec = root / "icl" / "trec"
     trec.mkdir(parents=True)
     coarse = ["DESC:manner", "HUM:ind", "LOC:city", "NUM:date"]
@@ -45,11 +47,23 @@ def write_local_data(root: Path) -> Path:
     (trec / "TREC_10.label").write_text("".join(f"{coarse[i % 4]} {sentence(i)}?\n" for i in range(8)))
     rag = root / "rag"
     rag.mkdir()
-    nq = [{"question": f"where is the {WORDS[i % 12]} {i}?", "answers": [f"north {i}"],
-           "ctxs": [{"title": f"Page {i}", "text": sentence(i) + sentence(i + 1)}]} for i in range(30)]
+    nq = [
+        {
+            "question": f"where is the {WORDS[i % 12]} {i}?",
+            "answers": [f"north {i}"],
+            "ctxs": [{"title": f"Page {i}", "text": sentence(i) + sentence(i + 1)}],
+        }
+        for i in range(30)
+    ]
     (rag / "nq-open-oracle.jsonl.gz").write_bytes(gzip.compress("".join(json.dumps(r) + "\n" for r in nq).encode()))
-    hotpot = [{"question": f"which {WORDS[i % 12]}?", "answers": ["seven"],
-               "ctxs": [{"title": f"T{i}-{j}", "text": sentence(i + j)} for j in range(10)]} for i in range(10)]
+    hotpot = [
+        {
+            "question": f"which {WORDS[i % 12]}?",
+            "answers": ["seven"],
+            "ctxs": [{"title": f"T{i}-{j}", "text": sentence(i + j)} for j in range(10)],
+        }
+        for i in range(10)
+    ]
     (rag / "hotpotqa_dev_200.jsonl").write_text("".join(json.dumps(r) + "\n" for r in hotpot))
     pg19 = root / "ppl" / "pg19"
     pg19.mkdir(parents=True)

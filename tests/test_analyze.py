@@ -5,6 +5,7 @@ is recomputed in the test from those formulas (Wilson by statsmodels, Pearson by
 hard-coded. The folders look like `lm-eval-parallel sweep` output: `P{P}_{method}/results_<date>.json` with
 config.model_args and config.pce, samples JSONL for perplexity, and one analysis JSON-lines file per sweep.
 """
+
 from __future__ import annotations
 
 import csv
@@ -28,8 +29,13 @@ Z = 1.959963984540054
 N_DOCS = 100
 TASKS = ["pce_icl_trec_coarse_8k", "pce_rag_nq_8k", "pce_ruler_mk2_8k", "pce_json_kv_8k", "pce_ppl_pg19_8k"]
 METRIC = {"icl": "exact_match", "rag": "subem", "ruler": "ruler_recall", "json": "subem", "ppl": "perplexity"}
-FULL_SCORE = {"pce_icl_trec_coarse_8k": 0.60, "pce_rag_nq_8k": 0.50, "pce_ruler_mk2_8k": 0.80, "pce_json_kv_8k": 0.0,
-              "pce_ppl_pg19_8k": 10.0}
+FULL_SCORE = {
+    "pce_icl_trec_coarse_8k": 0.60,
+    "pce_rag_nq_8k": 0.50,
+    "pce_ruler_mk2_8k": 0.80,
+    "pce_json_kv_8k": 0.0,
+    "pce_ppl_pg19_8k": 10.0,
+}
 DROP = {"naive": 0.10, "sink+sel": 0.02, "oracle": 0.03, "serial": 0.01, "sinktext": 0.04}
 PPL_TOKENS = [100, 200, 300, 400]
 PPL_SPREAD = [1.10, 0.90, 1.05, 0.95]
@@ -67,8 +73,9 @@ def ppl_documents(ppl: float) -> list[tuple[float, int]]:
     return [(total * w / sum(weights), n) for w, n in zip(weights, PPL_TOKENS)]
 
 
-def write_run(root: str, method: str, P: int, variant: str, date: float, tasks=TASKS, analysis_path=None,
-              **settings) -> str:
+def write_run(
+    root: str, method: str, P: int, variant: str, date: float, tasks=TASKS, analysis_path=None, **settings
+) -> str:
     """A results file shaped like lm-eval 0.4.13 via `lm-eval-parallel sweep`, and its PPL samples file."""
     date_id = datetime.datetime.fromtimestamp(date).isoformat().replace(":", "-")
     folder = os.path.join(root, f"P{P}_{method}")
@@ -87,8 +94,10 @@ def write_run(root: str, method: str, P: int, variant: str, date: float, tasks=T
             entry[f"{metric}_stderr,none"] = "N/A"
             higher[task] = {metric: False, "attn_entropy": False}
             n_samples[task] = {"original": len(PPL_TOKENS), "effective": len(PPL_TOKENS)}
-            lines = [json.dumps({"doc_id": i, "filter": "none", metric: [ll, n], "attn_entropy": 1.0}) + "\n"
-                     for i, (ll, n) in enumerate(ppl_documents(score))]
+            lines = [
+                json.dumps({"doc_id": i, "filter": "none", metric: [ll, n], "attn_entropy": 1.0}) + "\n"
+                for i, (ll, n) in enumerate(ppl_documents(score))
+            ]
             with open(os.path.join(folder, f"samples_{task}_{date_id}.jsonl"), "w") as f:
                 f.writelines(lines)
         else:
@@ -96,9 +105,15 @@ def write_run(root: str, method: str, P: int, variant: str, date: float, tasks=T
             higher[task] = {metric: True, "score": True, "attn_entropy": False}
             n_samples[task] = {"original": N_DOCS, "effective": N_DOCS}
         results[task] = entry
-    payload = {"results": results, "group_subtasks": {}, "configs": {}, "higher_is_better": higher,
-               "n-samples": n_samples, "date": date,
-               "config": {"model": "parallel_hf", "model_args": model_args, "pce": pce, "limit": None}}
+    payload = {
+        "results": results,
+        "group_subtasks": {},
+        "configs": {},
+        "higher_is_better": higher,
+        "n-samples": n_samples,
+        "date": date,
+        "config": {"model": "parallel_hf", "model_args": model_args, "pce": pce, "limit": None},
+    }
     path = os.path.join(folder, f"results_{date_id}.json")
     with open(path, "w") as f:
         json.dump(payload, f)
@@ -127,9 +142,19 @@ def write_analysis(path: str) -> None:
     for method, P in BASE:
         for task, requests in RECORD_TASKS.items():
             for doc, idx in requests:
-                record = {"request_type": "generate_until", "task": task, "doc_id": doc, "idx": idx, "P": P,
-                          "method": method, "pos": "even", "n_pieces": P, "attn_entropy": 0.0,
-                          "head_entropy": None, **record_values(method, P, doc, idx)}
+                record = {
+                    "request_type": "generate_until",
+                    "task": task,
+                    "doc_id": doc,
+                    "idx": idx,
+                    "P": P,
+                    "method": method,
+                    "pos": "even",
+                    "n_pieces": P,
+                    "attn_entropy": 0.0,
+                    "head_entropy": None,
+                    **record_values(method, P, doc, idx),
+                }
                 if (task, doc, idx) == ("pce_icl_trec_coarse_8k", 1, 0):
                     lines.append({**record, "layer_entropy": [999.0] * LAYERS})
                 lines.append(record)
@@ -211,6 +236,7 @@ def as_float(text: str) -> float:
 
 # --------------------------------------------------------------------------------------------------- tests
 
+
 def test_interval_helpers_against_independent_implementations():
     for k, n in [(0, 100), (1, 100), (50, 100), (99, 100), (100, 100), (3, 7), (57.5, 100)]:
         lo, hi = proportion_interval(k, n)
@@ -241,8 +267,13 @@ def test_interval_helpers_against_independent_implementations():
 def test_every_section_is_written_with_pngs(full_analysis):
     page = (full_analysis / "analysis.md").read_text()
     assert "Skipped" not in page
-    for name in ["fig1_2_layers_8k_all.png", "fig3_7_entropy_vs_score_8k.png", "fig6_8k.png", "fig11_8k.png",
-                 "sink_text_8k.png"]:
+    for name in [
+        "fig1_2_layers_8k_all.png",
+        "fig3_7_entropy_vs_score_8k.png",
+        "fig6_8k.png",
+        "fig11_8k.png",
+        "sink_text_8k.png",
+    ]:
         path = full_analysis / name
         assert path.stat().st_size > 5000 and path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", name
         assert f"({name})" in page
@@ -251,13 +282,17 @@ def test_every_section_is_written_with_pngs(full_analysis):
 
 def test_layer_profiles_are_document_means_with_1_96_se(full_analysis):
     rows = read_csv(full_analysis / "fig1_2_layers.csv")
-    for scope, tasks in [("pce_icl_trec_coarse_8k", ["pce_icl_trec_coarse_8k"]),
-                         ("all", ["pce_icl_trec_coarse_8k", "pce_ppl_pg19_8k"])]:
-        for (method, P) in BASE:
+    for scope, tasks in [
+        ("pce_icl_trec_coarse_8k", ["pce_icl_trec_coarse_8k"]),
+        ("all", ["pce_icl_trec_coarse_8k", "pce_ppl_pg19_8k"]),
+    ]:
+        for method, P in BASE:
             for stat in ("entropy", "key_norm", "abs_logit"):
                 mean, lo, hi = expected_band(method, P, tasks, stat)
-                got = sorted((r for r in rows if (r["scope"], r["method"], r["P"], r["stat"]) ==
-                              (scope, method, str(P), stat)), key=lambda r: int(r["layer"]))
+                got = sorted(
+                    (r for r in rows if (r["scope"], r["method"], r["P"], r["stat"]) == (scope, method, str(P), stat)),
+                    key=lambda r: int(r["layer"]),
+                )
                 assert [int(r["layer"]) for r in got] == list(range(LAYERS))
                 n_docs = sum(len({d for d, _ in RECORD_TASKS[t]}) for t in tasks)
                 assert [int(r["n_docs"]) for r in got] == [n_docs] * LAYERS
@@ -286,8 +321,10 @@ def test_entropy_vs_score_is_naive_only_with_fisher_interval_and_floor(full_anal
         assert [float(p["score"]) for p in mine] == pytest.approx(y, rel=1e-5)
     trec = next(p for p in points if p["task"] == "pce_icl_trec_coarse_8k" and p["P"] == "2")
     lo, hi = proportion_confint(50, 100, alpha=0.05, method="wilson")
-    assert (float(trec["score_lo"]), float(trec["score_hi"])) == (pytest.approx(100 * lo, rel=1e-5),
-                                                                  pytest.approx(100 * hi, rel=1e-5))
+    assert (float(trec["score_lo"]), float(trec["score_hi"])) == (
+        pytest.approx(100 * lo, rel=1e-5),
+        pytest.approx(100 * hi, rel=1e-5),
+    )
     assert float(trec["entropy_hi"]) - float(trec["entropy"]) == pytest.approx(Z * 0.01, rel=1e-5)
     floor = correlations["pce_json_kv_8k"]
     assert floor["floor"] == "floor" and floor["used"] == "False"
@@ -309,11 +346,14 @@ def expected_category(category_tasks: list[str], top_k: int, aggr: str) -> tuple
 def test_table2_cells_pool_documents_use_the_papers_top_k_and_show_the_reference(full_analysis):
     rows = {(r["method"], r["setting"], r["category"]): r for r in read_csv(full_analysis / "table2_selection.csv")}
     assert {m for m, _, _ in rows} == {"sel"}  # the main sweep's sink+sel P=64 alone is no ablation
-    category_tasks = {"ICL": ["pce_icl_trec_coarse_8k"], "RAG": ["pce_rag_nq_8k"],
-                      "Synthetic": ["pce_ruler_mk2_8k"]}  # json_kv is at the floor: excluded
-    for setting, top_k, aggr in ([(f"TopK={k}", {c: k for c in category_tasks}, "HT") for k in (1, 2, 5, 10)] +
-                                 [(f"Aggr={a}", {"ICL": 5, "RAG": 5, "Synthetic": 2}, a)
-                                  for a in ("none", "T", "HT", "LHT")]):
+    category_tasks = {
+        "ICL": ["pce_icl_trec_coarse_8k"],
+        "RAG": ["pce_rag_nq_8k"],
+        "Synthetic": ["pce_ruler_mk2_8k"],
+    }  # json_kv is at the floor: excluded
+    for setting, top_k, aggr in [(f"TopK={k}", {c: k for c in category_tasks}, "HT") for k in (1, 2, 5, 10)] + [
+        (f"Aggr={a}", {"ICL": 5, "RAG": 5, "Synthetic": 2}, a) for a in ("none", "T", "HT", "LHT")
+    ]:
         for category, tasks in category_tasks.items():
             row = rows["sel", setting, category]
             k = top_k[category]
@@ -323,13 +363,17 @@ def test_table2_cells_pool_documents_use_the_papers_top_k_and_show_the_reference
                 continue
             score, lo, hi = expected_category(tasks, k, aggr)
             assert (float(row["score"]), float(row["lo"]), float(row["hi"])) == (
-                pytest.approx(score, rel=1e-5), pytest.approx(lo, rel=1e-5), pytest.approx(hi, rel=1e-5))
+                pytest.approx(score, rel=1e-5),
+                pytest.approx(lo, rel=1e-5),
+                pytest.approx(hi, rel=1e-5),
+            )
             assert row["n_docs"] == str(N_DOCS * len(tasks))
             if category == "Synthetic":
                 assert row["excluded"] == "pce_json_kv_8k"
     assert float(rows["sel", "TopK=1", "RAG"]["paper"]) == 50.0
     assert float(rows["sel", "TopK=1", "RAG"]["delta"]) == pytest.approx(
-        100 * score_of("pce_rag_nq_8k", "sel", 64, 1, "HT") - 50.0, rel=1e-5)
+        100 * score_of("pce_rag_nq_8k", "sel", 64, 1, "HT") - 50.0, rel=1e-5
+    )
     assert rows["sel", "TopK=2", "ICL"]["paper"] == ""  # not in the reference
     page = (full_analysis / "analysis.md").read_text()
     assert "paper ICL" in page and "not its expected values" in page  # side by side, with the model caveat
@@ -340,7 +384,8 @@ def test_ablation_figures_recognised_from_model_args(full_analysis):
     assert list(dict.fromkeys(r["series"] for r in rows)) == ["naive", "naive + oracle keys", "sink+sel"]
     oracle_icl = [r for r in rows if r["series"] == "naive + oracle keys" and r["category"] == "ICL"]
     assert [(r["P"], float(r["score"])) for r in oracle_icl] == [
-        (str(P), pytest.approx(100 * score_of("pce_icl_trec_coarse_8k", "oracle", P), rel=1e-5)) for P in (2, 4)]
+        (str(P), pytest.approx(100 * score_of("pce_icl_trec_coarse_8k", "oracle", P), rel=1e-5)) for P in (2, 4)
+    ]
     lm = next(r for r in rows if r["series"] == "naive" and r["category"] == "LM" and r["P"] == "2")
     assert float(lm["score"]) == pytest.approx(score_of("pce_ppl_pg19_8k", "naive", 2), rel=1e-5)
     assert float(lm["lo"]) < float(lm["score"]) < float(lm["hi"])
@@ -397,17 +442,21 @@ def test_analysis_path_recorded_relative_is_found_beside_the_sweep(tmp_path):
     assert runs[0].analysis_file == str(root / "analysis.jsonl") and len(runs[0].records) == 6
 
 
-@pytest.mark.parametrize("argv, message", [
-    (["nowhere", "--out", "o"], "no such file or directory: nowhere"),
-    (["RUNS", "--out", "o", "--chance", "trec_coarse=1.5"], "--chance 'trec_coarse=1.5'"),
-    (["RUNS", "--out", "o", "--table2_reference", "missing.csv"], "--table2_reference missing.csv: no such file"),
-    (["RUNS", "--out", "o", "--table2_length", "8000"], "--table2_length '8000'"),
-    (["RUNS", "--out", "o", "--model", "other"], "--model 'other' is not in the runs"),
-])
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["nowhere", "--out", "o"], "no such file or directory: nowhere"),
+        (["RUNS", "--out", "o", "--chance", "trec_coarse=1.5"], "--chance 'trec_coarse=1.5'"),
+        (["RUNS", "--out", "o", "--table2_reference", "missing.csv"], "--table2_reference missing.csv: no such file"),
+        (["RUNS", "--out", "o", "--table2_length", "8000"], "--table2_length '8000'"),
+        (["RUNS", "--out", "o", "--model", "other"], "--model 'other' is not in the runs"),
+    ],
+)
 def test_bad_input_is_one_line_before_any_work(tmp_path, capsys, argv, message):
     write_run(str(tmp_path / "runs"), "full", 1, "full", T0, tasks=TASKS[:1])
-    argv = [str(tmp_path / "runs") if a == "RUNS" else str(tmp_path / a) if a in ("o", "missing.csv") else a
-            for a in argv]
+    argv = [
+        str(tmp_path / "runs") if a == "RUNS" else str(tmp_path / a) if a in ("o", "missing.csv") else a for a in argv
+    ]
     assert analyze_main(argv) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and message.replace("missing.csv", str(tmp_path / "missing.csv")) in err

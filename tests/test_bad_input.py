@@ -1,5 +1,6 @@
 """Bad input that is logged rather than refused (SPEC §3 fallback, no-op selection, long spans), and
 more refusals; the refusals of model_args are in test_model.py and of markers in test_structure_layout.py."""
+
 import logging
 
 import pytest
@@ -43,7 +44,9 @@ def test_selection_with_k_at_least_p_is_a_logged_noop(tiny_llama_dir, caplog):
         sel = ParallelHFLM(pretrained=tiny_llama_dir, method="sel", P=2, top_k=2, **KW)
     assert any("changes nothing" in r.message for r in caplog.records)
     naive = ParallelHFLM(pretrained=tiny_llama_dir, method="naive", P=2, **KW)
-    assert sel.loglikelihood(_ll(prompt, " x"))[0][0] == pytest.approx(naive.loglikelihood(_ll(prompt, " x"))[0][0], rel=1e-6)
+    assert sel.loglikelihood(_ll(prompt, " x"))[0][0] == pytest.approx(
+        naive.loglikelihood(_ll(prompt, " x"))[0][0], rel=1e-6
+    )
 
 
 def test_span_beyond_the_window_is_logged_not_truncated(tiny_llama_dir, caplog):

@@ -1,11 +1,12 @@
 """`benchmarks/bench_board.py --tiny`: the 13 subtasks on a tiny random Llama and tiny generated data, through
 the sweep and through lm-eval's `hf`; the JSON has every field and its times add up."""
+
 from __future__ import annotations
 
 import importlib.util
 import json
-import os
 import math
+import os
 from pathlib import Path
 
 import pytest

@@ -1,6 +1,7 @@
 """--apply_chat_template with parallel prompts, through lm-eval's own path (task -> HFLM.apply_chat_template ->
 the model): the template's head joins the shared prefix, the assistant header ends the query, and `full` still
 equals `hf` on the templated prompt under tokenize=joint. A tiny model whose tokenizer has a small template."""
+
 import pytest
 from lm_eval.api.instance import Instance
 from probe_task import write_probe_task
@@ -10,8 +11,10 @@ from lm_eval_parallel.config import SINK_GENERATE
 
 KW = {"dtype": "float32", "device": "cpu"}
 # BOS first (as Gemma's and Llama-3's templates), a system turn, the assistant header after the last turn.
-TEMPLATE = ("{{ bos_token }}{% for m in messages %}<|{{ m['role'] }}|>\n{{ m['content'] }}</s>\n{% endfor %}"
-            "{% if add_generation_prompt %}<|assistant|>\n{% endif %}")
+TEMPLATE = (
+    "{{ bos_token }}{% for m in messages %}<|{{ m['role'] }}|>\n{{ m['content'] }}</s>\n{% endfor %}"
+    "{% if add_generation_prompt %}<|assistant|>\n{% endif %}"
+)
 HEAD = "<s><|system|>\nBe brief.</s>\n<|user|>\n"
 ASSISTANT = "</s>\n<|assistant|>\n"
 DOCS = [f"Document {i}: the code word is w{i} and the colour is c{i}.\n" for i in range(6)]
@@ -45,8 +48,10 @@ def lm_of(folder, **settings):
 
 def templated(hf, items, query, sink=None):
     """What lm-eval's task builds under --apply_chat_template --system_instruction 'Be brief.'."""
-    messages = [{"role": "system", "content": "Be brief."},
-                {"role": "user", "content": parallel_prompt(items, query, sink)}]
+    messages = [
+        {"role": "system", "content": "Be brief."},
+        {"role": "user", "content": parallel_prompt(items, query, sink)},
+    ]
     return hf.apply_chat_template(messages)
 
 
@@ -70,9 +75,10 @@ def test_the_template_head_joins_the_shared_prefix_and_the_assistant_header_the_
     assert prepared.layout.prefix[0] == tok.bos_token_id and tok.bos_token_id not in prepared.layout.prefix[1:]
     assert len(prepared.layout.pieces) == 3
     assert [list(p) for p in prepared.layout.pieces] == [
-        tok.encode("".join(DOCS[i : i + 2]), add_special_tokens=False) for i in (0, 2, 4)]
+        tok.encode("".join(DOCS[i : i + 2]), add_special_tokens=False) for i in (0, 2, 4)
+    ]
     tail = tok.encode(ASSISTANT, add_special_tokens=False)
-    assert prepared.query[-len(tail):] == tail and tok.decode(prepared.query) == QUERY + ASSISTANT
+    assert prepared.query[-len(tail) :] == tail and tok.decode(prepared.query) == QUERY + ASSISTANT
     ll = lm.prepare_loglikelihood(templated(hf, DOCS, QUERY), " w3")
     assert ll.layout == prepared.layout  # the header's trailing "\n" moves to the continuation, as in HFLM
     assert tok.decode(ll.query) == QUERY + ASSISTANT.rstrip() and tok.decode(ll.continuation) == "\n w3"
@@ -102,10 +108,18 @@ def test_lm_eval_apply_chat_template_path_gives_hf_s_generations(hf, chat_dir, t
     joint = lm_of(chat_dir, method="full", P=1, tokenize="joint")
     runs = {}
     for name, lm in (("hf", hf), ("full", joint)):
-        out = simple_evaluate(model=lm, tasks=["pce_chat_probe"], apply_chat_template=True,
-                              system_instruction="Be brief.", log_samples=True, random_seed=0, numpy_random_seed=0,
-                              torch_random_seed=0, fewshot_random_seed=0,
-                              task_manager=TaskManager(include_path=str(folder), include_defaults=False))
+        out = simple_evaluate(
+            model=lm,
+            tasks=["pce_chat_probe"],
+            apply_chat_template=True,
+            system_instruction="Be brief.",
+            log_samples=True,
+            random_seed=0,
+            numpy_random_seed=0,
+            torch_random_seed=0,
+            fewshot_random_seed=0,
+            task_manager=TaskManager(include_path=str(folder), include_defaults=False),
+        )
         runs[name] = out["samples"]["pce_chat_probe"]
     assert len(runs["full"]) == 2
     for want, got in zip(runs["hf"], runs["full"]):
@@ -125,7 +139,8 @@ def test_the_sink_follows_the_template_head(hf, chat_dir):
     prepared = sink1.prepare_generation(templated(hf, DOCS, QUERY))
     tok = sink1.tokenizer
     assert list(prepared.layout.prefix) == tok.encode(HEAD, add_special_tokens=False) + tok.encode(
-        SINK_GENERATE, add_special_tokens=False)
+        SINK_GENERATE, add_special_tokens=False
+    )
     got = sink1.generate_until(gen_requests([templated(hf, DOCS, QUERY)]))
     want = full.generate_until(gen_requests([templated(hf, [SINK_GENERATE] + DOCS, QUERY)]))
     assert got == want

@@ -1,4 +1,5 @@
 """End to end through the stock `lm_eval` CLI (subprocess) with a small structured task written here."""
+
 import glob
 import json
 import os
@@ -8,10 +9,12 @@ import sys
 import pytest
 from probe_task import write_probe_task
 
+
 @pytest.fixture(scope="module")
 def task_dir(tmp_path_factory):
-    return write_probe_task(tmp_path_factory.mktemp("cli_task"), "pce_cli_probe", n_docs=3, n_items=5,
-                            max_gen_toks=6, until='["\\n"]')
+    return write_probe_task(
+        tmp_path_factory.mktemp("cli_task"), "pce_cli_probe", n_docs=3, n_items=5, max_gen_toks=6, until='["\\n"]'
+    )
 
 
 def _run(cmd, env_extra=None):
@@ -21,9 +24,26 @@ def _run(cmd, env_extra=None):
 
 def test_lm_eval_cli_runs_parallel_hf(tiny_llama_dir, task_dir, tmp_path):
     out = tmp_path / "out"
-    proc = _run([sys.executable, "-m", "lm_eval", "--model", "parallel_hf", "--model_args",
-                 f"pretrained={tiny_llama_dir},P=2,method=sink+sel,dtype=float32", "--device", "cpu",
-                 "--tasks", "pce_cli_probe", "--include_path", str(task_dir), "--output_path", str(out), "--log_samples"])
+    proc = _run(
+        [
+            sys.executable,
+            "-m",
+            "lm_eval",
+            "--model",
+            "parallel_hf",
+            "--model_args",
+            f"pretrained={tiny_llama_dir},P=2,method=sink+sel,dtype=float32",
+            "--device",
+            "cpu",
+            "--tasks",
+            "pce_cli_probe",
+            "--include_path",
+            str(task_dir),
+            "--output_path",
+            str(out),
+            "--log_samples",
+        ]
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     (results_file,) = glob.glob(str(out / "**" / "results_*.json"), recursive=True)
     results = json.loads(open(results_file).read())
@@ -38,8 +58,20 @@ def test_lm_eval_cli_runs_parallel_hf(tiny_llama_dir, task_dir, tmp_path):
 
 
 def test_hook_off_wrapper_still_works(tiny_llama_dir, task_dir, tmp_path):
-    args = ["--model", "parallel_hf", "--model_args", f"pretrained={tiny_llama_dir},P=2,method=naive,dtype=float32",
-            "--device", "cpu", "--tasks", "pce_cli_probe", "--include_path", str(task_dir), "--limit", "1"]
+    args = [
+        "--model",
+        "parallel_hf",
+        "--model_args",
+        f"pretrained={tiny_llama_dir},P=2,method=naive,dtype=float32",
+        "--device",
+        "cpu",
+        "--tasks",
+        "pce_cli_probe",
+        "--include_path",
+        str(task_dir),
+        "--limit",
+        "1",
+    ]
     off = {"LM_EVAL_PARALLEL_AUTOLOAD": "0"}
     stock = _run([sys.executable, "-m", "lm_eval", *args], off)
     assert stock.returncode != 0 and "parallel_hf" in (stock.stderr + stock.stdout)

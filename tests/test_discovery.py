@@ -6,6 +6,7 @@
 * ``--cache_requests``: another ``pce_seed`` gives other prompts (lm-eval's own request cache, temp dir).
 * PEP 829: the ``.start`` file names an importable, idempotent entry point; the built wheels carry it.
 """
+
 import ast
 import functools
 import importlib
@@ -76,7 +77,7 @@ def make_discover(entry_points):
         for ep in entry_points(group="lm_eval.tasks"):
             try:
                 folder = resolve_task_dir(ep.value)
-            except Exception:  # noqa: BLE001, S112  (as in #4015: a broken plugin is skipped)
+            except Exception:
                 continue
             if folder is not None:
                 paths.append(folder)
@@ -96,8 +97,9 @@ def discovery_report(entry_points) -> dict:
     model = registry.get("parallel_hf") if "parallel_hf" in registry else None
     task_dirs = [str(p) for p in make_discover(entry_points)()]
     manager = TaskManager(include_path=task_dirs, include_defaults=False) if task_dirs else None
-    registry_module = types.SimpleNamespace(load_plugins=make_load_plugins(entry_points),
-                                            model_registry=Registry("model", base_cls=LM))
+    registry_module = types.SimpleNamespace(
+        load_plugins=make_load_plugins(entry_points), model_registry=Registry("model", base_cls=LM)
+    )
     manager_module = types.SimpleNamespace(discover_plugin_task_paths=make_discover(entry_points))
     return {
         "models": found_models,
@@ -171,8 +173,10 @@ def _entry_points(*eps):
 
 def _our_entry_points():
     """Our two entry points with the values this source tree installs (editable layout)."""
-    return (md.EntryPoint("parallel_hf", _declared()["lm_eval.models"]["parallel_hf"], "lm_eval.models"),
-            md.EntryPoint("lm_eval_parallel", _tasks_packages()["editable"], "lm_eval.tasks"))
+    return (
+        md.EntryPoint("parallel_hf", _declared()["lm_eval.models"]["parallel_hf"], "lm_eval.models"),
+        md.EntryPoint("lm_eval_parallel", _tasks_packages()["editable"], "lm_eval.tasks"),
+    )
 
 
 class _Manager:
@@ -189,8 +193,9 @@ def _model_registry():
 
 def _fake_modules(entry_points):
     registry = types.SimpleNamespace(load_plugins=make_load_plugins(entry_points), model_registry=_model_registry())
-    manager = types.SimpleNamespace(discover_plugin_task_paths=make_discover(entry_points),
-                                    TaskManager=type("TaskManager", (_Manager,), {}))
+    manager = types.SimpleNamespace(
+        discover_plugin_task_paths=make_discover(entry_points), TaskManager=type("TaskManager", (_Manager,), {})
+    )
     return registry, manager
 
 
@@ -212,9 +217,12 @@ def test_hook_registers_and_indexes_when_lm_eval_does_not_find_them(case):
     elif case == "no entry points":  # metadata not installed (or stale)
         registry, manager = _fake_modules(_entry_points())
     else:  # a tasks entry point that resolves to lm_eval_parallel/, which holds no YAML
-        registry, manager = _fake_modules(_entry_points(
-            md.EntryPoint("other", "lm_eval.models.dummy:DummyLM", "lm_eval.models"),
-            md.EntryPoint("lm_eval_parallel", "lm_eval_parallel", "lm_eval.tasks")))
+        registry, manager = _fake_modules(
+            _entry_points(
+                md.EntryPoint("other", "lm_eval.models.dummy:DummyLM", "lm_eval.models"),
+                md.EntryPoint("lm_eval_parallel", "lm_eval_parallel", "lm_eval.tasks"),
+            )
+        )
     _autoload._on_registry(registry)
     _autoload._on_task_manager(manager)
     assert registry.model_registry._objs["parallel_hf"] == "lm_eval_parallel.model:ParallelHFLM"
@@ -230,17 +238,28 @@ def built(tmp_path_factory):
     """A wheel and an editable wheel of this tree (hatchling from PyPI), each unpacked as a site dir."""
     root = tmp_path_factory.mktemp("build")
     tools = root / "tools"
-    pip = subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--target", str(tools), "hatchling",
-                          "editables"], check=False, capture_output=True, text=True, timeout=300)
+    pip = subprocess.run(
+        [sys.executable, "-m", "pip", "install", "-q", "--target", str(tools), "hatchling", "editables"],
+        check=False,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     if pip.returncode != 0:
         pytest.skip(f"cannot fetch hatchling from the package index: {pip.stderr[-300:]}")
     out = {}
     for kind, hook in (("wheel", "build_wheel"), ("editable", "build_editable")):
         dist = root / f"{kind}_dist"
         dist.mkdir()
-        proc = subprocess.run([sys.executable, "-c", f"import hatchling.build as b; print(b.{hook}({str(dist)!r}))"],
-                              check=False, cwd=ROOT, env={**os.environ, "PYTHONPATH": str(tools)},
-                              capture_output=True, text=True, timeout=300)
+        proc = subprocess.run(
+            [sys.executable, "-c", f"import hatchling.build as b; print(b.{hook}({str(dist)!r}))"],
+            check=False,
+            cwd=ROOT,
+            env={**os.environ, "PYTHONPATH": str(tools)},
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
         assert proc.returncode == 0, proc.stderr[-3000:]
         (wheel,) = dist.glob("*.whl")
         target = root / f"{kind}_site"
@@ -280,17 +299,27 @@ def test_editable_wheel_ships_start_up_files_and_source_entry_points(built):
 def _run_in_site(site_dir: Path, code: str, extra_site: bool, env: dict) -> subprocess.CompletedProcess:
     """Python with only ``site_dir`` (and, if ``extra_site``, this environment's packages after it) installed."""
     dirs = [str(site_dir)] + ([p for p in site.getsitepackages() if os.path.isdir(p)] if extra_site else [])
-    boot = (f"import site, sys\nfor d in {dirs!r}:\n    site.addsitedir(d)\n"
-            f"sys.path.insert(0, {str(ROOT / 'tests')!r})\n")
+    boot = (
+        f"import site, sys\nfor d in {dirs!r}:\n    site.addsitedir(d)\nsys.path.insert(0, {str(ROOT / 'tests')!r})\n"
+    )
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"} | env
-    return subprocess.run([sys.executable, "-S", "-c", boot + code], check=False, cwd=site_dir.parent, env=env,
-                          capture_output=True, text=True, timeout=600)
+    return subprocess.run(
+        [sys.executable, "-S", "-c", boot + code],
+        check=False,
+        cwd=site_dir.parent,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
 
 
 @pytest.mark.parametrize("kind", ["wheel", "editable"])
 def test_lm_eval_discovery_finds_model_and_every_task_in_built_install(built, kind):
-    code = ("import importlib.metadata as md, json, lm_eval_parallel, test_discovery as t\n"
-            "print(json.dumps({**t.discovery_report(md.entry_points), 'file': lm_eval_parallel.__file__}))\n")
+    code = (
+        "import importlib.metadata as md, json, lm_eval_parallel, test_discovery as t\n"
+        "print(json.dumps({**t.discovery_report(md.entry_points), 'file': lm_eval_parallel.__file__}))\n"
+    )
     proc = _run_in_site(built[kind]["site"], code, extra_site=True, env={"LM_EVAL_PARALLEL_AUTOLOAD": "0"})
     assert proc.returncode == 0, proc.stderr[-3000:]
     report = json.loads(proc.stdout.strip().splitlines()[-1])
@@ -318,8 +347,9 @@ def test_start_file_names_the_hook_entry_point():
     entries = [line.strip() for line in lines if line.strip() and not line.startswith("#")]
     assert entries == ["lm_eval_parallel._autoload:install"]
     assert re.fullmatch(r"[A-Za-z_][\w.]*:[A-Za-z_][\w.]*", entries[0])
-    resolve = functools.partial(pkgutil.resolve_name, strict=True) if sys.version_info >= (3, 15) \
-        else pkgutil.resolve_name
+    resolve = (
+        functools.partial(pkgutil.resolve_name, strict=True) if sys.version_info >= (3, 15) else pkgutil.resolve_name
+    )
     assert resolve(entries[0]) is _autoload.install
     assert (ROOT / f"{START_NAME}.pth").read_text() == "import lm_eval_parallel._autoload\n"  # same base name
 
@@ -388,8 +418,14 @@ def probe_dir(tmp_path_factory):
 
 def _build_requests(probe_dir, cache, seeds, hook_on):
     env = {**os.environ, "LM_HARNESS_CACHE_PATH": str(cache), "LM_EVAL_PARALLEL_AUTOLOAD": "1" if hook_on else "0"}
-    proc = subprocess.run([sys.executable, "-c", _BUILD, str(probe_dir), json.dumps(seeds)], check=False, env=env,
-                          capture_output=True, text=True, timeout=600)
+    proc = subprocess.run(
+        [sys.executable, "-c", _BUILD, str(probe_dir), json.dumps(seeds)],
+        check=False,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
@@ -427,8 +463,11 @@ def test_request_cache_patch_leaves_an_unexpected_lm_eval_alone(monkeypatch, cap
     def save_to_cache(file_name, obj):
         return None
 
-    module = types.SimpleNamespace(Task=type("Task", (), {"build_all_requests": build_all_requests}),
-                                   load_from_cache=load_from_cache, save_to_cache=save_to_cache)
+    module = types.SimpleNamespace(
+        Task=type("Task", (), {"build_all_requests": build_all_requests}),
+        load_from_cache=load_from_cache,
+        save_to_cache=save_to_cache,
+    )
     monkeypatch.setattr(_autoload, "_logged", set())
     with caplog.at_level("INFO", logger=_autoload.__name__):
         _autoload._on_api_task(module)

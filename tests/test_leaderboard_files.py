@@ -1,5 +1,6 @@
 """What `leaderboard` writes: an existing board is replaced whole or not at all, plots keep equal lines
 visible and titles inside the figure, and long setting values get a short config key."""
+
 import os
 
 import matplotlib.colors
@@ -19,8 +20,11 @@ BOARD_FILES = ("README.md", "board.csv", "board.json")
 
 
 def _snapshot(folder) -> dict:
-    return {os.path.relpath(os.path.join(root, name), folder): open(os.path.join(root, name), "rb").read()
-            for root, _, names in os.walk(folder) for name in names}
+    return {
+        os.path.relpath(os.path.join(root, name), folder): open(os.path.join(root, name), "rb").read()
+        for root, _, names in os.walk(folder)
+        for name in names
+    }
 
 
 @pytest.fixture
@@ -68,10 +72,14 @@ def test_a_new_board_replaces_the_files_and_keeps_the_others(existing_board, tmp
 
 # ---------------------------------------------------------------------------------------------- plots
 
+
 def _cells(methods, category="ICL"):
     """The same scores for every method: their lines coincide."""
-    return {(MODEL, m, P, "", "8k", category): CategoryCell(0.5 - 0.01 * P, 2.0 + 0.1 * P, True, ["t"], "macro", False)
-            for m in methods for P in (2, 4, 8)}
+    return {
+        (MODEL, m, P, "", "8k", category): CategoryCell(0.5 - 0.01 * P, 2.0 + 0.1 * P, True, ["t"], "macro", False)
+        for m in methods
+        for P in (2, 4, 8)
+    }
 
 
 def _pixels(path, color: str) -> int:
@@ -117,8 +125,14 @@ def test_titles_fit_in_the_figure(tmp_path, monkeypatch, kind):
 
 def test_a_long_setting_value_has_a_short_config_key():
     sink = "Given the following contexts, answer the final question accordingly:\n\n"
-    _, _, _, key = run_settings({"config": {"model_args": {"pretrained": "m", "P": 4, "method": "sink"},
-                                            "pce": {"sink_text": sink, "sink_text_file": "/x/sink.txt"}}})
+    _, _, _, key = run_settings(
+        {
+            "config": {
+                "model_args": {"pretrained": "m", "P": 4, "method": "sink"},
+                "pce": {"sink_text": sink, "sink_text_file": "/x/sink.txt"},
+            }
+        }
+    )
     assert key.startswith("sink_text=sha256:") and len(key) == len("sink_text=sha256:") + 12
     _, _, _, short = run_settings({"config": {"model_args": {"pretrained": "m", "sink_text": "Read:"}}})
     assert short == "sink_text=Read:"

@@ -1,4 +1,5 @@
 """Regression gate (`lm-eval-parallel check`) on synthetic results files."""
+
 from __future__ import annotations
 
 import json
@@ -49,22 +50,24 @@ def test_identical_run_passes(tmp_path, baseline, capsys):
 def test_regressions_are_named_and_fail(tmp_path, baseline, capsys):
     def change(task, method, P, score):
         if (task, method, P) == ("pce_rag_nq_8k", "naive", 2):
-            return score - 0.03           # beyond the 0.02 tolerance
+            return score - 0.03  # beyond the 0.02 tolerance
         if (task, method, P) == ("pce_icl_trec_8k", "sink+sel", 4):
-            return score - 0.01           # within tolerance
+            return score - 0.01  # within tolerance
         if (task, method, P) == ("pce_ppl_pg19_8k", "naive", 4):
-            return score * 1.03           # perplexity up 3% > 2%
+            return score * 1.03  # perplexity up 3% > 2%
         if (task, method, P) == ("pce_ppl_proof_pile_8k", "full", 1):
-            return score * 1.01           # perplexity up 1%: fine
+            return score * 1.01  # perplexity up 1%: fine
         if task == "pce_json_kv_8k":
-            return score + 0.2            # improvements never fail
+            return score + 0.2  # improvements never fail
         return score
 
     assert main_check([new_run(tmp_path, change), "--baseline", baseline, "--tolerance", "0.02"]) == 1
     lines = regression_lines(capsys.readouterr().out)
     assert len(lines) == 2
     assert any("pce_rag_nq_8k" in line and "method=naive, P=2" in line for line in lines)
-    assert any("pce_ppl_pg19_8k" in line and "method=naive, P=4" in line and "lower is better" in line for line in lines)
+    assert any(
+        "pce_ppl_pg19_8k" in line and "method=naive, P=4" in line and "lower is better" in line for line in lines
+    )
     # a looser tolerance lets both through
     assert main_check([str(tmp_path / "new_results"), "--baseline", baseline, "--tolerance", "0.05"]) == 0
 
@@ -77,12 +80,16 @@ def test_missing_configs_warn_unless_require_all(tmp_path, baseline, capsys):
     assert [line for line in out.splitlines() if line.startswith("MISSING")] == []
     absent = [line for line in out.splitlines() if "baseline configuration(s) not in this run" in line]
     n_tasks = len(BASE_SCORES)
-    assert absent == [f"check: {len(SWEEP) - 2} baseline configuration(s) not in this run, not gated (--require-all "
-                      f"fails on them): {MODEL} method=naive P=4 dtype=float32 ({n_tasks} tasks); {MODEL} "
-                      f"method=sink+sel P=2 dtype=float32 ({n_tasks} tasks); {MODEL} method=sink+sel P=4 "
-                      f"dtype=float32 ({n_tasks} tasks)"]
-    assert f"{2 * n_tasks} compared, 0 regressed, {2 * n_tasks} passed, 0 missing from the new run, 3 baseline " \
-           f"configuration(s) not run" in out
+    assert absent == [
+        f"check: {len(SWEEP) - 2} baseline configuration(s) not in this run, not gated (--require-all "
+        f"fails on them): {MODEL} method=naive P=4 dtype=float32 ({n_tasks} tasks); {MODEL} "
+        f"method=sink+sel P=2 dtype=float32 ({n_tasks} tasks); {MODEL} method=sink+sel P=4 "
+        f"dtype=float32 ({n_tasks} tasks)"
+    ]
+    assert (
+        f"{2 * n_tasks} compared, 0 regressed, {2 * n_tasks} passed, 0 missing from the new run, 3 baseline "
+        f"configuration(s) not run" in out
+    )
     assert main_check([folder, "--baseline", baseline, "--require-all"]) == 1
     assert f"--require-all: {3 * n_tasks} baseline row(s) not in the new run" in capsys.readouterr().err
 
@@ -100,8 +107,12 @@ def test_a_task_missing_from_a_configuration_of_the_run_is_named(tmp_path, basel
 
 def test_new_board_json_can_be_checked(tmp_path, baseline):
     out = tmp_path / "new_board"
-    assert main_leaderboard([new_run(tmp_path, lambda t, m, P, s: s - 0.05 if not is_ppl(t) else s), "--out",
-                             str(out), "--no-plots"]) == 0
+    assert (
+        main_leaderboard(
+            [new_run(tmp_path, lambda t, m, P, s: s - 0.05 if not is_ppl(t) else s), "--out", str(out), "--no-plots"]
+        )
+        == 0
+    )
     assert main_check([str(out / "board.json"), "--baseline", baseline]) == 1
 
 
@@ -113,7 +124,7 @@ def test_no_overlap_and_usage_errors_exit_2(tmp_path, baseline, capsys):
     assert main_check([str(other), "--baseline", str(tmp_path / "missing.json")]) == 2
     (tmp_path / "empty").mkdir()
     assert main_check([str(tmp_path / "empty"), "--baseline", baseline]) == 2
-    assert main_check([str(other)]) == 2                      # --baseline is required
+    assert main_check([str(other)]) == 2  # --baseline is required
     assert main_check([str(other), "--baseline", baseline, "--tolerance", "-1"]) == 2
     bad = tmp_path / "bad.json"
     bad.write_text(json.dumps({"something": "else"}))
@@ -123,7 +134,7 @@ def test_no_overlap_and_usage_errors_exit_2(tmp_path, baseline, capsys):
 def test_compare_uses_the_baseline_direction_and_config(baseline):
     rows = load_board_json(baseline)
     shifted = [type(r)(**{**r.__dict__, "config": "top_k=3"}) for r in rows]
-    assert compare(rows, shifted, 0.02).compared == []   # other config: never compared silently
+    assert compare(rows, shifted, 0.02).compared == []  # other config: never compared silently
     worse = [type(r)(**{**r.__dict__, "score": r.score * 2}) for r in rows]
     result = compare(rows, worse, 0.02)
     # doubling helps accuracy-like scores and hurts perplexities
@@ -133,9 +144,9 @@ def test_compare_uses_the_baseline_direction_and_config(baseline):
 # ---------------------------------------------------------------------------------------------- per-document results
 
 NQ, PG19 = "pce_rag_nq_8k", "pce_ppl_pg19_8k"
-NQ_BASELINE = [1] * 30 + [0] * 10          # 30 of 40 right
+NQ_BASELINE = [1] * 30 + [0] * 10  # 30 of 40 right
 PG19_TOKENS = [100] * 10
-PG19_LOSS = [2.0] * 10                     # nats per token of each document
+PG19_LOSS = [2.0] * 10  # nats per token of each document
 
 
 def write_documents(root, nq: list[int], pg19_loss: list[float], date: float, log_samples=True) -> str:
@@ -144,14 +155,20 @@ def write_documents(root, nq: list[int], pg19_loss: list[float], date: float, lo
 
     ll = [-loss * tokens for loss, tokens in zip(pg19_loss, PG19_TOKENS)]
     scores = {NQ: sum(nq) / len(nq), PG19: math.exp(-sum(ll) / sum(PG19_TOKENS))}
-    path = write_run(str(root), {"pretrained": MODEL, "P": 2, "method": "naive", "dtype": "float32"}, scores, date,
-                     log_samples=log_samples)
+    path = write_run(
+        str(root),
+        {"pretrained": MODEL, "P": 2, "method": "naive", "dtype": "float32"},
+        scores,
+        date,
+        log_samples=log_samples,
+    )
     if log_samples:
         for task, values in ((NQ, nq), (PG19, [[v, t] for v, t in zip(ll, PG19_TOKENS)])):
             metric = "substring_exact_match" if task == NQ else "perplexity"
             with open(samples_file_for(path, task), "w") as f:
-                f.writelines(json.dumps({"doc_id": i, "filter": "none", metric: v}) + "\n"
-                             for i, v in enumerate(values))
+                f.writelines(
+                    json.dumps({"doc_id": i, "filter": "none", metric: v}) + "\n" for i, v in enumerate(values)
+                )
     return str(root)
 
 
@@ -184,8 +201,8 @@ def test_a_drop_inside_the_baseline_interval_passes(tmp_path, capsys):
 
 def test_a_drop_outside_the_baseline_interval_fails(tmp_path, capsys):
     baseline = board_of(tmp_path, "base", write_documents(tmp_path / "base_run", NQ_BASELINE, PG19_LOSS, T0))
-    nq = [0] * 12 + NQ_BASELINE[12:]        # 12 right answers lost, none gained
-    loss = [2.05] * 10                      # every document 0.05 nats per token worse: PPL +5.1 %
+    nq = [0] * 12 + NQ_BASELINE[12:]  # 12 right answers lost, none gained
+    loss = [2.05] * 10  # every document 0.05 nats per token worse: PPL +5.1 %
     new = write_documents(tmp_path / "new_run", nq, loss, T0 + 10)
     assert main_check([new, "--baseline", baseline, "--tolerance", "0.02"]) == 1
     lines = regression_lines(capsys.readouterr().out)
@@ -204,8 +221,9 @@ def test_a_drop_outside_the_baseline_interval_fails(tmp_path, capsys):
 
 
 def test_without_per_document_results_the_tolerance_decides_and_says_so(tmp_path, capsys):
-    baseline = board_of(tmp_path, "base",
-                        write_documents(tmp_path / "base_run", NQ_BASELINE, PG19_LOSS, T0, log_samples=False))
+    baseline = board_of(
+        tmp_path, "base", write_documents(tmp_path / "base_run", NQ_BASELINE, PG19_LOSS, T0, log_samples=False)
+    )
     new = write_documents(tmp_path / "new_run", [0] + NQ_BASELINE[1:], PG19_LOSS, T0 + 10)
     assert main_check([new, "--baseline", baseline, "--tolerance", "0.02"]) == 1
     out = capsys.readouterr().out

@@ -1,5 +1,6 @@
 """SPEC §5: the mask function of layout.py equals the pairwise rule it replaced, on random layouts and on random
 token groups in any order, and works as a FlexAttention mask_mod."""
+
 import random
 
 import pytest

@@ -1,5 +1,6 @@
 """parallel_hf through lm-eval's own API on a tiny model: equivalence with `hf`, batching, stop
 strings, unmarked contexts, entropy, analysis output and bad input."""
+
 import json
 import math
 
@@ -28,9 +29,11 @@ DOCS = [f"Document {i}: the code word is w{i} and the colour is c{i}.\n" for i i
 QUERY = "Question: which code word?\nAnswer:"
 MARKED = parallel_prompt(DOCS, QUERY)
 PAIRS = [
-    (MARKED, " w3"), (MARKED, " w5"),
+    (MARKED, " w3"),
+    (MARKED, " w5"),
     ("The quick brown fox jumps over the lazy dog. The capital of France is", " Paris"),
-    ("label: 0\n\nlabel: 1\n\nlabel:", " 2"), ("", "Hello there"),
+    ("label: 0\n\nlabel: 1\n\nlabel:", " 2"),
+    ("", "Hello there"),
 ]
 
 
@@ -102,9 +105,13 @@ def test_methods_differ_and_p1_equals_full(tiny_llama_dir, models):
 
     _, full = models
     reference = full.loglikelihood(ll_requests(PAIRS[:1]))[0][0]
-    naive1 = ParallelHFLM(pretrained=tiny_llama_dir, method="naive", P=1, **KW).loglikelihood(ll_requests(PAIRS[:1]))[0][0]
+    naive1 = ParallelHFLM(pretrained=tiny_llama_dir, method="naive", P=1, **KW).loglikelihood(ll_requests(PAIRS[:1]))[
+        0
+    ][0]
     oracle1 = ParallelHFLM(pretrained=tiny_llama_dir, method="naive", P=1, oracle_keys=True, **KW)
-    naive4 = ParallelHFLM(pretrained=tiny_llama_dir, method="naive", P=4, **KW).loglikelihood(ll_requests(PAIRS[:1]))[0][0]
+    naive4 = ParallelHFLM(pretrained=tiny_llama_dir, method="naive", P=4, **KW).loglikelihood(ll_requests(PAIRS[:1]))[
+        0
+    ][0]
     assert naive1 == pytest.approx(reference, rel=1e-5)
     assert oracle1.loglikelihood(ll_requests(PAIRS[:1]))[0][0] == pytest.approx(reference, rel=1e-5)
     assert abs(naive4 - reference) > 1e-4
@@ -132,7 +139,7 @@ def test_unmarked_contexts_follow_the_documented_rule(tiny_llama_dir):
     ids = lm.tokenizer.encode(ctx, add_special_tokens=False)
     assert prepared.query == ids[-1:]
     assert [len(p) for p in prepared.layout.pieces] == [len(c) for c in _even(ids[:-1], 3)]
-    assert list(prepared.layout.flat_ids())[len(prepared.layout.prefix):] == ids[:-1]
+    assert list(prepared.layout.flat_ids())[len(prepared.layout.prefix) :] == ids[:-1]
     long_head = "word " * 40 + "\n\nShort question?"
     gen = lm.prepare_generation(long_head)
     assert lm.tokenizer.decode(gen.query) == "Short question?"
@@ -170,21 +177,24 @@ def test_analysis_path_writes_per_layer_per_head_records(tiny_llama_dir, tmp_pat
     assert records[0]["attn_entropy"] == pytest.approx(out[0].attn_entropy, rel=1e-6)
 
 
-@pytest.mark.parametrize("args, message", [
-    (dict(P=0), "P=0 must be a positive integer"),
-    (dict(P=2.5), "P=2.5 must be a positive integer"),
-    (dict(method="magic"), "method='magic' is not allowed"),
-    (dict(pos="middle"), "pos='middle' is not allowed"),
-    (dict(pos_round="round"), "pos_round='round' is not allowed"),
-    (dict(aggr="X"), "aggr='X' is not allowed"),
-    (dict(top_k=0), "top_k=0 must be a positive integer"),
-    (dict(score_topn=-1), "score_topn=-1"),
-    (dict(method="full", P=4), "P=4 with method=full"),
-    (dict(oracle_keys="maybe"), "oracle_keys='maybe' is not a boolean"),
-    (dict(tokenize="bpe"), "tokenize='bpe' is not allowed; choose one of items, joint"),
-    (dict(prefill_batch_tokens=0), "prefill_batch_tokens=0 must be a positive integer"),
-    (dict(auto_batch_tokens="many"), "auto_batch_tokens='many' must be a positive integer"),
-])
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (dict(P=0), "P=0 must be a positive integer"),
+        (dict(P=2.5), "P=2.5 must be a positive integer"),
+        (dict(method="magic"), "method='magic' is not allowed"),
+        (dict(pos="middle"), "pos='middle' is not allowed"),
+        (dict(pos_round="round"), "pos_round='round' is not allowed"),
+        (dict(aggr="X"), "aggr='X' is not allowed"),
+        (dict(top_k=0), "top_k=0 must be a positive integer"),
+        (dict(score_topn=-1), "score_topn=-1"),
+        (dict(method="full", P=4), "P=4 with method=full"),
+        (dict(oracle_keys="maybe"), "oracle_keys='maybe' is not a boolean"),
+        (dict(tokenize="bpe"), "tokenize='bpe' is not allowed; choose one of items, joint"),
+        (dict(prefill_batch_tokens=0), "prefill_batch_tokens=0 must be a positive integer"),
+        (dict(auto_batch_tokens="many"), "auto_batch_tokens='many' must be a positive integer"),
+    ],
+)
 def test_bad_model_args_fail_before_loading(args, message):
     from lm_eval_parallel.model import ParallelHFLM
 
@@ -206,9 +216,9 @@ def test_missing_smollm2_names_the_install_command(monkeypatch):
 
 def test_models_without_rope_or_with_short_windows_fail_early(tmp_path):
     import transformers as tf
+    from tiny_models import make_model, make_tokenizer
 
     from lm_eval_parallel.model import ParallelHFLM
-    from tiny_models import make_model, make_tokenizer
 
     tok = make_tokenizer()
     gpt2 = tf.GPT2LMHeadModel(tf.GPT2Config(vocab_size=len(tok), n_embd=16, n_layer=1, n_head=2))

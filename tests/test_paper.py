@@ -6,6 +6,7 @@ expected cell, Δ and Wilson interval is recomputed independently (statsmodels f
 are checked against `leaderboard.stats` on the same per-document values (the bootstrap itself is tested in
 test_stats.py).
 """
+
 from __future__ import annotations
 
 import datetime
@@ -25,8 +26,9 @@ from lm_eval_parallel.sweep import build_parser as sweep_parser
 MODEL = "tiny-model"
 N = 10  # documents per subtask
 T0 = 1_750_000_000.0
-TABLE1_HEADER = ("config,LM_4k,LM_8k,LM_16k,ICL_4k,ICL_8k,ICL_16k,RAG_4k,RAG_8k,RAG_16k,Synthetic_4k,"
-                 "Synthetic_8k,Synthetic_16k")
+TABLE1_HEADER = (
+    "config,LM_4k,LM_8k,LM_16k,ICL_4k,ICL_8k,ICL_16k,RAG_4k,RAG_8k,RAG_16k,Synthetic_4k,Synthetic_8k,Synthetic_16k"
+)
 FAKE_TABLE1 = f"""# made-up numbers in the layout of the paper's Table 1
 # LM = perplexity; the rest in %
 {TABLE1_HEADER}
@@ -35,8 +37,20 @@ P=2,7.00,,,45.00,35.00,,25.00,,,15.00,,
 P=4,8.00,,,40.00,,,20.00,,,10.00,,1.00
 """
 METRIC = {"icl": "exact_match", "rag": "subem", "ruler": "ruler_recall", "json": "subem", "ppl": "perplexity"}
-BASE_K = {"trec_coarse": 9, "trec_fine": 7, "banking77": 6, "clinc150": 5, "nlu": 8, "nq": 7, "triviaqa": 6,
-          "hotpotqa": 5, "mk2": 10, "mk3": 8, "mv": 9, "json_kv": 6}
+BASE_K = {
+    "trec_coarse": 9,
+    "trec_fine": 7,
+    "banking77": 6,
+    "clinc150": 5,
+    "nlu": 8,
+    "nq": 7,
+    "triviaqa": 6,
+    "hotpotqa": 5,
+    "mk2": 10,
+    "mk3": 8,
+    "mv": 9,
+    "json_kv": 6,
+}
 TOKENS = [100, 200, 300, 150, 250, 120, 180, 220, 260, 90]
 
 
@@ -69,8 +83,9 @@ def task_score(task: str, P: int, shift: int = 0) -> float:
     return float(np.mean(outcomes(task, P, shift)))
 
 
-def write_run(root, method: str, P: int, tasks: list[str], date: float, log_samples: bool, shift: int = 0,
-              **settings) -> str:
+def write_run(
+    root, method: str, P: int, tasks: list[str], date: float, log_samples: bool, shift: int = 0, **settings
+) -> str:
     date_id = datetime.datetime.fromtimestamp(date).isoformat().replace(":", "-")
     folder = os.path.join(root, f"P{P}_{method}" + "".join(f"_{k}{v}" for k, v in settings.items()))
     os.makedirs(folder, exist_ok=True)
@@ -79,8 +94,13 @@ def write_run(root, method: str, P: int, tasks: list[str], date: float, log_samp
         metric = METRIC[family(task)]
         higher[task] = {metric: family(task) != "ppl", "attn_entropy": False}
         n_samples[task] = {"original": 100, "effective": N}
-        results[task] = {"alias": task, f"{metric},none": task_score(task, P, shift), f"{metric}_stderr,none": "N/A",
-                         "attn_entropy,none": 2.0, "attn_entropy_stderr,none": 0.01}
+        results[task] = {
+            "alias": task,
+            f"{metric},none": task_score(task, P, shift),
+            f"{metric}_stderr,none": "N/A",
+            "attn_entropy,none": 2.0,
+            "attn_entropy_stderr,none": 0.01,
+        }
         if not log_samples:
             continue
         with open(os.path.join(folder, f"samples_{task}_{date_id}.jsonl"), "w") as f:
@@ -91,20 +111,26 @@ def write_run(root, method: str, P: int, tasks: list[str], date: float, log_samp
                 else:
                     value = outcomes(task, P, shift)[doc]
                     values = {metric: value, "score": value, "attn_entropy": 2.0}
-                f.write(json.dumps({"doc_id": doc, "doc": {}, "filter": "none", "metrics": list(values), **values})
-                        + "\n")
+                f.write(
+                    json.dumps({"doc_id": doc, "doc": {}, "filter": "none", "metrics": list(values), **values}) + "\n"
+                )
     model_args = {"pretrained": MODEL, "dtype": "float32", "P": P, "method": method, **settings}
-    payload = {"results": results, "group_subtasks": {}, "configs": {}, "higher_is_better": higher,
-               "n-samples": n_samples, "date": date,
-               "config": {"model": "parallel_hf", "model_args": model_args, "limit": None}}
+    payload = {
+        "results": results,
+        "group_subtasks": {},
+        "configs": {},
+        "higher_is_better": higher,
+        "n-samples": n_samples,
+        "date": date,
+        "config": {"model": "parallel_hf", "model_args": model_args, "limit": None},
+    }
     path = os.path.join(folder, f"results_{date_id}.json")
     with open(path, "w") as f:
         json.dump(payload, f)
     return path
 
 
-TASKS_4K = [t for c in ("LM", "ICL", "RAG", "Synthetic") for t in paper.paper_tasks(c, "4k")
-            if t != "pce_rag_popqa_4k"]
+TASKS_4K = [t for c in ("LM", "ICL", "RAG", "Synthetic") for t in paper.paper_tasks(c, "4k") if t != "pce_rag_popqa_4k"]
 ICL_8K = paper.paper_tasks("ICL", "8k")
 
 
@@ -138,8 +164,14 @@ def test_table1_cells_deltas_and_intervals(table1_runs):
     assert result.model == MODEL and result.config == "dtype=float32"
     cells = {(c.row, c.category, c.length): c for c in result.cells}
     assert len(cells) == 16  # the non-empty cells of the reference
-    paper_numbers = {("full", "ICL", "4k"): 50.0, ("P=2", "ICL", "4k"): 45.0, ("P=4", "RAG", "4k"): 20.0,
-                     ("full", "LM", "4k"): 6.0, ("P=4", "Synthetic", "4k"): 10.0, ("full", "ICL", "8k"): 40.0}
+    paper_numbers = {
+        ("full", "ICL", "4k"): 50.0,
+        ("P=2", "ICL", "4k"): 45.0,
+        ("P=4", "RAG", "4k"): 20.0,
+        ("full", "LM", "4k"): 6.0,
+        ("P=4", "Synthetic", "4k"): 10.0,
+        ("full", "ICL", "8k"): 40.0,
+    }
     for (row, category, length), number in paper_numbers.items():
         P = 1 if row == "full" else int(row[2:])
         ours, tasks = expected_cell(category, length, P)
@@ -181,8 +213,11 @@ def test_table1_cells_deltas_and_intervals(table1_runs):
 
 def test_the_serial_ablation_is_not_table1(table1_runs):
     root, reference = table1_runs
-    cell = next(c for c in paper.compare(str(root), reference, file=None).cells if (c.row, c.category, c.length) ==
-                ("P=2", "ICL", "4k"))
+    cell = next(
+        c
+        for c in paper.compare(str(root), reference, file=None).cells
+        if (c.row, c.category, c.length) == ("P=2", "ICL", "4k")
+    )
     assert cell.ours == pytest.approx(expected_cell("ICL", "4k", 2)[0])  # not the shifted pos=serial scores
 
 
@@ -226,8 +261,14 @@ def test_table2_cells_use_the_papers_top_k_per_row(tmp_path):
     reference = tmp_path / "table2.csv"
     reference.write_text(FAKE_TABLE2)
     cells = {(c.row, c.category): c for c in paper.compare(str(root), str(reference), file=None).cells}
-    expect = {("TopK=1", "ICL"): 1, ("TopK=2", "RAG"): 0, ("Aggr=none", "ICL"): 3, ("Aggr=none", "Synthetic"): 4,
-              ("Aggr=HT", "ICL"): 2, ("Aggr=HT", "Synthetic"): 0}  # Aggr rows: TopK=5 for ICL/RAG, 2 for Synthetic
+    expect = {
+        ("TopK=1", "ICL"): 1,
+        ("TopK=2", "RAG"): 0,
+        ("Aggr=none", "ICL"): 3,
+        ("Aggr=none", "Synthetic"): 4,
+        ("Aggr=HT", "ICL"): 2,
+        ("Aggr=HT", "Synthetic"): 0,
+    }  # Aggr rows: TopK=5 for ICL/RAG, 2 for Synthetic
     for (row, category), shift in expect.items():
         tasks = paper.paper_tasks(category, "8k", offline=True)
         k = sum(round(N * task_score(t, 64, shift)) for t in tasks)
@@ -246,6 +287,7 @@ def test_table2_cells_use_the_papers_top_k_per_row(tmp_path):
 
 
 # ---------------------------------------------------------------------------------------------- the recipe
+
 
 def parse(command: list[str]):
     assert command[:2] == ["lm-eval-parallel", "sweep"]
@@ -299,37 +341,63 @@ def test_recipe_cli_prints_shell_lines_and_runs_them(tmp_path, capsys, monkeypat
         return 0
 
     monkeypatch.setattr("lm_eval_parallel.sweep.main_sweep", fake_sweep)
-    argv = ["recipe", "--pretrained", "m", "--out", str(tmp_path / "o"), "--lengths", "4k,8k", "--limit", "2",
-            "--run", "--delete_raw"]
+    argv = [
+        "recipe",
+        "--pretrained",
+        "m",
+        "--out",
+        str(tmp_path / "o"),
+        "--lengths",
+        "4k,8k",
+        "--limit",
+        "2",
+        "--run",
+        "--delete_raw",
+    ]
     assert paper.main(argv) == 0
     assert [parse(["lm-eval-parallel", "sweep", *c]).limit for c in calls] == [2.0, 2.0]
     assert sorted(os.listdir(tmp_path / "o" / "table1_8k" / "P1_full")) == ["samples_pce_rag_nq_4k_D.jsonl.gz"]
 
 
-@pytest.mark.parametrize("argv, message", [
-    (["recipe", "--pretrained", "m", "--out", "o", "--lengths", "2k"], "--lengths '2k': expected some of 4k"),
-    (["recipe", "--pretrained", "a,b", "--out", "o"], "--pretrained 'a,b'"),
-    (["recipe", "--pretrained", "m", "--out", "o", "--model_args", "P=4"], "P is set by the recipe"),
-    (["recipe", "--pretrained", "m", "--out", "o", "--limit", "0"], "--limit 0"),
-    (["compare", "RUNS", "--reference", "missing.csv"], "--reference missing.csv: no such file"),
-    (["compare", "nowhere", "--reference", "REF"], "no such file or directory: nowhere"),
-    (["compare", "RUNS", "--reference", "BAD"], "column 'ICL_2k' is not <category>_<length>"),
-    (["compare", "RUNS", "--reference", "BADROW"], "Table 1 row 'P=1': expected 'full' or 'P=<n>'"),
-    (["compare", "RUNS", "--reference", "REF", "--model", "other"], "model 'other' is not in the results"),
-    (["compare", "RUNS", "--reference", "REF", "--config", "dtype=bfloat16"], "no runs with config 'dtype=bfloat16'"),
-])
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["recipe", "--pretrained", "m", "--out", "o", "--lengths", "2k"], "--lengths '2k': expected some of 4k"),
+        (["recipe", "--pretrained", "a,b", "--out", "o"], "--pretrained 'a,b'"),
+        (["recipe", "--pretrained", "m", "--out", "o", "--model_args", "P=4"], "P is set by the recipe"),
+        (["recipe", "--pretrained", "m", "--out", "o", "--limit", "0"], "--limit 0"),
+        (["compare", "RUNS", "--reference", "missing.csv"], "--reference missing.csv: no such file"),
+        (["compare", "nowhere", "--reference", "REF"], "no such file or directory: nowhere"),
+        (["compare", "RUNS", "--reference", "BAD"], "column 'ICL_2k' is not <category>_<length>"),
+        (["compare", "RUNS", "--reference", "BADROW"], "Table 1 row 'P=1': expected 'full' or 'P=<n>'"),
+        (["compare", "RUNS", "--reference", "REF", "--model", "other"], "model 'other' is not in the results"),
+        (
+            ["compare", "RUNS", "--reference", "REF", "--config", "dtype=bfloat16"],
+            "no runs with config 'dtype=bfloat16'",
+        ),
+    ],
+)
 def test_bad_input_is_one_line(tmp_path, capsys, argv, message):
     write_run(str(tmp_path / "runs"), "full", 1, ICL_8K, T0, log_samples=False)
     (tmp_path / "ref.csv").write_text(FAKE_TABLE1)
     (tmp_path / "bad.csv").write_text("config,ICL_2k\nfull,1\n")
     (tmp_path / "badrow.csv").write_text("config,ICL_8k\nP=1,1\n")
-    names = {"RUNS": "runs", "REF": "ref.csv", "BAD": "bad.csv", "BADROW": "badrow.csv", "missing.csv": "missing.csv",
-             "nowhere": "nowhere"}
+    names = {
+        "RUNS": "runs",
+        "REF": "ref.csv",
+        "BAD": "bad.csv",
+        "BADROW": "badrow.csv",
+        "missing.csv": "missing.csv",
+        "nowhere": "nowhere",
+    }
     argv = [str(tmp_path / names[a]) if a in names else a for a in argv]
     assert paper.main(argv) == 2
     err = capsys.readouterr().err.strip()
-    assert len(err.splitlines()) == 1 and message.replace("missing.csv", str(tmp_path / "missing.csv")).replace(
-        "nowhere", str(tmp_path / "nowhere")) in err
+    assert (
+        len(err.splitlines()) == 1
+        and message.replace("missing.csv", str(tmp_path / "missing.csv")).replace("nowhere", str(tmp_path / "nowhere"))
+        in err
+    )
 
 
 def test_several_models_need_a_choice(tmp_path, capsys):
@@ -351,8 +419,9 @@ def test_the_recipe_on_a_tiny_model_and_a_fake_reference(tiny_llama_dir, tmp_pat
     """The recipe's Table 1 command for 4k, narrowed to the generated Synthetic subtasks (no data files) and
     P=2, run on a tiny random model; compare reads what it wrote (compacted, raw removed)."""
     out = str(tmp_path / "runs")
-    (command,) = paper.recipe(tiny_llama_dir, out, lengths=["4k"], model_args="dtype=float32", device="cpu",
-                              batch_size="1", limit=2)
+    (command,) = paper.recipe(
+        tiny_llama_dir, out, lengths=["4k"], model_args="dtype=float32", device="cpu", batch_size="1", limit=2
+    )
     synthetic = paper.paper_tasks("Synthetic", "4k")
     command[command.index("--P") + 1] = "2"
     command[command.index("--tasks") + 1] = ",".join(synthetic)
@@ -363,8 +432,11 @@ def test_the_recipe_on_a_tiny_model_and_a_fake_reference(tiny_llama_dir, tmp_pat
     result = paper.compare(out, str(reference), file=None)
     assert result.model == tiny_llama_dir and result.config == "dtype=float32"
     for cell, folder, number in zip(result.cells, ("P1_full", "P2_naive"), (50.0, 40.0)):
-        (results_path,) = [os.path.join(out, "table1_4k", folder, name)
-                           for name in os.listdir(os.path.join(out, "table1_4k", folder)) if name.endswith(".json")]
+        (results_path,) = [
+            os.path.join(out, "table1_4k", folder, name)
+            for name in os.listdir(os.path.join(out, "table1_4k", folder))
+            if name.endswith(".json")
+        ]
         with open(results_path) as f:
             results = json.load(f)["results"]
         metrics = {t: "ruler_recall" if "ruler" in t else "subem" for t in synthetic}

@@ -4,6 +4,7 @@ dense reference (tests/reference.py) built from its definition, on two families 
 The engine is built from the method's configuration by ``engine_for``, as ``parallel_hf`` builds it. fp32 CPU on
 tiny random models: engine and reference differ by float32 rounding only, so 1e-5 relative (as test_invariants).
 """
+
 import pytest
 import torch
 from reference import reference_forward
@@ -30,16 +31,23 @@ def _score(model, layout, query, cont, **args):
     """(loglikelihood, attn_entropy) of one request under the configuration ``args``."""
     cfg = PCEConfig.from_args(**args)
     engine = engine_for(model, "cpu", cfg)
-    (ll, _, stats), = engine.score([engine.encode(layout, reserve=len(query) + len(cont))], [query], [cont],
-                                   selection_for(cfg, "loglikelihood"))
+    ((ll, _, stats),) = engine.score(
+        [engine.encode(layout, reserve=len(query) + len(cont))], [query], [cont], selection_for(cfg, "loglikelihood")
+    )
     return ll, stats.attn_entropy
 
 
 def _generate(model, layout, query, n_new, **args):
     cfg = PCEConfig.from_args(**args)
     engine = engine_for(model, "cpu", cfg)
-    (tokens, stats), = engine.generate([engine.encode(layout, reserve=n_new + 8)], [query], n_new,
-                                       selection_for(cfg, "generate_until"), lambda b, t: False, eos_ids=set())
+    ((tokens, stats),) = engine.generate(
+        [engine.encode(layout, reserve=n_new + 8)],
+        [query],
+        n_new,
+        selection_for(cfg, "generate_until"),
+        lambda b, t: False,
+        eos_ids=set(),
+    )
     return tokens, stats.attn_entropy
 
 
@@ -53,6 +61,7 @@ def _reference(model, layout, query, cont, pos, **rule):
 
 # ---------------------------------------------------------------------------------------------- pcw
 
+
 def test_pcw_sets_its_positions_and_refuses_others():
     assert PCEConfig.from_args(method="pcw", P=4).pos == "left"
     assert PCEConfig.from_args(method="pcw", P=4, pos="left").pos == "left"
@@ -63,9 +72,11 @@ def test_pcw_sets_its_positions_and_refuses_others():
 def test_pcw_equals_naive_left_exactly(model):
     layout, query, cont = make_request("naive")
     assert _score(model, layout, query, cont, method="pcw", P=4) == _score(
-        model, layout, query, cont, method="naive", pos="left", P=4)
+        model, layout, query, cont, method="naive", pos="left", P=4
+    )
     assert _generate(model, layout, query, 4, method="pcw", P=4) == _generate(
-        model, layout, query, 4, method="naive", pos="left", P=4)
+        model, layout, query, 4, method="naive", pos="left", P=4
+    )
     assert _score(model, layout, query, cont, method="pcw", P=4) != _score(model, layout, query, cont, P=4)
 
 
@@ -79,13 +90,15 @@ def test_pcw_matches_dense_reference(model):
 
 # ---------------------------------------------------------------------------------------------- structured
 
+
 def test_structured_with_its_scale_off_equals_naive_right_exactly(model):
     layout, query, cont = make_request("naive")
     assert PCEConfig.from_args(method="structured", P=4).pos == "right"
     off = _score(model, layout, query, cont, method="structured", P=4, structured_scale=False)
     assert off == _score(model, layout, query, cont, method="naive", pos="right", P=4)
     assert _generate(model, layout, query, 4, method="structured", P=4, structured_scale=False) == _generate(
-        model, layout, query, 4, method="naive", pos="right", P=4)
+        model, layout, query, 4, method="naive", pos="right", P=4
+    )
     on = _score(model, layout, query, cont, method="structured", P=4)
     assert abs(on[0] - off[0]) > 1e-4 and abs(on[1] - off[1]) > 1e-4  # the scale is not a no-op
 
@@ -105,8 +118,9 @@ def test_structured_matches_dense_reference(model, seed):
     assert ll == pytest.approx(ref_ll, rel=REL)
     assert entropy == pytest.approx(ref_entropy, rel=REL)
     tokens, entropy = _generate(model, layout, query, 4, method="structured", P=4)
-    logits, ref_entropy = reference_forward(model, layout, [query] + [[t] for t in tokens[:-1]], "right", "none",
-                                            None, structured=True)
+    logits, ref_entropy = reference_forward(
+        model, layout, [query] + [[t] for t in tokens[:-1]], "right", "none", None, structured=True
+    )
     assert tokens == logits[layout.n_context + len(query) - 1 :].argmax(-1).tolist()
     assert entropy == pytest.approx(ref_entropy, rel=REL)
 
@@ -118,18 +132,20 @@ def test_query_rules_take_the_eager_path(model, monkeypatch):
 
     monkeypatch.setattr(attention, "QUERY_IMPL", "fast")
     q = torch.zeros(1, 4, 3, 8)
-    plan = attention.QueryPlan(store=None, q_valid=torch.ones(1, 3, dtype=torch.bool), want_stats=True,
-                               rule=QueryRule(structured=True))
+    plan = attention.QueryPlan(
+        store=None, q_valid=torch.ones(1, 3, dtype=torch.bool), want_stats=True, rule=QueryRule(structured=True)
+    )
     assert plan.eager_only and not attention.uses_fast_path(q, plan, None)
     layout, query, cont = make_request("naive", seed=4)
     with_entropy = _score(model, layout, query, cont, method="structured", P=4)[0]
     cfg = PCEConfig.from_args(method="structured", P=4, entropy=False)
     engine = engine_for(model, "cpu", cfg)
-    (ll, _, stats), = engine.score([engine.encode(layout, reserve=8)], [query], [cont], None)
+    ((ll, _, stats),) = engine.score([engine.encode(layout, reserve=8)], [query], [cont], None)
     assert stats is None and ll == pytest.approx(with_entropy, rel=REL)
 
 
 # ---------------------------------------------------------------------------------------------- logscale
+
 
 @pytest.mark.parametrize("method", ("naive", "sink+sel", "structured"))
 def test_logscale_with_factor_one_equals_its_base_method_exactly(model, method):
@@ -137,8 +153,10 @@ def test_logscale_with_factor_one_equals_its_base_method_exactly(model, method):
     layout, query, cont = make_request(method)
     n_keys = layout.n_context + len(query) + len(cont)
     base = _score(model, layout, query, cont, method=method, P=4, top_k=1)
-    assert _score(model, layout, query, cont, method=method, P=4, top_k=1, logscale=True,
-                  logscale_train_len=n_keys) == base
+    assert (
+        _score(model, layout, query, cont, method=method, P=4, top_k=1, logscale=True, logscale_train_len=n_keys)
+        == base
+    )
     scaled = _score(model, layout, query, cont, method=method, P=4, top_k=1, logscale=True, logscale_train_len=8)
     assert abs(scaled[0] - base[0]) > 1e-4
 
@@ -147,7 +165,8 @@ def test_logscale_train_len_defaults_to_max_position_embeddings(model):
     layout, query, cont = make_request("sink")
     n_train = model.config.get_text_config().max_position_embeddings
     assert _score(model, layout, query, cont, method="sink", P=4, logscale=True) == _score(
-        model, layout, query, cont, method="sink", P=4, logscale=True, logscale_train_len=n_train)
+        model, layout, query, cont, method="sink", P=4, logscale=True, logscale_train_len=n_train
+    )
     with pytest.raises(ValueError, match="logscale_train_len=1 must be an integer >= 2"):
         PCEConfig.from_args(logscale_train_len=1)
 
@@ -160,8 +179,9 @@ def test_logscale_matches_dense_reference(model, method, pos, rule):
     assert ll == pytest.approx(ref_ll, rel=REL)
     assert entropy == pytest.approx(ref_entropy, rel=REL)
     tokens, entropy = _generate(model, layout, query, 4, method=method, P=4, logscale=True, logscale_train_len=8)
-    logits, ref_entropy = reference_forward(model, layout, [query] + [[t] for t in tokens[:-1]], pos, "none", None,
-                                            logscale_train_len=8, **rule)
+    logits, ref_entropy = reference_forward(
+        model, layout, [query] + [[t] for t in tokens[:-1]], pos, "none", None, logscale_train_len=8, **rule
+    )
     assert tokens == logits[layout.n_context + len(query) - 1 :].argmax(-1).tolist()
     assert entropy == pytest.approx(ref_entropy, rel=REL)
 
@@ -179,6 +199,7 @@ def test_logscale_counts_each_requests_own_keys_in_a_batch(model):
 
 
 # ---------------------------------------------------------------------------------------------- sel_soft
+
 
 @pytest.mark.parametrize("aggr", ("none", "HT", "LHT"))
 def test_sel_soft_approaches_hard_selection_with_one_piece_as_tau_goes_to_zero(model, aggr):
@@ -209,6 +230,7 @@ def test_sel_soft_matches_dense_reference(model, aggr):
 
 # ---------------------------------------------------------------------------------------------- ape
 
+
 def test_ape_with_unit_temperature_and_scale_equals_naive_left_exactly(model):
     layout, query, cont = make_request("naive")
     cfg = PCEConfig.from_args(method="ape", P=4)
@@ -216,7 +238,8 @@ def test_ape_with_unit_temperature_and_scale_equals_naive_left_exactly(model):
     unit = _score(model, layout, query, cont, method="ape", P=4, ape_temperature=1, ape_scale=1)
     assert unit == _score(model, layout, query, cont, method="naive", pos="left", P=4)
     assert _generate(model, layout, query, 4, method="ape", P=4, ape_temperature=1, ape_scale=1) == _generate(
-        model, layout, query, 4, method="naive", pos="left", P=4)
+        model, layout, query, 4, method="naive", pos="left", P=4
+    )
     for t, s in ((0.9, 0.9), (1.0, 0.9), (0.9, 1 / 0.9)):  # T S = 1 still tempers the context (T != 1)
         other = _score(model, layout, query, cont, method="ape", P=4, ape_temperature=t, ape_scale=s)
         assert abs(other[0] - unit[0]) > 1e-4, (t, s)
@@ -230,7 +253,8 @@ def test_ape_matches_dense_reference(model, t, s):
     assert ll == pytest.approx(ref_ll, rel=REL)
     assert entropy == pytest.approx(ref_entropy, rel=REL)
     tokens, entropy = _generate(model, layout, query, 4, method="ape", P=4, ape_temperature=t, ape_scale=s)
-    logits, ref_entropy = reference_forward(model, layout, [query] + [[x] for x in tokens[:-1]], "left", "none",
-                                            None, ape=(t, s))
+    logits, ref_entropy = reference_forward(
+        model, layout, [query] + [[x] for x in tokens[:-1]], "left", "none", None, ape=(t, s)
+    )
     assert tokens == logits[layout.n_context + len(query) - 1 :].argmax(-1).tolist()
     assert entropy == pytest.approx(ref_entropy, rel=REL)

@@ -1,5 +1,6 @@
 """Around an lm-eval run: our errors as one line, checks before any compute, pce tasks built before the
 model, the results path at the end, --use_cache keyed by the model, smollm2-135m for hf, sink_text_file."""
+
 import glob
 import json
 import logging
@@ -33,27 +34,52 @@ def _stderr_lines(text: str) -> list[str]:
 
 # ---------------------------------------------------------------------------------------------- one line
 
+
 def test_our_error_is_one_line_from_lm_eval_parallel_and_the_last_line_from_lm_eval():
-    args = ["--model", "parallel_hf", "--model_args", "pretrained=/nonexistent,P=4", "--tasks", "pce_smoke",
-            "--device", "cpu"]
-    ours = subprocess.run([sys.executable, "-m", "lm_eval_parallel", *args], capture_output=True, text=True,
-                          timeout=600, check=False)
+    args = [
+        "--model",
+        "parallel_hf",
+        "--model_args",
+        "pretrained=/nonexistent,P=4",
+        "--tasks",
+        "pce_smoke",
+        "--device",
+        "cpu",
+    ]
+    ours = subprocess.run(
+        [sys.executable, "-m", "lm_eval_parallel", *args], capture_output=True, text=True, timeout=600, check=False
+    )
     assert ours.returncode == 2
     assert "Traceback" not in ours.stderr
     assert _stderr_lines(ours.stderr)[-1] == f"lm-eval-parallel: error: {NONEXISTENT}"
-    stock = subprocess.run([sys.executable, "-m", "lm_eval", *args], capture_output=True, text=True, timeout=600,
-                           check=False)
+    stock = subprocess.run(
+        [sys.executable, "-m", "lm_eval", *args], capture_output=True, text=True, timeout=600, check=False
+    )
     assert stock.returncode != 0
     assert _stderr_lines(stock.stderr)[-1].endswith(NONEXISTENT)
 
 
 def test_sweep_errors_are_one_line_too(tmp_path, capsys):
-    status = cli.main(["sweep", "--model_args", f"pretrained={tmp_path}", "--tasks", "pce_smoke",
-                       "--output_path", str(tmp_path / "out"), "--methods", "magic"])
+    status = cli.main(
+        [
+            "sweep",
+            "--model_args",
+            f"pretrained={tmp_path}",
+            "--tasks",
+            "pce_smoke",
+            "--output_path",
+            str(tmp_path / "out"),
+            "--methods",
+            "magic",
+        ]
+    )
     assert status == 2
     assert _stderr_lines(capsys.readouterr().err) == [
-        ("lm-eval-parallel sweep: error: method='magic' is not allowed; choose one of full, naive, sink, sel, sink+sel, "
-         "parallel")]
+        (
+            "lm-eval-parallel sweep: error: method='magic' is not allowed; choose one of full, naive, sink, sel, sink+sel, "
+            "parallel"
+        )
+    ]
 
 
 def foreign(argv):
@@ -83,6 +109,7 @@ def echo(argv):
 
 
 # ---------------------------------------------------------------------------------------------- checks
+
 
 def test_unwritable_output_folder_is_refused(tmp_path, monkeypatch):
     real = os.access
@@ -122,25 +149,47 @@ def test_unsaved_results_fail_and_saved_ones_are_printed(tmp_path, capsys):
 
 # ---------------------------------------------------------------------------------------------- runs
 
+
 @pytest.fixture(scope="module")
 def probe(tmp_path_factory):
     folder = tmp_path_factory.mktemp("probe")
     write_probe_task(folder, "pce_preflight_probe", n_docs=3, n_items=4, max_gen_toks=4)
     broken = folder / "broken"
     broken.mkdir()
-    (broken / "pce_preflight_broken.yaml").write_text((folder / "pce_preflight_probe.yaml").read_text().replace(
-        "pce_preflight_probe", "pce_preflight_broken"))
-    (broken / "utils.py").write_text((folder / "utils.py").read_text().replace(
-        "def make_docs(**kwargs):",
-        "def make_docs(**kwargs):\n    from lm_eval_parallel.tasks_common import PceDataError\n"
-        "    raise PceDataError('pce_preflight_broken: notes.jsonl line 3: expected a JSON object')\n"))
+    (broken / "pce_preflight_broken.yaml").write_text(
+        (folder / "pce_preflight_probe.yaml").read_text().replace("pce_preflight_probe", "pce_preflight_broken")
+    )
+    (broken / "utils.py").write_text(
+        (folder / "utils.py")
+        .read_text()
+        .replace(
+            "def make_docs(**kwargs):",
+            "def make_docs(**kwargs):\n    from lm_eval_parallel.tasks_common import PceDataError\n"
+            "    raise PceDataError('pce_preflight_broken: notes.jsonl line 3: expected a JSON object')\n",
+        )
+    )
     return folder
 
 
 def _run(model_dir, probe, out, *extra, task="pce_preflight_probe"):
-    return cli.main(["--model", "parallel_hf", "--model_args", f"pretrained={model_dir},P=2,method=sel,dtype=float32",
-                     "--device", "cpu", "--tasks", task, "--include_path", str(probe), "--output_path", str(out),
-                     "--log_samples", *extra])
+    return cli.main(
+        [
+            "--model",
+            "parallel_hf",
+            "--model_args",
+            f"pretrained={model_dir},P=2,method=sel,dtype=float32",
+            "--device",
+            "cpu",
+            "--tasks",
+            task,
+            "--include_path",
+            str(probe),
+            "--output_path",
+            str(out),
+            "--log_samples",
+            *extra,
+        ]
+    )
 
 
 def _responses(out):
@@ -148,8 +197,9 @@ def _responses(out):
     return sorted((s["doc_id"], s["resps"], s["attn_entropy"]) for s in map(json.loads, open(path)))
 
 
-def test_tasks_are_built_before_the_model_and_give_the_same_results(tiny_llama_dir, probe, tmp_path, capsys,
-                                                                      monkeypatch):
+def test_tasks_are_built_before_the_model_and_give_the_same_results(
+    tiny_llama_dir, probe, tmp_path, capsys, monkeypatch
+):
     assert _run(tiny_llama_dir, probe, tmp_path / "early") == 0
     last = capsys.readouterr().out.strip().splitlines()[-1]
     (saved,) = glob.glob(str(tmp_path / "early" / "**" / "results_*.json"), recursive=True)
@@ -165,17 +215,21 @@ def test_a_data_error_comes_before_the_model_loads(probe, tmp_path, capsys):
     status = _run(empty_model, probe / "broken", tmp_path / "out", task="pce_preflight_broken")
     assert status == 2
     assert _stderr_lines(capsys.readouterr().err)[-1] == (
-        "lm-eval-parallel: error: pce_preflight_broken: notes.jsonl line 3: expected a JSON object")
+        "lm-eval-parallel: error: pce_preflight_broken: notes.jsonl line 3: expected a JSON object"
+    )
 
 
 # ---------------------------------------------------------------------------------------------- --use_cache
+
 
 def _ll(pairs):
     return [Instance("loglikelihood", {}, pair, i) for i, pair in enumerate(pairs)]
 
 
-PAIRS = [(parallel_prompt(["Note 1: red.\n", "Note 2: blue.\n", "Note 3: green.\n"], "Which colour?"), " blue"),
-         ("The capital of France is", " Paris")]
+PAIRS = [
+    (parallel_prompt(["Note 1: red.\n", "Note 2: blue.\n", "Note 3: green.\n"], "Which colour?"), " blue"),
+    ("The capital of France is", " Paris"),
+]
 
 
 @pytest.mark.parametrize("model", ["hf", "parallel_hf"])
@@ -197,11 +251,14 @@ def test_use_cache_never_serves_another_models_answers(model, tmp_path):
     assert [r[0] for r in served_b] != [r[0] for r in served_a]
     save_tiny(first, seed=2)  # another model saved at the first path
     assert CachingLM(make(pretrained=first, **KW), cache).cache_db not in (
-        CachingLM(lm_a, cache).cache_db, CachingLM(lm_b, cache).cache_db)
+        CachingLM(lm_a, cache).cache_db,
+        CachingLM(lm_b, cache).cache_db,
+    )
     assert len(glob.glob(str(tmp_path / "cache" / "*.db"))) == 3
 
 
 # ---------------------------------------------------------------------------------------------- hf
+
 
 def test_hf_gets_the_alias_and_the_checks(monkeypatch):
     """The HFLM patch, on a stand-in class that records what it is given."""
@@ -246,7 +303,8 @@ def test_sink_text_file_is_the_sink_and_passes_the_model_args_parser(tiny_llama_
     path = tmp_path / "sink.txt"
     path.write_text(SINK, encoding="utf-8")
     from_file = ParallelHFLM.create_from_arg_string(
-        f"pretrained={tiny_llama_dir},P=2,method=sink,sink_text_file={path},dtype=float32,device=cpu")
+        f"pretrained={tiny_llama_dir},P=2,method=sink,sink_text_file={path},dtype=float32,device=cpu"
+    )
     assert from_file.pce.sink_text == SINK
     from_text = ParallelHFLM(pretrained=tiny_llama_dir, P=2, method="sink", sink_text=SINK, **KW)
     plain = ParallelHFLM(pretrained=tiny_llama_dir, P=2, method="sink", **KW)

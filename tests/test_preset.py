@@ -1,6 +1,7 @@
 """preset=paper_code: the released code's rules (SPEC §11), each tested on its own from its description, then
 the preset against the same explicit settings. Tiny models, float32 CPU: 1e-5 relative where two computations
 meet (observed: <= 2e-7)."""
+
 import math
 
 import pytest
@@ -15,8 +16,14 @@ from lm_eval_parallel.requests import RequestBuilder
 KW = {"dtype": "float32", "device": "cpu"}
 REL = 1e-5
 # The released code's choices, written out from its description (not read from PRESETS).
-PAPER_CODE = {"pos_round": "floor", "query_round": "floor", "harmonic_prefix": "min1", "lm_split": "ceil",
-              "gen_stop": "max_gen", "entropy_pool": "calls"}
+PAPER_CODE = {
+    "pos_round": "floor",
+    "query_round": "floor",
+    "harmonic_prefix": "min1",
+    "lm_split": "ceil",
+    "gen_stop": "max_gen",
+    "entropy_pool": "calls",
+}
 DOCS = [f"Document {i}: the code word is w{i} and the colour is c{i}.\n" for i in range(7)]
 MARKED = parallel_prompt(DOCS, "Question: which code word?\nAnswer:")
 
@@ -62,16 +69,19 @@ def spy_positions(engine):
 
 
 # ---------------------------------------------------------------------------------------------- LM split
-@pytest.mark.parametrize("n, P, sizes", [
-    (1066, 8, [134] * 7 + [128]),  # the issue's example
-    (10, 4, [3, 3, 3, 1]),
-    (9, 4, [3, 3, 3]),  # ceil(9/4) = 3: three chunks fill all 9 tokens, a fourth would be empty
-    (5, 4, [2, 2, 1]),
-    (8, 4, [2, 2, 2, 2]),
-    (3, 8, [1, 1, 1]),
-    (7, 1, [7]),
-    (0, 4, []),
-])
+@pytest.mark.parametrize(
+    "n, P, sizes",
+    [
+        (1066, 8, [134] * 7 + [128]),  # the issue's example
+        (10, 4, [3, 3, 3, 1]),
+        (9, 4, [3, 3, 3]),  # ceil(9/4) = 3: three chunks fill all 9 tokens, a fourth would be empty
+        (5, 4, [2, 2, 1]),
+        (8, 4, [2, 2, 2, 2]),
+        (3, 8, [1, 1, 1]),
+        (7, 1, [7]),
+        (0, 4, []),
+    ],
+)
 def test_ceil_split_cuts_chunks_of_ceil_n_over_p_with_a_shorter_last_one(n, P, sizes):
     assert split_ceil(n, P) == sizes
     chunks = chunk_ceil(list(range(n)), P)
@@ -118,8 +128,9 @@ def test_harmonic_span_prefix_shift_and_floored_query_start():
     with_sink, q = piece_positions(4, [3, 4], "harmonic", "floor", "floor", "min1")  # a sink: no shift
     assert with_sink == [[4, 5, 6], [4, 4, 5, 6]] and q == 7
     for pos in ("even", "left", "right", "serial"):  # the shift is a harmonic rule only
-        assert piece_positions(0, [3, 4], pos, "none", harmonic_prefix="min1") == piece_positions(0, [3, 4], pos,
-                                                                                                  "none")
+        assert piece_positions(0, [3, 4], pos, "none", harmonic_prefix="min1") == piece_positions(
+            0, [3, 4], pos, "none"
+        )
 
 
 def test_engine_feeds_the_released_positions_to_the_model():
@@ -134,8 +145,9 @@ def test_engine_feeds_the_released_positions_to_the_model():
     model = make_model("llama", 384, seed=1)
     model.set_attn_implementation("pce")
     layout = Layout((), ((11, 12, 13), (21, 22, 23, 24)))
-    engine = ParallelEngine(model, "cpu", pos="harmonic", pos_round="floor", query_round="floor",
-                            harmonic_prefix="min1")
+    engine = ParallelEngine(
+        model, "cpu", pos="harmonic", pos_round="floor", query_round="floor", harmonic_prefix="min1"
+    )
     seen = spy_positions(engine)
     context = engine.encode(layout, reserve=8)
     assert context.query_start == 4
@@ -242,13 +254,15 @@ def test_preset_scores_as_the_same_explicit_args(tiny_llama_dir):
     assert [tuple(r) + (r.attn_entropy,) for r in got] == [tuple(r) + (r.attn_entropy,) for r in want]
     assert by_preset.generate_until(gen_requests(gens)) == by_args.generate_until(gen_requests(gens))
     assert [r.attn_entropy for r in by_preset.generate_until(gen_requests(gens))] == [
-        r.attn_entropy for r in by_args.generate_until(gen_requests(gens))]
+        r.attn_entropy for r in by_args.generate_until(gen_requests(gens))
+    ]
     ours = paper.loglikelihood(ll_requests(pairs))
     assert all(abs(a[0] - b[0]) > 1e-6 for a, b in zip(got, ours))  # the rules change the scores
     overridden = lm_of(tiny_llama_dir, preset="paper_code", lm_split="near_equal", **common)
     explicit = lm_of(tiny_llama_dir, **{**PAPER_CODE, "lm_split": "near_equal"}, **common)
     assert [tuple(r) for r in overridden.loglikelihood(ll_requests(pairs))] == [
-        tuple(r) for r in explicit.loglikelihood(ll_requests(pairs))]
+        tuple(r) for r in explicit.loglikelihood(ll_requests(pairs))
+    ]
 
 
 def test_preset_keeps_no_bos_and_the_released_sinks(tiny_llama_dir):

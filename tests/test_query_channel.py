@@ -3,6 +3,7 @@
 The contract any implementation of the query stage meets (``eager_query_attention`` today): its output equals
 plain masked attention over the store, and its statistics equal the entropy of those probabilities.
 """
+
 import math
 
 import pytest
@@ -48,8 +49,14 @@ def _batch(model, n_q=3):
 
 
 def test_plan_rejects_contradictory_modes():
-    store = KVStore(1, torch.ones(1, 2, dtype=torch.bool), torch.zeros(1, 2, dtype=torch.long),
-                    torch.tensor([1]), torch.zeros(1, 1, 2, dtype=torch.long), 2)
+    store = KVStore(
+        1,
+        torch.ones(1, 2, dtype=torch.bool),
+        torch.zeros(1, 2, dtype=torch.long),
+        torch.tensor([1]),
+        torch.zeros(1, 1, 2, dtype=torch.long),
+        2,
+    )
     valid = torch.ones(1, 1, dtype=torch.bool)
     keep = torch.ones(1, 1, 1, 1, dtype=torch.bool)
     with pytest.raises(ValueError, match="not both"):

@@ -5,6 +5,7 @@ Layer level: random q/k/v over stores whose pieces are key ranges shared by ever
 different offsets per row (a left-padded batch). Model level: tiny models of every unsoftcapped family,
 loglikelihood and generation with every method x aggregation, fast vs eager.
 """
+
 import math
 
 import pytest
@@ -35,7 +36,8 @@ from lm_eval_parallel.selection import Selection, select_pieces, topn_sum
 AGGRS = ("none", "H", "T", "HT")
 CUDA = torch.cuda.is_available()
 DEVICES = [("cpu", torch.float32, 1e-5)] + (
-    [("cuda", torch.float32, 1e-4), ("cuda", torch.bfloat16, 3e-2)] if CUDA else [])  # bf16: 8 mantissa bits
+    [("cuda", torch.float32, 1e-4), ("cuda", torch.bfloat16, 3e-2)] if CUDA else []
+)  # bf16: 8 mantissa bits
 
 
 def _store(device, dtype, one_request: bool, n_q: int, hkv: int, d: int, gen: torch.Generator):
@@ -121,8 +123,9 @@ def test_query_paths_build_every_tensor_on_the_query_device():
     for one_request in (True, False):
         store, q_valid = _store("meta", torch.float32, one_request, 2, 2, 16, gen)
         q = torch.empty(store.batch, 4, 2, 16, device="meta")
-        k, v = store.append_query(0, torch.empty(store.batch, 2, 2, 16, device="meta"),
-                                  torch.empty(store.batch, 2, 2, 16, device="meta"))
+        k, v = store.append_query(
+            0, torch.empty(store.batch, 2, 2, 16, device="meta"), torch.empty(store.batch, 2, 2, 16, device="meta")
+        )
         for plan in _plans(store, q_valid, {"top_k": 2, "score_topn": 2, "aggr_topn": 3}, "meta"):
             masks = build_query_masks(plan, "meta", k.shape[2], groups=True)
             assert all(t.device.type == "meta" for t in _mask_tensors(masks))
@@ -178,15 +181,18 @@ def test_attend_with_lse_is_softmax_attention(device, dtype, tol):
 def test_entropy_and_piece_score_identities():
     """H = lse - sum p s with sum p s = scaling <q, sum p k>; top-n probabilities = exp(top-n scores - lse)."""
     gen = torch.Generator().manual_seed(0)
-    q, k = torch.randn(7, 16, generator=gen, dtype=torch.float64), torch.randn(50, 16, generator=gen,
-                                                                                dtype=torch.float64)
+    q, k = (
+        torch.randn(7, 16, generator=gen, dtype=torch.float64),
+        torch.randn(50, 16, generator=gen, dtype=torch.float64),
+    )
     s = (q @ k.T) * 0.25
     p = s.softmax(-1)
     lse = torch.logsumexp(s, -1)
     torch.testing.assert_close(-torch.xlogy(p, p).sum(-1), lse - 0.25 * (q * (p @ k)).sum(-1))
     piece = slice(10, 30)
-    torch.testing.assert_close(p[:, piece].topk(4).values.sum(-1),
-                               torch.exp(s[:, piece].topk(4).values - lse[:, None]).sum(-1))
+    torch.testing.assert_close(
+        p[:, piece].topk(4).values.sum(-1), torch.exp(s[:, piece].topk(4).values - lse[:, None]).sum(-1)
+    )
 
 
 def test_a_dropped_piece_leaves_softmax_over_the_kept_keys():
@@ -206,8 +212,9 @@ def test_a_dropped_piece_leaves_softmax_over_the_kept_keys():
     assert not q_valid.all()
     for path in (grouped_query_attention, small_query_attention):
         got = path(q, k, v, plan, masks, 8**-0.5)
-        torch.testing.assert_close(got.out.double(), (p @ repeat_kv(v, 2).double()).transpose(1, 2), rtol=1e-5,
-                                   atol=1e-5)
+        torch.testing.assert_close(
+            got.out.double(), (p @ repeat_kv(v, 2).double()).transpose(1, 2), rtol=1e-5, atol=1e-5
+        )
         torch.testing.assert_close(got.stats.entropy_sum.double(), entropy.sum((1, 2)), rtol=1e-5, atol=0)
 
 
@@ -226,8 +233,10 @@ def test_fast_path_refuses_softcap_and_is_chosen_by_query_impl(monkeypatch):
 
 
 # ---------------------------------------------------------------------------------------------- model level
-LAYOUTS = [Layout((0, 5), ((7, 8, 9, 10, 11), (12, 13, 14), (15, 16, 17, 18), (19, 20, 21, 22, 23, 24))),
-           Layout((0,), ((30, 31), (32, 33, 34), (35,)))]
+LAYOUTS = [
+    Layout((0, 5), ((7, 8, 9, 10, 11), (12, 13, 14), (15, 16, 17, 18), (19, 20, 21, 22, 23, 24))),
+    Layout((0,), ((30, 31), (32, 33, 34), (35,))),
+]
 SELECTIONS = [None] + [Selection(top_k=2, score_topn=2, aggr=a, aggr_topn=3) for a in AGGRS + ("LHT",)]
 
 

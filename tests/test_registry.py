@@ -1,5 +1,6 @@
 """The one registry of methods and settings (config.py) drives the sweep order, the --use_cache fingerprint,
 the board's configuration key, the board's method order and the model_args parser."""
+
 import hashlib
 import json
 import os
@@ -16,12 +17,36 @@ from lm_eval_parallel.sweep import grid
 # A valid value other than the default for every setting: a new setting must be added here, which makes
 # its author decide what it changes (the tests below then check that the decision is applied everywhere).
 OTHER_VALUES = {
-    "P": 4, "method": "sel", "pos": "left", "pos_round": "floor", "top_k": 3, "score_topn": 2, "aggr": "HT",
-    "aggr_topn": 3, "sink_text": "Read:", "oracle_keys": True, "entropy": False, "analysis_path": "a.jsonl",
-    "rolling_score_len": 256, "context_cache_mb": 64, "tokenize": "joint", "prefill_batch_tokens": 4096,
-    "auto_batch_tokens": 2048, "preset": "paper_code", "query_round": "floor", "harmonic_prefix": "min1",
-    "lm_split": "ceil", "entropy_pool": "calls", "gen_stop": "max_gen", "split": "sentence",
-    "structured_scale": False, "ape_temperature": 0.5, "ape_scale": 1.0, "sel_tau": 0.5, "logscale": True, "logscale_train_len": 4096,
+    "P": 4,
+    "method": "sel",
+    "pos": "left",
+    "pos_round": "floor",
+    "top_k": 3,
+    "score_topn": 2,
+    "aggr": "HT",
+    "aggr_topn": 3,
+    "sink_text": "Read:",
+    "oracle_keys": True,
+    "entropy": False,
+    "analysis_path": "a.jsonl",
+    "rolling_score_len": 256,
+    "context_cache_mb": 64,
+    "tokenize": "joint",
+    "prefill_batch_tokens": 4096,
+    "auto_batch_tokens": 2048,
+    "preset": "paper_code",
+    "query_round": "floor",
+    "harmonic_prefix": "min1",
+    "lm_split": "ceil",
+    "entropy_pool": "calls",
+    "gen_stop": "max_gen",
+    "split": "sentence",
+    "structured_scale": False,
+    "ape_temperature": 0.5,
+    "ape_scale": 1.0,
+    "sel_tau": 0.5,
+    "logscale": True,
+    "logscale_train_len": 4096,
     "sink_text_file": os.path.join(os.path.dirname(__file__), "sink_text.txt"),
 }
 # What a setting stands for: sink_text_file is RUNTIME because its text becomes sink_text, which changes scores.
@@ -51,9 +76,21 @@ def test_a_setting_that_does_not_change_scores_is_in_neither_the_fingerprint_nor
 def test_fingerprint_is_unchanged_for_cache_files_written_before_the_registry():
     """Default settings hash exactly as the model's own fingerprint did: every field but analysis_path and
     context_cache_mb (the two batching settings were not config fields then)."""
-    before = {"P": 1, "method": "naive", "pos": "even", "pos_round": "none", "top_k": 2, "score_topn": 5,
-              "aggr": "auto", "aggr_topn": 5, "sink_text": None, "oracle_keys": False, "entropy": True,
-              "rolling_score_len": 1024, "tokenize": "items"}
+    before = {
+        "P": 1,
+        "method": "naive",
+        "pos": "even",
+        "pos_round": "none",
+        "top_k": 2,
+        "score_topn": 5,
+        "aggr": "auto",
+        "aggr_topn": 5,
+        "sink_text": None,
+        "oracle_keys": False,
+        "entropy": True,
+        "rolling_score_len": 1024,
+        "tokenize": "items",
+    }
     want = hashlib.sha256(json.dumps(before, sort_keys=True).encode()).hexdigest()[:12]
     assert PCEConfig().fingerprint() == PCEConfig.from_args().fingerprint() == want
 
@@ -76,7 +113,14 @@ def test_a_new_method_is_one_registry_line(monkeypatch):
     with pytest.raises(ValueError, match="P=4 with method=whole"):
         PCEConfig.from_args(method="whole", P=4)
     assert grid([2, 4], ["sink", "whole", "peer", "naive"]) == [
-        (1, "whole"), (2, "naive"), (2, "peer"), (2, "sink"), (4, "naive"), (4, "peer"), (4, "sink")]
+        (1, "whole"),
+        (2, "naive"),
+        (2, "peer"),
+        (2, "sink"),
+        (4, "naive"),
+        (4, "peer"),
+        (4, "sink"),
+    ]
     assert sorted(["peer", "sink+sel", "naive", "zzz"], key=method_sort_key) == ["naive", "sink+sel", "peer", "zzz"]
     assert method_style("peer") == {"color": "tab:purple", "marker": "v"} and method_style("zzz") == {}
 
@@ -85,7 +129,10 @@ def test_method_properties_come_from_the_registry():
     for method in METHODS:
         cfg = PCEConfig.from_args(method=method.name, P=4 if method.parallel else 1)
         assert (cfg.uses_sink, cfg.uses_selection, cfg.n_pieces) == (
-            method.uses_sink, method.uses_selection, 4 if method.parallel else 1)
+            method.uses_sink,
+            method.uses_selection,
+            4 if method.parallel else 1,
+        )
     assert PCEConfig.from_args(method="parallel").method == "naive"
 
 

@@ -1,5 +1,6 @@
 """The request builder on its own (no model): one validation for both marked-prompt request types, and the
 one ``encode_pair`` that the model and the PPL task share."""
+
 import importlib.util
 from pathlib import Path
 
@@ -34,8 +35,13 @@ def test_empty_or_whitespace_query_is_refused_by_both_request_types(tokenizer, t
     assert builder.generation(good).query and builder.loglikelihood(good, " Paris").continuation
 
 
-PAIRS = [("The capital of France is", " Paris"), ("The capital of France is ", "Paris"),
-         ("label: 0\n\nlabel:  ", " 2"), ("Answer:\n\n", "The quick brown fox."), ("", "Hello")]
+PAIRS = [
+    ("The capital of France is", " Paris"),
+    ("The capital of France is ", "Paris"),
+    ("label: 0\n\nlabel:  ", " 2"),
+    ("Answer:\n\n", "The quick brown fox."),
+    ("", "Hello"),
+]
 
 
 @pytest.mark.parametrize("context, continuation", PAIRS)
@@ -44,7 +50,7 @@ def test_encode_pair_is_hflm_encode_pair_without_special_tokens(tokenizer, conte
     both together after the context's own ids."""
     ctx_ids, cont_ids = encode_pair(tokenizer, context, continuation)
     stripped = context.rstrip()
-    moved = context[len(stripped):] + continuation
+    moved = context[len(stripped) :] + continuation
     assert ctx_ids == tokenizer.encode(stripped, add_special_tokens=False)
     assert ctx_ids + cont_ids == tokenizer.encode(stripped + moved, add_special_tokens=False)
     assert tokenizer.bos_token_id not in ctx_ids + cont_ids

@@ -1,6 +1,7 @@
 """Killed runs: --use_cache with parallel_hf (a run killed mid-way and restarted gives the results of an
 uninterrupted run, and two parallel configurations never share cache entries), and `sweep` killed at any point
 resumes to the results of an uninterrupted sweep."""
+
 import glob
 import json
 import os
@@ -14,9 +15,24 @@ from probe_task import write_probe_task
 
 
 def _cmd(model_dir, task_dir, out, cache=None, method="sel", limit=None):
-    cmd = [sys.executable, "-m", "lm_eval", "--model", "parallel_hf", "--model_args",
-           f"pretrained={model_dir},P=3,method={method},dtype=float32", "--device", "cpu", "--tasks", "pce_resume_probe",
-           "--include_path", str(task_dir), "--output_path", str(out), "--log_samples"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "lm_eval",
+        "--model",
+        "parallel_hf",
+        "--model_args",
+        f"pretrained={model_dir},P=3,method={method},dtype=float32",
+        "--device",
+        "cpu",
+        "--tasks",
+        "pce_resume_probe",
+        "--include_path",
+        str(task_dir),
+        "--output_path",
+        str(out),
+        "--log_samples",
+    ]
     return cmd + (["--use_cache", str(cache)] if cache else []) + (["--limit", str(limit)] if limit else [])
 
 
@@ -40,8 +56,12 @@ def test_killed_run_resumes_to_identical_results(tiny_llama_dir, tmp_path):
     task_dir = write_probe_task(tmp_path / "task", "pce_resume_probe", n_docs=30, n_items=6, max_gen_toks=24)
     cache = tmp_path / "cache" / "lm"
 
-    proc = subprocess.Popen(_cmd(tiny_llama_dir, task_dir, tmp_path / "killed", cache),
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    proc = subprocess.Popen(
+        _cmd(tiny_llama_dir, task_dir, tmp_path / "killed", cache),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
     deadline = time.time() + 300
     while _cached_rows(cache) < 5 and proc.poll() is None and time.time() < deadline:
         time.sleep(0.1)
@@ -50,15 +70,20 @@ def test_killed_run_resumes_to_identical_results(tiny_llama_dir, tmp_path):
     partial = _cached_rows(cache)
     assert 0 < partial < 30, f"kill came too late or too early: {partial} cached rows"
 
-    resumed = subprocess.run(_cmd(tiny_llama_dir, task_dir, tmp_path / "resumed", cache), capture_output=True, text=True)
+    resumed = subprocess.run(
+        _cmd(tiny_llama_dir, task_dir, tmp_path / "resumed", cache), capture_output=True, text=True
+    )
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     assert _cached_rows(cache) == 30
     fresh = subprocess.run(_cmd(tiny_llama_dir, task_dir, tmp_path / "fresh"), capture_output=True, text=True)
     assert fresh.returncode == 0, fresh.stderr[-2000:]
     assert _samples(tmp_path / "resumed") == _samples(tmp_path / "fresh")
 
-    other = subprocess.run(_cmd(tiny_llama_dir, task_dir, tmp_path / "naive", cache, method="naive", limit=3),
-                           capture_output=True, text=True)
+    other = subprocess.run(
+        _cmd(tiny_llama_dir, task_dir, tmp_path / "naive", cache, method="naive", limit=3),
+        capture_output=True,
+        text=True,
+    )
     assert other.returncode == 0, other.stderr[-2000:]
     assert len(glob.glob(f"{cache}*.db")) == 2  # its own cache file, not the sel entries
     assert _samples(tmp_path / "naive") != _samples(tmp_path / "fresh")[:3]
@@ -86,9 +111,23 @@ N_DOCS = 6
 
 
 def _sweep_args(model_dir, task_dir, out):
-    return ["--model_args", f"pretrained={model_dir},dtype=float32", "--tasks", "pce_sweep_probe", "--include_path",
-            str(task_dir), "--output_path", str(out), "--device", "cpu", "--P", "1,3", "--methods", "naive,sel",
-            "--log_samples"]
+    return [
+        "--model_args",
+        f"pretrained={model_dir},dtype=float32",
+        "--tasks",
+        "pce_sweep_probe",
+        "--include_path",
+        str(task_dir),
+        "--output_path",
+        str(out),
+        "--device",
+        "cpu",
+        "--P",
+        "1,3",
+        "--methods",
+        "naive,sel",
+        "--log_samples",
+    ]
 
 
 def _finished(out) -> list[str]:
@@ -160,8 +199,9 @@ def test_killed_sweep_resumes_to_the_results_of_an_uninterrupted_one(tiny_llama_
     # 3: while a samples file is half written (the results file of that configuration is already there)
     before = _finished(out)
     env = {**os.environ, "KILL_AT_SAMPLES_FILE": "1"}
-    writing = subprocess.run([sys.executable, "-c", _KILL_WHILE_WRITING, *command[4:]], env=env, check=False,
-                             capture_output=True, text=True)
+    writing = subprocess.run(
+        [sys.executable, "-c", _KILL_WHILE_WRITING, *command[4:]], env=env, check=False, capture_output=True, text=True
+    )
     if len(before) < 4:
         assert writing.returncode == -signal.SIGKILL, writing.stderr[-2000:]
         assert _finished(out) == before  # the half-written configuration is not taken as done

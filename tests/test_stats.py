@@ -4,6 +4,7 @@ Expected values come from closed forms computed here (Wilson, binomial tails, Ho
 properties a bootstrap must have (pairs kept together, a constant shift is always seen, same seed same
 interval, the normal-theory width for a large sample).
 """
+
 from __future__ import annotations
 
 import math
@@ -86,12 +87,16 @@ def test_perplexity_interval_keeps_a_documents_loglikelihood_and_tokens_together
 def test_macro_perplexity_is_the_mean_of_task_perplexities_resampled_within_each_task():
     tokens = np.array([100.0, 250.0, 40.0])
     # a constant loss per token in each task: every resample has the same per-task perplexities
-    fixed = stats.bootstrap_macro_perplexity([(-1.7 * tokens, tokens), (-0.5 * tokens[:2], tokens[:2])], n_resamples=500)
+    fixed = stats.bootstrap_macro_perplexity(
+        [(-1.7 * tokens, tokens), (-0.5 * tokens[:2], tokens[:2])], n_resamples=500
+    )
     assert fixed.estimate == pytest.approx((math.exp(1.7) + math.exp(0.5)) / 2)
     assert (fixed.low, fixed.high) == pytest.approx((fixed.estimate, fixed.estimate))
     # against a plain stratified bootstrap (numpy, many resamples): the percentiles agree to Monte Carlo error
-    tasks = [(-np.array([150.0, 320.0, 30.0, 500.0]), np.array([100.0, 200.0, 35.0, 300.0])),
-             (-np.array([80.0, 20.0, 60.0]), np.array([50.0, 30.0, 40.0]))]
+    tasks = [
+        (-np.array([150.0, 320.0, 30.0, 500.0]), np.array([100.0, 200.0, 35.0, 300.0])),
+        (-np.array([80.0, 20.0, 60.0]), np.array([50.0, 30.0, 40.0])),
+    ]
     got = stats.bootstrap_macro_perplexity(tasks, n_resamples=20000)
     rng = np.random.default_rng(7)
     draws = np.zeros(200_000)
@@ -187,15 +192,23 @@ def test_floor_flag_uses_the_lower_wilson_bound():
     chance = 1 / 6  # TREC coarse: six labels
     assert wilson_closed_form(5, 10)[0] > chance and not stats.is_floor(5, 10, chance)
     assert wilson_closed_form(3, 10)[0] <= chance and stats.is_floor(3, 10, chance)
-    assert stats.is_floor(0, 100, 0.0)                     # nothing right on an open-answer task
-    assert not stats.is_floor(1, 100, 0.0)                 # one answer is above zero chance
+    assert stats.is_floor(0, 100, 0.0)  # nothing right on an open-answer task
+    assert not stats.is_floor(1, 100, 0.0)  # one answer is above zero chance
     flags = stats.is_floor(np.array([5, 3, 30]), np.array([10, 10, 100]), chance)
     assert flags.tolist() == [False, True, False]
 
 
 def test_naive_only_correlation_with_its_fisher_interval():
-    points = [("naive", 1.0, 0.9), ("naive", 1.5, 0.7), ("naive", 2.1, 0.6), ("naive", 2.4, 0.2), ("naive", 3.0, 0.25),
-              ("sink", 1.1, 0.1), ("sink+sel", 1.2, 0.05), ("full", 0.9, 0.0)]
+    points = [
+        ("naive", 1.0, 0.9),
+        ("naive", 1.5, 0.7),
+        ("naive", 2.1, 0.6),
+        ("naive", 2.4, 0.2),
+        ("naive", 3.0, 0.25),
+        ("sink", 1.1, 0.1),
+        ("sink+sel", 1.2, 0.05),
+        ("full", 0.9, 0.0),
+    ]
     result = stats.naive_entropy_correlation(points)
     x = np.array([1.0, 1.5, 2.1, 2.4, 3.0])
     y = np.array([0.9, 0.7, 0.6, 0.2, 0.25])
@@ -207,5 +220,5 @@ def test_naive_only_correlation_with_its_fisher_interval():
     # pooling the other methods would give another r
     pooled = stats.pearson_interval([p[1] for p in points], [p[2] for p in points])
     assert abs(pooled.r - result.r) > 0.1
-    assert stats.naive_entropy_correlation(points[:2] + points[5:]) is None   # 2 naive points
+    assert stats.naive_entropy_correlation(points[:2] + points[5:]) is None  # 2 naive points
     assert stats.naive_entropy_correlation([("naive", e, 0.5) for e in (1, 2, 3)]) is None  # constant score

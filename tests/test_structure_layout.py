@@ -1,4 +1,5 @@
 """SPEC §1 (markers), §3 (pieces) and §6 (positions) as pure functions."""
+
 import pytest
 import torch
 
@@ -30,15 +31,18 @@ def test_preamble_is_kept_in_plain_prompt():
     assert plain_prompt(text) == "<|user|>\na b q"
 
 
-@pytest.mark.parametrize("bad, reason", [
-    ("\ue002a\ue002b", "exactly one query"),
-    ("\ue002a\ue003q\ue003r", "exactly one query"),
-    ("\ue000sink\ue002a\ue003q", "never closed"),
-    ("\ue002a\ue003q\ue002b", "query must come last"),
-    ("\ue002a\ue000s\ue001\ue003q", "sink must come first"),
-    ("\ue000s\ue001junk\ue002a\ue003q", "between the sink"),
-    ("\ue000s\ue001\ue003q", "first item marker"),
-])
+@pytest.mark.parametrize(
+    "bad, reason",
+    [
+        ("\ue002a\ue002b", "exactly one query"),
+        ("\ue002a\ue003q\ue003r", "exactly one query"),
+        ("\ue000sink\ue002a\ue003q", "never closed"),
+        ("\ue002a\ue003q\ue002b", "query must come last"),
+        ("\ue002a\ue000s\ue001\ue003q", "sink must come first"),
+        ("\ue000s\ue001junk\ue002a\ue003q", "between the sink"),
+        ("\ue000s\ue001\ue003q", "first item marker"),
+    ],
+)
 def test_malformed_markers_raise(bad, reason):
     with pytest.raises(ValueError, match=reason):
         split_prompt(bad)

@@ -1,5 +1,6 @@
 """`lm-eval-parallel sweep`: a 2 P x 2 method grid of pce_smoke on a tiny model in one process,
 resumed after a configuration is removed, then turned into a board."""
+
 import glob
 import json
 import os
@@ -16,8 +17,22 @@ def test_grid_runs_full_once():
 
 def test_sweep_writes_one_results_file_per_configuration_and_resumes(tiny_llama_dir, tmp_path, capsys):
     out = tmp_path / "sweep"
-    args = ["--model_args", f"pretrained={tiny_llama_dir},dtype=float32", "--P", "1,2", "--methods", "naive,sel",
-            "--tasks", "pce_smoke", "--output_path", str(out), "--device", "cpu", "--limit", "1"]
+    args = [
+        "--model_args",
+        f"pretrained={tiny_llama_dir},dtype=float32",
+        "--P",
+        "1,2",
+        "--methods",
+        "naive,sel",
+        "--tasks",
+        "pce_smoke",
+        "--output_path",
+        str(out),
+        "--device",
+        "cpu",
+        "--limit",
+        "1",
+    ]
     assert main_sweep(args) == 0
     folders = sorted(os.listdir(out))
     assert folders == ["P1_naive", "P1_sel", "P2_naive", "P2_sel"]
@@ -68,8 +83,16 @@ def _assert_equals_independent_run(results_path, model_dir):
     from lm_eval_parallel.model import ParallelHFLM
 
     lm = ParallelHFLM(pretrained=model_dir, dtype="float32", P=2, method="sel", device="cpu")
-    alone = simple_evaluate(model=lm, tasks=["pce_smoke"], limit=1, random_seed=0, numpy_random_seed=0,
-                            torch_random_seed=0, fewshot_random_seed=0, metadata={"pretrained": model_dir})
+    alone = simple_evaluate(
+        model=lm,
+        tasks=["pce_smoke"],
+        limit=1,
+        random_seed=0,
+        numpy_random_seed=0,
+        torch_random_seed=0,
+        fewshot_random_seed=0,
+        metadata={"pretrained": model_dir},
+    )
     swept = json.load(open(results_path))["results"]
     compared = 0
     for task, row in alone["results"].items():
@@ -89,8 +112,14 @@ def test_context_cache_keeps_what_comes_next_when_full():
     from lm_eval_parallel.kvstore import KVStore
 
     def context(value):
-        store = KVStore(1, torch.ones(1, 4, dtype=torch.bool), torch.zeros(1, 4, dtype=torch.long),
-                        torch.tensor([1]), torch.zeros(1, 1, 4, dtype=torch.long), 4)
+        store = KVStore(
+            1,
+            torch.ones(1, 4, dtype=torch.bool),
+            torch.zeros(1, 4, dtype=torch.long),
+            torch.tensor([1]),
+            torch.zeros(1, 1, 4, dtype=torch.long),
+            4,
+        )
         store.k[0] = torch.full((1, 1, 4, 2), float(value))
         store.v[0] = torch.full((1, 1, 4, 2), float(value))
         return EncodedContext(store, 4, 4.0)
@@ -130,10 +159,35 @@ def test_sweep_takes_every_lm_eval_run_flag_and_refuses_unknown_ones(capsys):
     assert options(_run_parser()) <= ours  # -C/--config, --apply_chat_template, --metadata, --seed, ... all of them
     assert ours - options(_run_parser()) == {"--P", "--methods", "--grid", "--context_cache_mb"}
     args = build_parser().parse_args(
-        ["--tasks", "a,b", "--apply_chat_template", "--fewshot_as_multiturn", "false", "--system_instruction", "Hi",
-         "--metadata", '{"pce_seed": 3}', "--seed", "1,2,3,4", "--cache_requests", "refresh", "--predict_only",
-         "--samples", '{"a": [0, 1]}', "--use_cache", "c", "--wandb_args", "project=p", "--hf_hub_log_args",
-         "hub_results_org=o", "--grid", "top_k=1,2", "--grid", "aggr=H"])
+        [
+            "--tasks",
+            "a,b",
+            "--apply_chat_template",
+            "--fewshot_as_multiturn",
+            "false",
+            "--system_instruction",
+            "Hi",
+            "--metadata",
+            '{"pce_seed": 3}',
+            "--seed",
+            "1,2,3,4",
+            "--cache_requests",
+            "refresh",
+            "--predict_only",
+            "--samples",
+            '{"a": [0, 1]}',
+            "--use_cache",
+            "c",
+            "--wandb_args",
+            "project=p",
+            "--hf_hub_log_args",
+            "hub_results_org=o",
+            "--grid",
+            "top_k=1,2",
+            "--grid",
+            "aggr=H",
+        ]
+    )
     assert args.tasks == ["a", "b"] and args.apply_chat_template is True and args.fewshot_as_multiturn is False
     assert args.metadata == {"pce_seed": 3} and args.seed == [1, 2, 3, 4] and args.samples == {"a": [0, 1]}
     assert args.cache_requests["rewrite_requests_cache"] and args.grid == ["top_k=1,2", "aggr=H"]
@@ -170,7 +224,8 @@ def test_bad_grid_values_give_the_message_of_the_same_model_arg(capsys, tmp_path
     assert _error(capsys, [*base, "--methods", "sel,nope"]) == _message(lambda: PCEConfig.from_args(method="nope"))
     assert _error(capsys, [*base, "--grid", "top_k=1,x"]) == _message(lambda: PCEConfig.from_args(top_k="x"))
     assert _error(capsys, [*base, "--grid", "split=sentence,lines"]) == _message(
-        lambda: PCEConfig.from_args(split="lines"))
+        lambda: PCEConfig.from_args(split="lines")
+    )
     assert "did you mean 'top_k'" in _error(capsys, [*base, "--grid", "top_kk=1"])
     assert "'dtype' is not a parallel_hf setting" in _error(capsys, [*base, "--grid", "dtype=float16"])
     assert "--P" in _error(capsys, [*base, "--grid", "P=2"])
@@ -183,8 +238,22 @@ def test_bad_grid_values_give_the_message_of_the_same_model_arg(capsys, tmp_path
 
 
 def test_unknown_task_is_lm_evals_tasks_not_found(capsys, tmp_path):
-    assert _error(capsys, ["--model_args", f"pretrained={tmp_path}", "--tasks", "nope_task", "--output_path",
-                           str(tmp_path), "--P", "2"]) == "Tasks not found: nope_task"
+    assert (
+        _error(
+            capsys,
+            [
+                "--model_args",
+                f"pretrained={tmp_path}",
+                "--tasks",
+                "nope_task",
+                "--output_path",
+                str(tmp_path),
+                "--P",
+                "2",
+            ],
+        )
+        == "Tasks not found: nope_task"
+    )
 
 
 def test_output_path_must_be_writable_before_any_compute(capsys, tmp_path):
@@ -215,10 +284,12 @@ def test_model_args_and_few_shot_are_checked_as_lm_eval_runs_check_them(capsys, 
     out = ["--output_path", str(tmp_path / "out")]
     missing = _message(lambda: check_model_args("parallel_hf", {"pretrained": "/nonexistent"}, "cpu"))
     assert _error(capsys, ["--model_args", "pretrained=/nonexistent", "--tasks", "nope_task", *out]) == missing
-    assert _error(capsys, ["--model_args", f"pretrained={tmp_path},dtype=float77", "--tasks", "nope_task", *out]
-                  ).startswith("dtype='float77' is not allowed")
+    assert _error(
+        capsys, ["--model_args", f"pretrained={tmp_path},dtype=float77", "--tasks", "nope_task", *out]
+    ).startswith("dtype='float77' is not allowed")
     assert "take no few-shot examples" in _error(
-        capsys, ["--model_args", f"pretrained={tmp_path}", "--tasks", "pce_smoke", "--num_fewshot", "2", *out])
+        capsys, ["--model_args", f"pretrained={tmp_path}", "--tasks", "pce_smoke", "--num_fewshot", "2", *out]
+    )
 
 
 def test_config_yaml_keys_are_checked(capsys, tmp_path):
@@ -238,8 +309,12 @@ def test_configurations_order_and_folder_names():
     assert len(names) == len(set(names)) == (1 + 2 * 2) * 4
     hashed = folder_value(r"regex:\n")
     assert hashed.startswith("sha-") and folder_value("sink+sel") == "sink+sel" and folder_value(1) == "1"
-    assert names[:4] == ["P1_full_top_k=1_split=tokens", f"P1_full_top_k=1_split={hashed}",
-                         "P1_full_top_k=3_split=tokens", f"P1_full_top_k=3_split={hashed}"]
+    assert names[:4] == [
+        "P1_full_top_k=1_split=tokens",
+        f"P1_full_top_k=1_split={hashed}",
+        "P1_full_top_k=3_split=tokens",
+        f"P1_full_top_k=3_split={hashed}",
+    ]
     # at one P, the methods that share encoded contexts run back to back for each combination of values
     assert [c.method for c in confs if c.P == 2][:4] == ["naive", "sel", "naive", "sel"]
     assert str(confs[4]) == "P=2 method=naive top_k=1 split=tokens"
@@ -279,12 +354,15 @@ def test_missing_logger_package_is_refused_before_anything_runs(capsys, tmp_path
     if importlib.util.find_spec("wandb") is not None:
         pytest.skip("wandb is installed")
     assert "--wandb_args needs the wandb package" in _error(
-        capsys, ["--tasks", "x", "--output_path", str(tmp_path), "--wandb_args", "project=p"])
+        capsys, ["--tasks", "x", "--output_path", str(tmp_path), "--wandb_args", "project=p"]
+    )
 
 
 # ---------------------------------------------------------------- a whole sweep from YAML, with a chat template
-CHAT_TEMPLATE = ("{% for m in messages %}<|{{ m['role'] }}|>{{ m['content'] }}<|end|>\n{% endfor %}"
-                 "{% if add_generation_prompt %}<|assistant|>{% endif %}")
+CHAT_TEMPLATE = (
+    "{% for m in messages %}<|{{ m['role'] }}|>{{ m['content'] }}<|end|>\n{% endfor %}"
+    "{% if add_generation_prompt %}<|assistant|>{% endif %}"
+)
 
 
 def test_sweep_from_yaml_with_a_grid_and_a_chat_template(tiny_llama_dir, tmp_path, capsys):
@@ -308,7 +386,8 @@ def test_sweep_from_yaml_with_a_grid_and_a_chat_template(tiny_llama_dir, tmp_pat
     sweep_yaml.write_text(
         f"model_args: {{pretrained: {model_dir}, dtype: float32}}\ntasks: [pce_chat_probe]\n"
         f"include_path: {task_dir}\noutput_path: {out}\nP: [4]\nmethods: sel\ngrid: {{top_k: [1, 3]}}\n"
-        "limit: 3\nlog_samples: true\napply_chat_template: true\nsystem_instruction: Answer briefly.\n")
+        "limit: 3\nlog_samples: true\napply_chat_template: true\nsystem_instruction: Answer briefly.\n"
+    )
     cache = tmp_path / "cache" / "lm"
     flags = ["--limit", "2", "--seed", "5", "--use_cache", str(cache)]
     assert main_sweep(["--config", str(sweep_yaml), *flags]) == 0  # the flag's limit wins over the YAML's
@@ -334,8 +413,10 @@ def test_sweep_from_yaml_with_a_grid_and_a_chat_template(tiny_llama_dir, tmp_pat
             assert prompt.endswith("<|assistant|>")
         boards.extend(read_results_file(results))
     # the board reads the grid value from the recorded model_args (dtype: a model_arg that changes scores)
-    assert {(r.method, r.P, r.config) for r in boards} == {("sel", 4, "dtype=float32,top_k=1"),
-                                                           ("sel", 4, "dtype=float32,top_k=3")}
+    assert {(r.method, r.P, r.config) for r in boards} == {
+        ("sel", 4, "dtype=float32,top_k=1"),
+        ("sel", 4, "dtype=float32,top_k=3"),
+    }
     capsys.readouterr()
     assert main_sweep(["--config", str(sweep_yaml), *flags]) == 0
     assert capsys.readouterr().out.count("already in") == 2

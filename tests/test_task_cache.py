@@ -1,6 +1,7 @@
 """The document cache of the pce tasks: a second build reads its documents instead of tokenising, and a
 change of any input that shapes them (task, length, seed, n_samples, fit, data files, word lists,
 tokenizer, builder code) builds them again. Offline, tiny tokenizers, local data written per test."""
+
 from __future__ import annotations
 
 import importlib.util
@@ -101,8 +102,10 @@ MISSES = {
     "tokenizer": ("pce_ruler_mv_1k", lambda e, m, o: {"pretrained": o}),
     "essay file": ("pce_ruler_mv_1k", lambda e, m, o: _edit(e / "data" / "essays" / "a.txt", at_start=True) or {}),
     "word lists": ("pce_ruler_mk2_1k", lambda e, m, o: _other_words(m) or {}),
-    "icl data file": ("pce_icl_banking77_4k", lambda e, m, o: _edit(e / "data" / "icl" / "banking77" / "train.csv",
-                                                                  '"one more row",refund\n') or {}),
+    "icl data file": (
+        "pce_icl_banking77_4k",
+        lambda e, m, o: _edit(e / "data" / "icl" / "banking77" / "train.csv", '"one more row",refund\n') or {},
+    ),
     "rag data file": ("pce_rag_nq_4k", lambda e, m, o: _touch(e / "data" / "rag" / "nq-open-oracle.jsonl.gz") or {}),
     "ppl text file": ("pce_ppl_pg19_1k", lambda e, m, o: _edit(e / "data" / "ppl" / "pg19" / "book.txt") or {}),
     "fit": ("pce_icl_banking77_4k", lambda e, m, o: {"pce_fit": False}),

@@ -1,5 +1,6 @@
 """Bad task input, as a new user meets it: every failure is one line naming the key or the file (and the
 line), and what was expected; metadata is checked before any data or tokenizer is touched."""
+
 from __future__ import annotations
 
 import gzip
@@ -32,9 +33,12 @@ def one_line(exc_info) -> str:
 def test_empty_label_cell_names_file_line_and_column(data):
     path = data / "icl" / "banking77" / "train.csv"
     path.write_text('text,category\n"a question",refund\n"another one",\n')
-    with pytest.raises(C.PceDataError, match=r"banking77/train\.csv, line 3: column 'category' is empty; "
-                                             r"expected a CSV file with a header and the non-empty columns text, "
-                                             r"category") as err:
+    with pytest.raises(
+        C.PceDataError,
+        match=r"banking77/train\.csv, line 3: column 'category' is empty; "
+        r"expected a CSV file with a header and the non-empty columns text, "
+        r"category",
+    ) as err:
         ICL.load_icl(pce_dataset="banking77", pce_length="4k")
     one_line(err)
 
@@ -51,8 +55,11 @@ def test_label_column_missing_or_no_rows(data):
 
 def test_unknown_category_names_the_categories_file(data):
     (data / "icl" / "banking77" / "test.csv").write_text("text,category\nx,refund\ny,no_such_label\n")
-    with pytest.raises(C.PceDataError, match=r"test\.csv, row 2: category 'no_such_label' is not one of the 3 "
-                                             r"names in .*categories\.json"):
+    with pytest.raises(
+        C.PceDataError,
+        match=r"test\.csv, row 2: category 'no_such_label' is not one of the 3 "
+        r"names in .*categories\.json",
+    ):
         ICL.load_icl(pce_dataset="banking77", pce_length="4k")
 
 
@@ -76,18 +83,23 @@ BAD_METADATA = [
 ]
 
 
-@pytest.mark.parametrize("bad,message", BAD_METADATA, ids=[next(iter(b)) + "=" + str(next(iter(b.values())))
-                                                           for b, _ in BAD_METADATA])
+@pytest.mark.parametrize(
+    "bad,message", BAD_METADATA, ids=[next(iter(b)) + "=" + str(next(iter(b.values()))) for b, _ in BAD_METADATA]
+)
 def test_metadata_is_checked_before_anything_is_read(tmp_path, monkeypatch, bad, message):
     """Values are checked like model_args, before data or tokenizer: the model path here does not exist."""
     monkeypatch.setenv("PCE_DATA_DIR", str(tmp_path))  # empty: reading any data file would fail differently
     common = {"pretrained": str(tmp_path / "no_model")}
-    loaders = [lambda **kw: SYN.load_ruler(pce_variant="mk2", pce_length="1k", **kw),
-               lambda **kw: SYN.load_json_kv(pce_length="1k", **kw)]
+    loaders = [
+        lambda **kw: SYN.load_ruler(pce_variant="mk2", pce_length="1k", **kw),
+        lambda **kw: SYN.load_json_kv(pce_length="1k", **kw),
+    ]
     if "pce_source" not in bad:  # a key of RULER / JSON-KV only: the other families ignore it
-        loaders += [lambda **kw: PPL.load_ppl(pce_dataset="pg19", pce_length="1k", **kw),
-                    lambda **kw: ICL.load_icl(pce_dataset="nlu", pce_length="4k", **kw),
-                    lambda **kw: RAG.load_rag(pce_dataset="nq", pce_length="4k", **kw)]
+        loaders += [
+            lambda **kw: PPL.load_ppl(pce_dataset="pg19", pce_length="1k", **kw),
+            lambda **kw: ICL.load_icl(pce_dataset="nlu", pce_length="4k", **kw),
+            lambda **kw: RAG.load_rag(pce_dataset="nq", pce_length="4k", **kw),
+        ]
     for load in loaders:
         with pytest.raises(C.PceDataError, match=message) as err:
             load(**common, **bad)
@@ -98,8 +110,11 @@ def test_metadata_from_lm_eval_reaches_the_check(tmp_path):
     """``--metadata '{"pce_seed": "abc"}'`` arrives through lm-eval's TaskManager as a keyword of the loader."""
     from lm_eval.tasks import TaskManager
 
-    tm = TaskManager(include_path=TASKS_DIR, include_defaults=False,
-                     metadata={"pce_seed": "abc", "pretrained": str(tmp_path / "no_model")})
+    tm = TaskManager(
+        include_path=TASKS_DIR,
+        include_defaults=False,
+        metadata={"pce_seed": "abc", "pretrained": str(tmp_path / "no_model")},
+    )
     with pytest.raises(C.PceDataError, match=r"pce_seed='abc' must be an integer"):
         tm.load(["pce_json_kv_1k"])
 
@@ -110,29 +125,69 @@ def _cut_gzip(text: str) -> bytes:
 
 
 def _kilt(rows: int) -> str:
-    return "".join(json.dumps({"question": f"q{i}", "answers": ["a"], "depth": 0.0,
-                               "ctxs": [{"title": "t", "text": "x"}] * 20}) + "\n" for i in range(rows))
+    return "".join(
+        json.dumps({"question": f"q{i}", "answers": ["a"], "depth": 0.0, "ctxs": [{"title": "t", "text": "x"}] * 20})
+        + "\n"
+        for i in range(rows)
+    )
 
 
 BAD_FILES = [
     ("icl/banking77/test.csv", "", "icl", r"banking77/test\.csv: the file is empty; expected a CSV file"),
-    ("icl/banking77/categories.json", '["card_lost", "top_', "icl",
-     (r"categories\.json, line 1 column 15: not valid JSON \(Unterminated string .*truncated file\?\); "
-     r"expected a JSON list of label names")),
+    (
+        "icl/banking77/categories.json",
+        '["card_lost", "top_',
+        "icl",
+        (
+            r"categories\.json, line 1 column 15: not valid JSON \(Unterminated string .*truncated file\?\); "
+            r"expected a JSON list of label names"
+        ),
+    ),
     ("icl/banking77/categories.json", "{}", "icl", r"categories\.json: not a JSON list of label names"),
-    ("icl/trec/TREC_10.label", "DESC:manner how so?\nno label here\n", "trec",
-     r"TREC_10\.label, line 2: 'no label here' is not one '<COARSE:fine> <question>' per line"),
+    (
+        "icl/trec/TREC_10.label",
+        "DESC:manner how so?\nno label here\n",
+        "trec",
+        r"TREC_10\.label, line 2: 'no label here' is not one '<COARSE:fine> <question>' per line",
+    ),
     ("icl/trec/train_5500.label", "\n\n", "trec", r"train_5500\.label: the file is empty"),
-    ("rag/nq-open-oracle.jsonl.gz", gzip.compress(b""), "nq", (r"nq-open-oracle\.jsonl\.gz: the file has no rows; "
-     r"expected one JSON object per line with \"question\", \"answers\" and \"ctxs\"")),
-    ("rag/nq-open-oracle.jsonl.gz", _cut_gzip(_kilt(40)), "nq", (r"nq-open-oracle\.jsonl\.gz, line \d+: "
-     r"(unreadable \(EOFError|not valid JSON).*truncated file\?")),
+    (
+        "rag/nq-open-oracle.jsonl.gz",
+        gzip.compress(b""),
+        "nq",
+        (
+            r"nq-open-oracle\.jsonl\.gz: the file has no rows; "
+            r"expected one JSON object per line with \"question\", \"answers\" and \"ctxs\""
+        ),
+    ),
+    (
+        "rag/nq-open-oracle.jsonl.gz",
+        _cut_gzip(_kilt(40)),
+        "nq",
+        (
+            r"nq-open-oracle\.jsonl\.gz, line \d+: "
+            r"(unreadable \(EOFError|not valid JSON).*truncated file\?"
+        ),
+    ),
     ("rag/hotpotqa_dev_200.jsonl", _kilt(3)[:-40], "hotpotqa", r"hotpotqa_dev_200\.jsonl, line 3: not valid JSON"),
-    ("rag/hotpotqa_dev_200.jsonl", "[1, 2]\n", "hotpotqa", (r"hotpotqa_dev_200\.jsonl, line 1: a JSON list; "
-     r"expected one JSON object per line")),
-    ("helmet/data/kilt/triviaqa-dev-multikilt_1000_k20_dep6.jsonl", _kilt(2)[:-10], "triviaqa",
-     (r"triviaqa-dev-multikilt_1000_k20_dep6\.jsonl, line 2: not valid JSON .*expected one JSON object per line "
-     r"with \"question\", \"answers\", \"ctxs\"")),
+    (
+        "rag/hotpotqa_dev_200.jsonl",
+        "[1, 2]\n",
+        "hotpotqa",
+        (
+            r"hotpotqa_dev_200\.jsonl, line 1: a JSON list; "
+            r"expected one JSON object per line"
+        ),
+    ),
+    (
+        "helmet/data/kilt/triviaqa-dev-multikilt_1000_k20_dep6.jsonl",
+        _kilt(2)[:-10],
+        "triviaqa",
+        (
+            r"triviaqa-dev-multikilt_1000_k20_dep6\.jsonl, line 2: not valid JSON .*expected one JSON object per line "
+            r"with \"question\", \"answers\", \"ctxs\""
+        ),
+    ),
     ("ppl/pg19/book.txt", "", "pg19", r"pg19/book\.txt: the file is empty; expected the text of one document"),
     ("essays/a.txt", " \n", "mv", r"essays/a\.txt: the file is empty; expected the text of one essay"),
 ]
@@ -154,8 +209,9 @@ def tiny(tmp_path_factory):
     return save_tiny(str(tmp_path_factory.mktemp("tiny") / "llama"))
 
 
-@pytest.mark.parametrize("rel,content,loader,message", BAD_FILES,
-                         ids=[f"{r}:{i}" for i, (r, *_) in enumerate(BAD_FILES)])
+@pytest.mark.parametrize(
+    "rel,content,loader,message", BAD_FILES, ids=[f"{r}:{i}" for i, (r, *_) in enumerate(BAD_FILES)]
+)
 def test_empty_or_truncated_file_names_file_line_and_expectation(data, tiny, rel, content, loader, message):
     path = data / rel
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -175,8 +231,11 @@ def test_no_documents_names_the_task():
 
 def test_data_dir_that_is_not_a_folder_says_how_to_set_it(tmp_path, monkeypatch):
     monkeypatch.setenv("PCE_DATA_DIR", str(tmp_path / "nowhere"))
-    with pytest.raises(C.PceDataError, match=r"PCE_DATA_DIR='.*nowhere' is not a folder; set it to the folder that "
-                                             r"holds the icl/, rag/, essays/, ppl/ or helmet/ data \(export "
-                                             r"PCE_DATA_DIR=/path/to/data\), or unset it") as err:
+    with pytest.raises(
+        C.PceDataError,
+        match=r"PCE_DATA_DIR='.*nowhere' is not a folder; set it to the folder that "
+        r"holds the icl/, rag/, essays/, ppl/ or helmet/ data \(export "
+        r"PCE_DATA_DIR=/path/to/data\), or unset it",
+    ) as err:
         ICL.load_icl(pce_dataset="banking77", pce_length="4k")
     one_line(err)

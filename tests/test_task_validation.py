@@ -1,5 +1,6 @@
 """Every pce task and group passes lm-eval's task validation (``lm_eval validate`` of 0.4.13 and the checks
 lm-eval makes when it loads a task), from the configs alone: no document is built."""
+
 from __future__ import annotations
 
 import importlib.util
@@ -43,8 +44,11 @@ def test_lm_eval_validate_command_finds_every_pce_name(monkeypatch, capsys):
     from lm_eval._cli.validate import Validate
 
     manager = lm_eval.tasks.TaskManager
-    monkeypatch.setattr(lm_eval.tasks, "TaskManager",
-                        lambda include_path=None: manager(include_path=include_path, include_defaults=False))
+    monkeypatch.setattr(
+        lm_eval.tasks,
+        "TaskManager",
+        lambda include_path=None: manager(include_path=include_path, include_defaults=False),
+    )
     command = Validate(argparse.ArgumentParser().add_subparsers())
     names = _names(Path(TASKS_DIR))
     assert len(names) == len(set(names)) > 140
@@ -78,29 +82,43 @@ def test_validation_names_each_kind_of_fault(tmp_path):
     shutil.copytree(TASKS_DIR, root, ignore=shutil.ignore_patterns("__pycache__"))
     no_score = [{"metric": m, "aggregation": "mean", "higher_is_better": True} for m in ("subem", "attn_entropy")]
     _edit(root / "rag" / "pce_rag_nq_8k.yaml", lambda t: t.update(metric_list=no_score))  # process_results has it
-    _edit(root / "groups" / "pce_all_8k.yaml",
-          lambda g: g["aggregate_metric_list"].append({"metric": "score", "aggregation": "mean"}))
+    _edit(
+        root / "groups" / "pce_all_8k.yaml",
+        lambda g: g["aggregate_metric_list"].append({"metric": "score", "aggregation": "mean"}),
+    )
     _edit(root / "groups" / "pce_icl_4k.yaml", lambda g: g["task"].append("pce_icl_nope_4k"))
     _edit(root / "icl" / "pce_icl_nlu_4k.yaml", lambda t: t.pop("tag"))
     _edit(root / "rag" / "pce_rag_nq_4k.yaml", lambda t: t.update(fewshot_splt="train"))
-    _edit(root / "synthetic" / "pce_json_kv_4k.yaml",
-          lambda t: t.update(generation_kwargs={"max_gen_toks": 100, "do_sample": False}))
-    _edit(root / "synthetic" / "pce_ruler_mk2_8k.yaml", lambda t: t.update(
-        metric_list=[{"metric": m, "aggregation": "avg", "higher_is_better": True}
-                     for m in ("ruler_recall", "score", "attn_entropy")]))
+    _edit(
+        root / "synthetic" / "pce_json_kv_4k.yaml",
+        lambda t: t.update(generation_kwargs={"max_gen_toks": 100, "do_sample": False}),
+    )
+    _edit(
+        root / "synthetic" / "pce_ruler_mk2_8k.yaml",
+        lambda t: t.update(
+            metric_list=[
+                {"metric": m, "aggregation": "avg", "higher_is_better": True}
+                for m in ("ruler_recall", "score", "attn_entropy")
+            ]
+        ),
+    )
     (root / "synthetic" / "pce_ruler_mv_8k.yaml").write_text("task: pce_ruler_mv_8k\ninclude: [unclosed\n")
     _edit(root / "synthetic" / "pce_ruler_mk3_8k.yaml", lambda t: t.update(include="_nope_template_yaml"))
 
     problems = _validator().validate(root)
     expected = [
-        ("pce_rag_nq_8k: process_results reports ['attn_entropy', 'score', 'subem'], "
-         "metric_list has ['attn_entropy', 'subem']"),
+        (
+            "pce_rag_nq_8k: process_results reports ['attn_entropy', 'score', 'subem'], "
+            "metric_list has ['attn_entropy', 'subem']"
+        ),
         "pce_rag_8k: averages 'score', which pce_rag_nq_8k do not report",
         "pce_all_8k: averages 'score' over tasks where it is higher-is-better and tasks where it is lower-is-better",
         "pce_icl_4k: members not indexed: pce_icl_nope_4k",
         "pce_icl_nlu_4k: tags []; a 4k task carries the tag 'longcxt'",
-        ("pce_rag_nq_4k: lm-eval's TaskConfig refuses it: TaskConfig.__init__() got an unexpected keyword "
-         "argument 'fewshot_splt'"),
+        (
+            "pce_rag_nq_4k: lm-eval's TaskConfig refuses it: TaskConfig.__init__() got an unexpected keyword "
+            "argument 'fewshot_splt'"
+        ),
         "pce_json_kv_4k: lm-eval warns: pce_json_kv_4k: No `until` specified in `generation_kwargs`!",
         "pce_ruler_mk2_8k: metric 'ruler_recall' has no registered aggregation ('avg')",
         "synthetic/pce_ruler_mv_8k.yaml: lm-eval cannot load it and skips it: while parsing a flow sequence",

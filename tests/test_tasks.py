@@ -2,6 +2,7 @@
 
 Everything here is offline. Tests that read ``../shared/data`` skip cleanly when it is absent.
 """
+
 from __future__ import annotations
 
 import importlib.util
@@ -101,7 +102,7 @@ def test_normalize_and_subem_edge_cases():
     assert C.normalize_answer("The  Eiffel-Tower!") == "eiffeltower"
     assert C.normalize_answer("an apple, a pear") == "apple pear"
     assert C.substring_exact_match("Answer: the Beatles.", ["Beatles"]) == 1.0
-    assert C.substring_exact_match("Paris", ["London", "paris"]) == 1.0       # max over gold answers
+    assert C.substring_exact_match("Paris", ["London", "paris"]) == 1.0  # max over gold answers
     assert C.substring_exact_match("Paris", [["London"], ["Rome", "PARIS"]]) == 1.0  # nested lists
     assert C.substring_exact_match("Lyon", ["Paris"]) == 0.0
     assert C.exact_match("The Paris.", ["paris"]) == 1.0
@@ -110,9 +111,9 @@ def test_normalize_and_subem_edge_cases():
 
 def test_parse_output_and_full_vs_parsed():
     assert C.parse_output("Answer: Paris\nQuestion: x", "Answer:") == "Paris"
-    assert C.parse_output("blah\nmore", "Answer:") == "blah"              # fallback: first line
+    assert C.parse_output("blah\nmore", "Answer:") == "blah"  # fallback: first line
     assert C.parse_output("label: 12\nlabel: 3", "label:") == "12"
-    assert C.parse_output("LABEL:7", "label:") == "7"                    # case-insensitive
+    assert C.parse_output("LABEL:7", "label:") == "7"  # case-insensitive
     # full output wins when the gold answer is on a later line
     assert C.subem_full_or_parsed("Answer: no idea\nIt is Paris", ["Paris"], "Answer:") == 1.0
     # parsed line wins where normalisation of the full output would merge tokens? both are maxed
@@ -125,7 +126,7 @@ def test_icl_and_rag_and_ruler_process_results():
     doc = {"answers": ["12"]}
     assert ICL.process_results(doc, [" 12\n\nthe rest"])["exact_match"] == 1.0
     assert ICL.process_results(doc, [" 123"])["exact_match"] == 0.0
-    assert ICL.process_results(doc, [" 12."])["exact_match"] == 1.0     # punctuation is normalised away
+    assert ICL.process_results(doc, [" 12."])["exact_match"] == 1.0  # punctuation is normalised away
     out = RAG.process_results({"answers": ["Paris", "City of Light"]}, [GenerationResult(" the city of light", 1.25)])
     assert out["subem"] == 1.0 and out["attn_entropy"] == 1.25
     assert math.isnan(RAG.process_results({"answers": ["x"]}, [" y"])["attn_entropy"])
@@ -141,8 +142,10 @@ def test_ppl_process_results_weights():
     from lm_eval_parallel.response import LoglikelihoodResult
 
     docs = [{"n_tokens": 10, "n_bytes": 40}, {"n_tokens": 30, "n_bytes": 100}]
-    res = [PPL.process_results(docs[0], [LoglikelihoodResult(-20.0, False, 2.0)]),
-           PPL.process_results(docs[1], [(-30.0, False)])]
+    res = [
+        PPL.process_results(docs[0], [LoglikelihoodResult(-20.0, False, 2.0)]),
+        PPL.process_results(docs[1], [(-30.0, False)]),
+    ]
     assert res[0]["attn_entropy"] == 2.0 and math.isnan(res[1]["attn_entropy"])
     assert weighted_perplexity([r["perplexity"] for r in res]) == pytest.approx(math.exp(50 / 40))
     assert bits_per_byte([r["bits_per_byte"] for r in res]) == pytest.approx(50 / 140 / math.log(2))
@@ -152,11 +155,11 @@ def test_ppl_process_results_weights():
 # --------------------------------------------------------------------------- synthetic (generated, no data)
 RULER_Q = {
     "mk2": "\n\nA special magic number is hidden within the above text. "
-           "The special magic number for {k} mentioned in the provided text is",
+    "The special magic number for {k} mentioned in the provided text is",
     "mk3": "\n\nA special magic uuid is hidden within the above text. "
-           "The special magic uuid for {k} mentioned in the provided text is",
+    "The special magic uuid for {k} mentioned in the provided text is",
     "mv": "\n\nSome special magic numbers are hidden within the above text. "
-          "The special magic numbers for {k} mentioned in the provided text are",
+    "The special magic numbers for {k} mentioned in the provided text are",
 }
 
 
@@ -188,8 +191,10 @@ def test_json_kv_generated_prompt(tiny, no_data):
     plain = plain_prompt(SYN.doc_to_text(doc))
     assert all(it.startswith('    "') and it.endswith('",\n') for it in doc["items"])
     assert f'    "{doc["key"]}": "{doc["answers"][0]}",\n' in doc["items"]
-    assert plain.endswith("}\n\nExtract the value corresponding to the specified key in the JSON object above.\n\n"
-                          f"Key: {doc['key']}\nCorresponding value:")
+    assert plain.endswith(
+        "}\n\nExtract the value corresponding to the specified key in the JSON object above.\n\n"
+        f"Key: {doc['key']}\nCorresponding value:"
+    )
 
 
 def test_generated_docs_are_deterministic(tiny, no_data, monkeypatch):
@@ -198,8 +203,9 @@ def test_generated_docs_are_deterministic(tiny, no_data, monkeypatch):
     a = SYN.load_ruler(pce_variant="mk2", pce_length="1k", pce_n_samples=3, pretrained=tiny)["test"].to_list()
     C.clear_memory_cache()
     b = SYN.load_ruler(pce_variant="mk2", pce_length="1k", pce_n_samples=3, pretrained=tiny)["test"].to_list()
-    c = SYN.load_ruler(pce_variant="mk2", pce_length="1k", pce_n_samples=3, pce_seed=7,
-                       pretrained=tiny)["test"].to_list()
+    c = SYN.load_ruler(pce_variant="mk2", pce_length="1k", pce_n_samples=3, pce_seed=7, pretrained=tiny)[
+        "test"
+    ].to_list()
     assert repr(a) == repr(b) and repr(a) != repr(c)
     k1 = SYN.load_json_kv(pce_length="1k", pce_n_samples=2, pretrained=tiny)["test"].to_list()
     C.clear_memory_cache()
@@ -237,8 +243,11 @@ def test_corrupt_or_misplaced_local_data_is_named(tmp_path, monkeypatch, tiny):
     (tmp_path / "rag").mkdir()
     (tmp_path / "rag" / "nq-open-oracle.jsonl.gz").write_bytes(gzip.compress(b'{"question": "q"')[:-6])
     monkeypatch.setenv("PCE_DATA_DIR", str(tmp_path))
-    with pytest.raises(C.PceDataError, match=r"banking77/categories.json, line 1 column 2: not valid JSON .*"
-                                             r"expected a JSON list of label names"):
+    with pytest.raises(
+        C.PceDataError,
+        match=r"banking77/categories.json, line 1 column 2: not valid JSON .*"
+        r"expected a JSON list of label names",
+    ):
         ICL.load_icl(pce_dataset="banking77", pce_length="4k")
     with pytest.raises(C.PceDataError, match=r"nq-open-oracle.jsonl.gz, line 1: unreadable .*truncated file"):
         RAG.load_rag(pce_dataset="nq", pce_length="4k")
@@ -258,7 +267,7 @@ def test_icl_balanced_rounds_and_permutation():
         texts = [it.split("\n")[0] for it in doc["items"]]
         labels_of_text = [int(t[1]) for t in texts]
         for r in range(2):  # full rounds hold every label once
-            assert sorted(labels_of_text[3 * r:3 * r + 3]) == [0, 1, 2]
+            assert sorted(labels_of_text[3 * r : 3 * r + 3]) == [0, 1, 2]
         shown = {t: int(it.split("label: ")[1]) for t, it in zip(texts, doc["items"])}
         mapping = {int(t[1]): v for t, v in shown.items()}
         assert sorted(mapping.values()) == [0, 1, 2]
@@ -277,7 +286,8 @@ def test_icl_local_prompt(shared_data, dataset):
     text = doc["query"].split("\n\n", 1)[1].rsplit("\nlabel:", 1)[0]
     assert plain == "".join(doc["items"]) + (
         'Use the provided mapping from the text to label to assign a label to the text. Only output "label: {label}" '
-        f"and nothing else.\n\n{text}\nlabel:")
+        f"and nothing else.\n\n{text}\nlabel:"
+    )
     assert all(it.count("\nlabel: ") == 1 and it.endswith("\n\n") for it in doc["items"])
 
 
@@ -300,7 +310,8 @@ def test_rag_local_prompt(shared_data, dataset, k):
     plain = plain_prompt(RAG.doc_to_text(doc))
     assert plain == "".join(doc["items"]) + (
         "Use the given documents to write a concise and short answer to the question. Write your answer in the "
-        f"following format:\nAnswer: [answer]\n\nQuestion: {doc['question']}\nAnswer:")
+        f"following format:\nAnswer: [answer]\n\nQuestion: {doc['question']}\nAnswer:"
+    )
     assert doc["answers"]
 
 
@@ -327,8 +338,16 @@ def _evaluate(tasks, tiny, limit=None, **kwargs):
 
     # simple_evaluate merges model_args into the task metadata only for the TaskManager it makes itself
     tm = TaskManager(include_path=TASKS_DIR, include_defaults=False, metadata={"pretrained": tiny})
-    return simple_evaluate(model="hf", model_args=f"pretrained={tiny},dtype=float32", tasks=tasks, task_manager=tm,
-                           limit=limit, device="cpu", batch_size=1, **kwargs)
+    return simple_evaluate(
+        model="hf",
+        model_args=f"pretrained={tiny},dtype=float32",
+        tasks=tasks,
+        task_manager=tm,
+        limit=limit,
+        device="cpu",
+        batch_size=1,
+        **kwargs,
+    )
 
 
 def test_evaluate_generated_tasks_hf(tiny, no_data):
@@ -380,14 +399,22 @@ def test_helmet_files_lookup_and_clear_error(tmp_path, monkeypatch):
         raise OSError("no network")
 
     monkeypatch.setattr(C, "_stream_extract", offline)
-    with pytest.raises(C.PceDataError,
-                       match=r"HELMET file .*triviaqa.*download https://huggingface.co/datasets/princeton-nlp/HELMET"):
+    with pytest.raises(
+        C.PceDataError, match=r"HELMET file .*triviaqa.*download https://huggingface.co/datasets/princeton-nlp/HELMET"
+    ):
         RAG.load_rag(pce_dataset="triviaqa", pce_length="4k")
     # an unpacked copy under $PCE_DATA_DIR/helmet is used as is
     import json
 
-    rows = [{"question": f"q{i}", "answers": [f"a{i}", f"b{i}"], "depth": 0.2,
-             "ctxs": [{"title": f"T{j}", "text": f"text {j}"} for j in range(20)]} for i in range(5)]
+    rows = [
+        {
+            "question": f"q{i}",
+            "answers": [f"a{i}", f"b{i}"],
+            "depth": 0.2,
+            "ctxs": [{"title": f"T{j}", "text": f"text {j}"} for j in range(20)],
+        }
+        for i in range(5)
+    ]
     path = tmp_path / "data" / "helmet" / member
     path.parent.mkdir(parents=True)
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
@@ -402,11 +429,16 @@ def test_popqa_filter():
     assert RAG.popqa_keep({"s_pop": 999}) and not RAG.popqa_keep({"s_pop": 1000})
 
 
-@pytest.mark.parametrize("dataset,field,test_split", [("trec_coarse", "coarse_label", "test"),
-                                                      ("trec_fine", "fine_label", "test"),
-                                                      ("banking77", "label", "test"),
-                                                      ("clinc150", "intent", "validation"),
-                                                      ("nlu", "label", None)])
+@pytest.mark.parametrize(
+    "dataset,field,test_split",
+    [
+        ("trec_coarse", "coarse_label", "test"),
+        ("trec_fine", "fine_label", "test"),
+        ("banking77", "label", "test"),
+        ("clinc150", "intent", "validation"),
+        ("nlu", "label", None),
+    ],
+)
 def test_icl_online_sources_read_the_fields_helmet_reads(monkeypatch, dataset, field, test_split):
     """The HF datasets of HF_SOURCES, without a network: a stand-in load_dataset with their columns."""
     import datasets
@@ -414,6 +446,7 @@ def test_icl_online_sources_read_the_fields_helmet_reads(monkeypatch, dataset, f
     def fake(repo, config=None, revision=None):
         assert (repo, config, revision) == ICL.HF_SOURCES[dataset]
         features = datasets.Features({"text": datasets.Value("string"), field: datasets.ClassLabel(num_classes=4)})
+
         def rows(n, offset):
             data = {"text": [f"t{offset + i}" for i in range(n)], field: [i % 4 for i in range(n)]}
             return datasets.Dataset.from_dict(data, features=features)

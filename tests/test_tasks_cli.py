@@ -2,6 +2,7 @@
 
 Each ``lm_eval`` CLI call costs ~20 s of task indexing, so there is exactly one here.
 """
+
 from __future__ import annotations
 
 import glob
@@ -46,16 +47,30 @@ def tiny(tmp_path_factory):
 def test_cli_pce_smoke_parallel_hf(tiny, tmp_path):
     env = {k: v for k, v in os.environ.items() if k != "PCE_DATA_DIR"}  # the smoke suite needs no data
     out = tmp_path / "out"
-    cmd = [sys.executable, "-m", "lm_eval", "--model", "parallel_hf",
-           "--model_args", f"pretrained={tiny},P=4,method=sink+sel",
-           "--tasks", "pce_smoke", "--output_path", str(out)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "lm_eval",
+        "--model",
+        "parallel_hf",
+        "--model_args",
+        f"pretrained={tiny},P=4,method=sink+sel",
+        "--tasks",
+        "pce_smoke",
+        "--output_path",
+        str(out),
+    ]
     proc = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     files = glob.glob(str(out / "**" / "results_*.json"), recursive=True)
     assert files, f"no results JSON under {out}"
     results = json.loads(Path(files[0]).read_text())["results"]
-    tasks = {"pce_ruler_mk2_1k": "ruler_recall", "pce_ruler_mk3_1k": "ruler_recall",
-             "pce_ruler_mv_1k": "ruler_recall", "pce_json_kv_1k": "subem"}
+    tasks = {
+        "pce_ruler_mk2_1k": "ruler_recall",
+        "pce_ruler_mk3_1k": "ruler_recall",
+        "pce_ruler_mv_1k": "ruler_recall",
+        "pce_json_kv_1k": "subem",
+    }
     for task, metric in tasks.items():
         res = results[task]
         assert 0.0 <= res[f"{metric},none"] <= 1.0
@@ -99,10 +114,12 @@ def test_ppl_equals_direct_transformers_smollm2(monkeypatch):
         logits = model(ids).logits[0, :-1].float()
     logp = torch.log_softmax(logits, dim=-1)
     target = ids[0, 1:]
-    ll = logp[torch.arange(len(target)), target][-len(cont_ids):].sum().item()
+    ll = logp[torch.arange(len(target)), target][-len(cont_ids) :].sum().item()
 
     got_ll = float(sample["resps"][0][0][0])
     assert got_ll == pytest.approx(ll, rel=1e-4, abs=1e-3)
     assert out["results"]["pce_ppl_pg19_1k"]["perplexity,none"] == pytest.approx(math.exp(-ll / 256), rel=1e-4)
     n_bytes = len(doc["continuation"].encode("utf-8"))
-    assert out["results"]["pce_ppl_pg19_1k"]["bits_per_byte,none"] == pytest.approx(-ll / n_bytes / math.log(2), rel=1e-4)
+    assert out["results"]["pce_ppl_pg19_1k"]["bits_per_byte,none"] == pytest.approx(
+        -ll / n_bytes / math.log(2), rel=1e-4
+    )

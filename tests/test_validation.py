@@ -1,4 +1,5 @@
 """Every case of validation_cases.py gives exactly its message, and docs/validation.md is their rendering."""
+
 import pytest
 from validation_cases import AREAS, CASES, DOC, render
 

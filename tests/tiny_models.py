@@ -2,6 +2,7 @@
 
 Everything is built offline in well under a second per model; weights are random but seeded.
 """
+
 from __future__ import annotations
 
 import os
@@ -44,9 +45,17 @@ def make_config(family: str, vocab_size: int, **overrides):
     import transformers as tf
 
     common = dict(
-        vocab_size=vocab_size, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=4096,
-        bos_token_id=0, eos_token_id=1, pad_token_id=2, tie_word_embeddings=False,
+        vocab_size=vocab_size,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=4096,
+        bos_token_id=0,
+        eos_token_id=1,
+        pad_token_id=2,
+        tie_word_embeddings=False,
     )
     if family == "llama":
         cfg = tf.LlamaConfig(**common)
@@ -57,8 +66,14 @@ def make_config(family: str, vocab_size: int, **overrides):
     elif family == "qwen3":
         cfg = tf.Qwen3Config(**common, head_dim=8)
     elif family == "gemma2":
-        cfg = tf.Gemma2Config(**common, head_dim=8, sliding_window=4096, attn_logit_softcapping=50.0,
-                              final_logit_softcapping=30.0, query_pre_attn_scalar=8)
+        cfg = tf.Gemma2Config(
+            **common,
+            head_dim=8,
+            sliding_window=4096,
+            attn_logit_softcapping=50.0,
+            final_logit_softcapping=30.0,
+            query_pre_attn_scalar=8,
+        )
     elif family == "gemma3":
         cfg = tf.Gemma3TextConfig(**common, head_dim=8, sliding_window=4096, query_pre_attn_scalar=8)
     elif family == "phi3":
@@ -70,7 +85,9 @@ def make_config(family: str, vocab_size: int, **overrides):
     return cfg
 
 
-def make_model(family: str = "llama", vocab_size: int = 384, seed: int = 0, attn_implementation: str = "eager", **overrides):
+def make_model(
+    family: str = "llama", vocab_size: int = 384, seed: int = 0, attn_implementation: str = "eager", **overrides
+):
     from transformers import AutoModelForCausalLM
 
     torch.manual_seed(seed)

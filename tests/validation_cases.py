@@ -4,6 +4,7 @@ This list is the source of ``docs/validation.md``: ``python tests/validation_cas
 ``test_validation.py`` runs every case (the message must be exactly the one shown) and fails when the
 committed page is not the rendering of this list. A new validation is one ``Case`` in ``CASES``.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -36,9 +37,9 @@ class CommandFailed(Exception):
 
 @dataclass(frozen=True)
 class Case:
-    area: str                          # one of AREAS
-    given: str                         # the input as a user types it (DIR: a folder of theirs)
-    message: str                       # exactly the message; DIR as above; a trailing "..." matches any rest
+    area: str  # one of AREAS
+    given: str  # the input as a user types it (DIR: a folder of theirs)
+    message: str  # exactly the message; DIR as above; a trailing "..." matches any rest
     trigger: Callable[[Path], object]  # does what `given` does, in a fresh folder DIR; raises `error`
     error: type = ValueError
 
@@ -54,6 +55,7 @@ class Case:
 
 # ---------------------------------------------------------------------------------------------- triggers
 # Each calls what the command line calls, without loading a model.
+
 
 def model_args(model: str = "parallel_hf", device: str | None = "cpu", **args):
     def trigger(folder: Path):
@@ -151,118 +153,269 @@ CASES = [
     Case("model_args", "P=abc", "P='abc' must be a positive integer", model_args(P="abc")),
     Case("model_args", "P=0", "P=0 must be a positive integer (>= 1)", model_args(P=0)),
     Case("model_args", "P=2.5", "P=2.5 must be a positive integer (got a fraction)", model_args(P=2.5)),
-    Case("model_args", "method=magic", f"method='magic' is not allowed; choose one of {METHODS_LIST}",
-         model_args(method="magic")),
-    Case("model_args", "method=full,P=4",
-         "P=4 with method=full: it encodes one piece; use P=1, or method=naive/sink/sel/sink+sel",
-         model_args(method="full", P=4)),
-    Case("model_args", "pos=middle", "pos='middle' is not allowed; choose one of even, left, right, harmonic, serial",
-         model_args(pos="middle")),
-    Case("model_args", "aggr=X", "aggr='X' is not allowed; choose one of auto, none, H, T, HT, LHT",
-         model_args(aggr="X")),
+    Case(
+        "model_args",
+        "method=magic",
+        f"method='magic' is not allowed; choose one of {METHODS_LIST}",
+        model_args(method="magic"),
+    ),
+    Case(
+        "model_args",
+        "method=full,P=4",
+        "P=4 with method=full: it encodes one piece; use P=1, or method=naive/sink/sel/sink+sel",
+        model_args(method="full", P=4),
+    ),
+    Case(
+        "model_args",
+        "pos=middle",
+        "pos='middle' is not allowed; choose one of even, left, right, harmonic, serial",
+        model_args(pos="middle"),
+    ),
+    Case(
+        "model_args", "aggr=X", "aggr='X' is not allowed; choose one of auto, none, H, T, HT, LHT", model_args(aggr="X")
+    ),
     Case("model_args", "top_k=0", "top_k=0 must be a positive integer (>= 1)", model_args(top_k=0)),
-    Case("model_args", "oracle_keys=maybe", "oracle_keys='maybe' is not a boolean; use true or false",
-         model_args(oracle_keys="maybe")),
-    Case("model_args", "tokenize=bpe", "tokenize='bpe' is not allowed; choose one of items, joint",
-         model_args(tokenize="bpe")),
-    Case("model_args", "split=lines",
-         "split='lines' is not allowed; choose one of tokens, paragraph, sentence, regex:PATTERN",
-         model_args(split="lines")),
-    Case("model_args", "split=regex:(", "split='regex:(' is not a valid regular expression (...",
-         model_args(split="regex:(")),
-    Case("model_args", "context_cache_mb=-1", "context_cache_mb=-1 must be an integer >= 0 (0 = off)",
-         model_args(context_cache_mb=-1)),
-    Case("model_args", "methd=sel", "unknown model_arg 'methd'; did you mean 'method'? (parallel options: ...",
-         model_args(methd="sel")),
-    Case("model_args", "sink_text=Read:,sink_text_file=DIR/sink.txt",
-         "sink_text and sink_text_file are both given; give one of them",
-         with_files(model_args(sink_text="Read:", sink_text_file="DIR/sink.txt"), **{"sink.txt": "Read, then:\n"})),
-    Case("model_args", "sink_text_file=DIR/missing.txt", "sink_text_file='DIR/missing.txt' is not a file",
-         model_args(sink_text_file="DIR/missing.txt")),
-    Case("model_args", "sink_text_file=DIR/empty.txt", "sink_text_file='DIR/empty.txt' is empty",
-         with_files(model_args(sink_text_file="DIR/empty.txt"), **{"empty.txt": ""})),
-    Case("model_args", "analysis_path=DIR/notes.txt/a.jsonl (under a file)",
-         "analysis_path='DIR/notes.txt/a.jsonl': DIR/notes.txt is a file, not a folder",
-         with_files(model_args(analysis_path="DIR/notes.txt/a.jsonl"), **{"notes.txt": "x"})),
-    Case("model_args", "analysis_path=DIR (a folder)", "analysis_path='DIR' is a folder; give a file name",
-         model_args(analysis_path="DIR")),
-    Case("model_args", "pretrained=/nonexistent",
-         "pretrained='/nonexistent' is not a folder, a .gguf file, an alias (smollm2-135m) or a hub id",
-         model_args(pretrained="/nonexistent")),
-    Case("model_args", "dtype=float77",
-         "dtype='float77' is not allowed; choose one of auto, float32, bfloat16, float16, float64",
-         model_args(dtype="float77")),
-    Case("model_args", "--model hf --model_args P=4", "P is a parallel_hf option; use --model parallel_hf",
-         model_args("hf", P=4)),
-    Case("model_args", "--model hf --model_args P=4,method=sel",
-         "P, method are parallel_hf options; use --model parallel_hf", model_args("hf", P=4, method="sel")),
-    Case("model_args", "--device cuda (on a machine without CUDA)",
-         "device='cuda', but torch finds no CUDA device here; use --device cpu",
-         with_cuda_absent(model_args(device="cuda"))),
+    Case(
+        "model_args",
+        "oracle_keys=maybe",
+        "oracle_keys='maybe' is not a boolean; use true or false",
+        model_args(oracle_keys="maybe"),
+    ),
+    Case(
+        "model_args",
+        "tokenize=bpe",
+        "tokenize='bpe' is not allowed; choose one of items, joint",
+        model_args(tokenize="bpe"),
+    ),
+    Case(
+        "model_args",
+        "split=lines",
+        "split='lines' is not allowed; choose one of tokens, paragraph, sentence, regex:PATTERN",
+        model_args(split="lines"),
+    ),
+    Case(
+        "model_args",
+        "split=regex:(",
+        "split='regex:(' is not a valid regular expression (...",
+        model_args(split="regex:("),
+    ),
+    Case(
+        "model_args",
+        "context_cache_mb=-1",
+        "context_cache_mb=-1 must be an integer >= 0 (0 = off)",
+        model_args(context_cache_mb=-1),
+    ),
+    Case(
+        "model_args",
+        "methd=sel",
+        "unknown model_arg 'methd'; did you mean 'method'? (parallel options: ...",
+        model_args(methd="sel"),
+    ),
+    Case(
+        "model_args",
+        "sink_text=Read:,sink_text_file=DIR/sink.txt",
+        "sink_text and sink_text_file are both given; give one of them",
+        with_files(model_args(sink_text="Read:", sink_text_file="DIR/sink.txt"), **{"sink.txt": "Read, then:\n"}),
+    ),
+    Case(
+        "model_args",
+        "sink_text_file=DIR/missing.txt",
+        "sink_text_file='DIR/missing.txt' is not a file",
+        model_args(sink_text_file="DIR/missing.txt"),
+    ),
+    Case(
+        "model_args",
+        "sink_text_file=DIR/empty.txt",
+        "sink_text_file='DIR/empty.txt' is empty",
+        with_files(model_args(sink_text_file="DIR/empty.txt"), **{"empty.txt": ""}),
+    ),
+    Case(
+        "model_args",
+        "analysis_path=DIR/notes.txt/a.jsonl (under a file)",
+        "analysis_path='DIR/notes.txt/a.jsonl': DIR/notes.txt is a file, not a folder",
+        with_files(model_args(analysis_path="DIR/notes.txt/a.jsonl"), **{"notes.txt": "x"}),
+    ),
+    Case(
+        "model_args",
+        "analysis_path=DIR (a folder)",
+        "analysis_path='DIR' is a folder; give a file name",
+        model_args(analysis_path="DIR"),
+    ),
+    Case(
+        "model_args",
+        "pretrained=/nonexistent",
+        "pretrained='/nonexistent' is not a folder, a .gguf file, an alias (smollm2-135m) or a hub id",
+        model_args(pretrained="/nonexistent"),
+    ),
+    Case(
+        "model_args",
+        "dtype=float77",
+        "dtype='float77' is not allowed; choose one of auto, float32, bfloat16, float16, float64",
+        model_args(dtype="float77"),
+    ),
+    Case(
+        "model_args",
+        "--model hf --model_args P=4",
+        "P is a parallel_hf option; use --model parallel_hf",
+        model_args("hf", P=4),
+    ),
+    Case(
+        "model_args",
+        "--model hf --model_args P=4,method=sel",
+        "P, method are parallel_hf options; use --model parallel_hf",
+        model_args("hf", P=4, method="sel"),
+    ),
+    Case(
+        "model_args",
+        "--device cuda (on a machine without CUDA)",
+        "device='cuda', but torch finds no CUDA device here; use --device cpu",
+        with_cuda_absent(model_args(device="cuda")),
+    ),
     # command line
-    Case("command line", "--num_fewshot 2 --tasks pce_smoke",
-         "--num_fewshot 2: pce tasks (pce_smoke) take no few-shot examples (their demonstrations are items of the "
-         "prompt); leave --num_fewshot out", cli_args(num_fewshot=2, tasks=["pce_smoke"])),
-    Case("command line", "--output_path DIR/notes.txt/out (under a file)",
-         "--output_path='DIR/notes.txt/out': DIR/notes.txt is a file, not a folder",
-         with_files(cli_args(output_path="DIR/notes.txt/out"), **{"notes.txt": "x"})),
-    Case("command line", "--output_path DIR/notes.txt/results.json (under a file)",
-         "--output_path='DIR/notes.txt/results.json': DIR/notes.txt is a file, not a folder",
-         with_files(cli_args(output_path="DIR/notes.txt/results.json"), **{"notes.txt": "x"})),
+    Case(
+        "command line",
+        "--num_fewshot 2 --tasks pce_smoke",
+        "--num_fewshot 2: pce tasks (pce_smoke) take no few-shot examples (their demonstrations are items of the "
+        "prompt); leave --num_fewshot out",
+        cli_args(num_fewshot=2, tasks=["pce_smoke"]),
+    ),
+    Case(
+        "command line",
+        "--output_path DIR/notes.txt/out (under a file)",
+        "--output_path='DIR/notes.txt/out': DIR/notes.txt is a file, not a folder",
+        with_files(cli_args(output_path="DIR/notes.txt/out"), **{"notes.txt": "x"}),
+    ),
+    Case(
+        "command line",
+        "--output_path DIR/notes.txt/results.json (under a file)",
+        "--output_path='DIR/notes.txt/results.json': DIR/notes.txt is a file, not a folder",
+        with_files(cli_args(output_path="DIR/notes.txt/results.json"), **{"notes.txt": "x"}),
+    ),
     # prompts
-    Case("prompts", "parallel_prompt([], query)", "parallel_prompt: items is empty; give at least one item",
-         prompt("parallel_prompt", [], "Q:")),
-    Case("prompts", "parallel_prompt([\"a\\ue002\"], query)",
-         "parallel_prompt: items[0] already contains a structure marker '\\ue002'",
-         prompt("parallel_prompt", ["a\ue002"], "Q:")),
-    Case("prompts", "a prompt with two query markers `\\ue003` (pce prompts joined as few-shot examples)",
-         "split_prompt: expected exactly one query marker (U+E003), found 2",
-         prompt("split_prompt", "\ue002a\ue003q\ue003r")),
-    Case("prompts", "a structure marker inside the sink (`\\ue000` ... `\\ue001`)", "split_prompt: markers nested inside the sink text",
-         prompt("split_prompt", "\ue000a\ue002b\ue001\ue002c\ue003q")),
+    Case(
+        "prompts",
+        "parallel_prompt([], query)",
+        "parallel_prompt: items is empty; give at least one item",
+        prompt("parallel_prompt", [], "Q:"),
+    ),
+    Case(
+        "prompts",
+        'parallel_prompt(["a\\ue002"], query)',
+        "parallel_prompt: items[0] already contains a structure marker '\\ue002'",
+        prompt("parallel_prompt", ["a\ue002"], "Q:"),
+    ),
+    Case(
+        "prompts",
+        "a prompt with two query markers `\\ue003` (pce prompts joined as few-shot examples)",
+        "split_prompt: expected exactly one query marker (U+E003), found 2",
+        prompt("split_prompt", "\ue002a\ue003q\ue003r"),
+    ),
+    Case(
+        "prompts",
+        "a structure marker inside the sink (`\\ue000` ... `\\ue001`)",
+        "split_prompt: markers nested inside the sink text",
+        prompt("split_prompt", "\ue000a\ue002b\ue001\ue002c\ue003q"),
+    ),
     # sweep
-    Case("sweep", "sweep --P 4,abc", "lm-eval-parallel sweep: error: P='abc' must be a positive integer",
-         command("sweep", *SWEEP, "--P", "4,abc"), CommandFailed),
-    Case("sweep", "sweep --grid top_k=1,x", "lm-eval-parallel sweep: error: top_k='x' must be a positive integer",
-         command("sweep", *SWEEP, "--grid", "top_k=1,x"), CommandFailed),
-    Case("sweep", "sweep --grid top_kk=1",
-         "lm-eval-parallel sweep: error: --grid top_kk=...: 'top_kk' is not a parallel_hf setting; did you mean "
-         "'top_k'? the model loads once, so its own arguments go in --model_args (settings: ...",
-         command("sweep", *SWEEP, "--grid", "top_kk=1"), CommandFailed),
-    Case("sweep", "sweep --grid P=2,4", "lm-eval-parallel sweep: error: --grid P=...: give P values with --P and "
-         "methods with --methods", command("sweep", *SWEEP, "--grid", "P=2,4"), CommandFailed),
-    Case("sweep", "sweep --model_args P=2", "lm-eval-parallel sweep: error: P must not be in --model_args; give "
-         "them with --P / --methods", command("sweep", *SWEEP[2:], "--model_args", "pretrained=DIR,P=2"),
-         CommandFailed),
-    Case("sweep", "sweep --config DIR/sweep.yaml (with a key grids)",
-         "lm-eval-parallel sweep: error: --config 'DIR/sweep.yaml': unknown key 'grids'; did you mean 'grid'? "
-         "(keys: the flags' names, and P, methods, grid, context_cache_mb)",
-         command("sweep", "--config", "DIR/sweep.yaml", setup=files(**{"sweep.yaml": "grids: {top_k: [1]}\n"})),
-         CommandFailed),
-    Case("sweep", "sweep --output_path DIR/notes.txt/out (under a file)",
-         "lm-eval-parallel sweep: error: --output_path='DIR/notes.txt/out': DIR/notes.txt is a file, not a folder",
-         command("sweep", *SWEEP[:4], "--output_path", "DIR/notes.txt/out", setup=files(**{"notes.txt": "x"})),
-         CommandFailed),
-    Case("sweep", "sweep --tasks nope_task", "lm-eval-parallel sweep: error: Tasks not found: nope_task",
-         command("sweep", *SWEEP), CommandFailed),
+    Case(
+        "sweep",
+        "sweep --P 4,abc",
+        "lm-eval-parallel sweep: error: P='abc' must be a positive integer",
+        command("sweep", *SWEEP, "--P", "4,abc"),
+        CommandFailed,
+    ),
+    Case(
+        "sweep",
+        "sweep --grid top_k=1,x",
+        "lm-eval-parallel sweep: error: top_k='x' must be a positive integer",
+        command("sweep", *SWEEP, "--grid", "top_k=1,x"),
+        CommandFailed,
+    ),
+    Case(
+        "sweep",
+        "sweep --grid top_kk=1",
+        "lm-eval-parallel sweep: error: --grid top_kk=...: 'top_kk' is not a parallel_hf setting; did you mean "
+        "'top_k'? the model loads once, so its own arguments go in --model_args (settings: ...",
+        command("sweep", *SWEEP, "--grid", "top_kk=1"),
+        CommandFailed,
+    ),
+    Case(
+        "sweep",
+        "sweep --grid P=2,4",
+        "lm-eval-parallel sweep: error: --grid P=...: give P values with --P and methods with --methods",
+        command("sweep", *SWEEP, "--grid", "P=2,4"),
+        CommandFailed,
+    ),
+    Case(
+        "sweep",
+        "sweep --model_args P=2",
+        "lm-eval-parallel sweep: error: P must not be in --model_args; give them with --P / --methods",
+        command("sweep", *SWEEP[2:], "--model_args", "pretrained=DIR,P=2"),
+        CommandFailed,
+    ),
+    Case(
+        "sweep",
+        "sweep --config DIR/sweep.yaml (with a key grids)",
+        "lm-eval-parallel sweep: error: --config 'DIR/sweep.yaml': unknown key 'grids'; did you mean 'grid'? "
+        "(keys: the flags' names, and P, methods, grid, context_cache_mb)",
+        command("sweep", "--config", "DIR/sweep.yaml", setup=files(**{"sweep.yaml": "grids: {top_k: [1]}\n"})),
+        CommandFailed,
+    ),
+    Case(
+        "sweep",
+        "sweep --output_path DIR/notes.txt/out (under a file)",
+        "lm-eval-parallel sweep: error: --output_path='DIR/notes.txt/out': DIR/notes.txt is a file, not a folder",
+        command("sweep", *SWEEP[:4], "--output_path", "DIR/notes.txt/out", setup=files(**{"notes.txt": "x"})),
+        CommandFailed,
+    ),
+    Case(
+        "sweep",
+        "sweep --tasks nope_task",
+        "lm-eval-parallel sweep: error: Tasks not found: nope_task",
+        command("sweep", *SWEEP),
+        CommandFailed,
+    ),
     # leaderboard and check
-    Case("leaderboard and check", "leaderboard DIR/empty --out DIR/board (no results files)",
-         "error: no lm-eval results files with task results under DIR/empty; nothing written to DIR/board",
-         command("leaderboard", "DIR/empty", "--out", "DIR/board", setup=files(**{"empty/": ""})), CommandFailed),
-    Case("leaderboard and check", "leaderboard DIR/nope --out DIR/board", "error: no such file or directory: DIR/nope",
-         command("leaderboard", "DIR/nope", "--out", "DIR/board"), CommandFailed),
-    Case("leaderboard and check", "leaderboard DIR --out DIR/notes.txt (a file)",
-         "error: --out='DIR/notes.txt': DIR/notes.txt is a file, not a folder",
-         command("leaderboard", "DIR", "--out", "DIR/notes.txt", setup=files(**{"notes.txt": "x"})), CommandFailed),
-    Case("leaderboard and check", "check DIR --baseline DIR/missing.json",
-         "error: no such file or directory: DIR/missing.json",
-         command("check", "DIR", "--baseline", "DIR/missing.json"), CommandFailed),
-    Case("leaderboard and check", "check DIR --baseline B --tolerance -1", "error: --tolerance must be >= 0",
-         command("check", "DIR", "--baseline", "DIR/b.json", "--tolerance", "-1"), CommandFailed),
+    Case(
+        "leaderboard and check",
+        "leaderboard DIR/empty --out DIR/board (no results files)",
+        "error: no lm-eval results files with task results under DIR/empty; nothing written to DIR/board",
+        command("leaderboard", "DIR/empty", "--out", "DIR/board", setup=files(**{"empty/": ""})),
+        CommandFailed,
+    ),
+    Case(
+        "leaderboard and check",
+        "leaderboard DIR/nope --out DIR/board",
+        "error: no such file or directory: DIR/nope",
+        command("leaderboard", "DIR/nope", "--out", "DIR/board"),
+        CommandFailed,
+    ),
+    Case(
+        "leaderboard and check",
+        "leaderboard DIR --out DIR/notes.txt (a file)",
+        "error: --out='DIR/notes.txt': DIR/notes.txt is a file, not a folder",
+        command("leaderboard", "DIR", "--out", "DIR/notes.txt", setup=files(**{"notes.txt": "x"})),
+        CommandFailed,
+    ),
+    Case(
+        "leaderboard and check",
+        "check DIR --baseline DIR/missing.json",
+        "error: no such file or directory: DIR/missing.json",
+        command("check", "DIR", "--baseline", "DIR/missing.json"),
+        CommandFailed,
+    ),
+    Case(
+        "leaderboard and check",
+        "check DIR --baseline B --tolerance -1",
+        "error: --tolerance must be >= 0",
+        command("check", "DIR", "--baseline", "DIR/b.json", "--tolerance", "-1"),
+        CommandFailed,
+    ),
 ]
 
 
 # ---------------------------------------------------------------------------------------------- the page
+
 
 def _code(text: str) -> str:
     return "`" + text.replace("|", "\\|") + "`"

@@ -9,6 +9,7 @@
 
 `main(argv)` takes the arguments after the sub-command and returns the exit status.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -27,14 +28,25 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("paths", nargs="+", metavar="RUNS", help="sweep output folders (searched recursively) or files")
     ap.add_argument("--out", required=True, help="output folder for analysis.md, *.csv, *.png")
     ap.add_argument("--model", default=None, help="model label to analyse when the runs hold several")
-    ap.add_argument("--table2_reference", default=None,
-                    help="CSV of reference Table 2 numbers (setting,ICL,RAG,Synthetic), shown side by side")
+    ap.add_argument(
+        "--table2_reference",
+        default=None,
+        help="CSV of reference Table 2 numbers (setting,ICL,RAG,Synthetic), shown side by side",
+    )
     ap.add_argument("--table2_P", type=int, default=64, help="P of the selection ablation (default 64)")
     ap.add_argument("--table2_length", default="8k", help="length of the selection ablation (default 8k)")
-    ap.add_argument("--chance", action="append", default=[], metavar="TASK=P",
-                    help="chance level (0-1) of a task or variant, e.g. trec_coarse=0.1667 (repeatable)")
-    ap.add_argument("--include_floored", action="store_true",
-                    help="keep tasks at the floor in category means (they stay out of correlations)")
+    ap.add_argument(
+        "--chance",
+        action="append",
+        default=[],
+        metavar="TASK=P",
+        help="chance level (0-1) of a task or variant, e.g. trec_coarse=0.1667 (repeatable)",
+    )
+    ap.add_argument(
+        "--include_floored",
+        action="store_true",
+        help="keep tasks at the floor in category means (they stay out of correlations)",
+    )
     ap.add_argument("--no_plots", action="store_true", help="write the CSV files and analysis.md only")
     ap.add_argument("--layers_per_task", action="store_true", help="also draw Fig 1/2 for every task")
     ap.add_argument("--bootstrap_iters", type=int, default=2000, help="bootstrap resamples for perplexity (0 = none)")
@@ -72,17 +84,28 @@ def main(argv: list[str] | None = None) -> int:
             raise ValueError(f"--bootstrap_iters {args.bootstrap_iters}: must be >= 0")
         if args.table2_reference and not os.path.isfile(args.table2_reference):
             raise ValueError(f"--table2_reference {args.table2_reference}: no such file")
-        report = analyze(args.paths, args.out, model=args.model, table2_reference=args.table2_reference,
-                         table2_P=args.table2_P, table2_length=args.table2_length, chance=_chance(args.chance),
-                         include_floored=args.include_floored, bootstrap_iters=args.bootstrap_iters,
-                         plots=not args.no_plots, layers_per_task=args.layers_per_task)
+        report = analyze(
+            args.paths,
+            args.out,
+            model=args.model,
+            table2_reference=args.table2_reference,
+            table2_P=args.table2_P,
+            table2_length=args.table2_length,
+            chance=_chance(args.chance),
+            include_floored=args.include_floored,
+            bootstrap_iters=args.bootstrap_iters,
+            plots=not args.no_plots,
+            layers_per_task=args.layers_per_task,
+        )
     except ValueError as error:
         print(f"error: {error}", file=sys.stderr)
         return EXIT_USAGE
     written = [s for s, state in report.sections.items() if state == "written"]
     skipped = [s for s, state in report.sections.items() if state != "written"]
-    print(f"analyze: {report.model}: {', '.join(written) or 'nothing'} written"
-          f"{'; skipped ' + ', '.join(skipped) if skipped else ''} -> {os.path.join(args.out, 'analysis.md')}")
+    print(
+        f"analyze: {report.model}: {', '.join(written) or 'nothing'} written"
+        f"{'; skipped ' + ', '.join(skipped) if skipped else ''} -> {os.path.join(args.out, 'analysis.md')}"
+    )
     return EXIT_OK
 
 

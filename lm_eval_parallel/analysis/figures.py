@@ -1,4 +1,5 @@
 """PNG figures of the analyses (matplotlib, Agg backend). Every figure draws its 95 % intervals."""
+
 from __future__ import annotations
 
 import math
@@ -87,9 +88,10 @@ def plot_entropy_vs_score(points: list[dict], correlations: list[dict], path: st
     tasks = [c["task"] for c in correlations]
     ncols = min(4, len(tasks))
     nrows = math.ceil(len(tasks) / ncols)
-    fig, axes = plt.subplots(nrows, ncols, squeeze=False, layout="constrained",
-                             figsize=(max(8.0, 3.7 * ncols), 3.2 * nrows + 0.6))
-    for ax in axes.flat[len(tasks):]:
+    fig, axes = plt.subplots(
+        nrows, ncols, squeeze=False, layout="constrained", figsize=(max(8.0, 3.7 * ncols), 3.2 * nrows + 0.6)
+    )
+    for ax in axes.flat[len(tasks) :]:
         ax.set_visible(False)
     for ax, corr in zip(axes.flat, correlations):
         mine = [p for p in points if p["task"] == corr["task"]]
@@ -99,27 +101,51 @@ def plot_entropy_vs_score(points: list[dict], correlations: list[dict], path: st
         y = np.array([p["score"] for p in mine])
         xerr = _yerr(x, [p["entropy_lo"] for p in mine], [p["entropy_hi"] for p in mine])
         yerr = _yerr(y, [p["score_lo"] for p in mine], [p["score_hi"] for p in mine])
-        ax.errorbar(x, y, xerr=xerr, yerr=yerr, fmt="o-", color=colour, ecolor=colour, elinewidth=0.8, capsize=2,
-                    markersize=4, linewidth=0.8)
+        ax.errorbar(
+            x,
+            y,
+            xerr=xerr,
+            yerr=yerr,
+            fmt="o-",
+            color=colour,
+            ecolor=colour,
+            elinewidth=0.8,
+            capsize=2,
+            markersize=4,
+            linewidth=0.8,
+        )
         for p in mine:
-            ax.annotate(f"P={p['P']}", (p["entropy"], p["score"]), fontsize=6, xytext=(3, 3),
-                        textcoords="offset points", color=colour)
+            ax.annotate(
+                f"P={p['P']}",
+                (p["entropy"], p["score"]),
+                fontsize=6,
+                xytext=(3, 3),
+                textcoords="offset points",
+                color=colour,
+            )
         perplexity = corr["metric"] in ("perplexity", "token_perplexity", "word_perplexity", "byte_perplexity")
         if perplexity:
             _log_y(ax)
         ax.set_xlabel("attention entropy (nats)")
         ax.set_ylabel("perplexity (log scale) ↓" if perplexity else f"{corr['metric']} (%) ↑")
         r = corr["r"]
-        stat = (f"r = {r:+.2f} [{corr['r_lo']:+.2f}, {corr['r_hi']:+.2f}], n={corr['n_points']}"
-                if math.isfinite(r) and math.isfinite(corr["r_lo"]) else
-                f"r = {r:+.2f}, n={corr['n_points']} (no interval)" if math.isfinite(r) else "r undefined")
+        stat = (
+            f"r = {r:+.2f} [{corr['r_lo']:+.2f}, {corr['r_hi']:+.2f}], n={corr['n_points']}"
+            if math.isfinite(r) and math.isfinite(corr["r_lo"])
+            else f"r = {r:+.2f}, n={corr['n_points']} (no interval)"
+            if math.isfinite(r)
+            else "r undefined"
+        )
         label = corr["task"] + ("\nFLOOR (full not above chance): excluded" if floored else "")
         ax.set_title(f"{label}\n{stat}", fontsize=8, color=FLOOR_GREY if floored else "black")
         ax.grid(alpha=0.3)
         if floored:
             ax.set_facecolor("0.95")
-    fig.suptitle(f"{title}\nnaive only (P=1 = full attention); bars: 95 % (Wilson / bootstrap; entropy ±1.96 SE); "
-                 "r: Pearson with Fisher-z 95 % interval", fontsize=9)
+    fig.suptitle(
+        f"{title}\nnaive only (P=1 = full attention); bars: 95 % (Wilson / bootstrap; entropy ±1.96 SE); "
+        "r: Pearson with Fisher-z 95 % interval",
+        fontsize=9,
+    )
     fig.savefig(path, dpi=120)
     plt.close(fig)
 
@@ -129,8 +155,9 @@ def plot_vs_P(rows: list[dict], full_rows: list[dict], path: str, title: str) ->
     as a horizontal line with its interval as a band."""
     categories = present_categories(rows)
     series = list(dict.fromkeys(r["series"] for r in rows))
-    fig, axes = plt.subplots(2, len(categories), squeeze=False, layout="constrained",
-                             figsize=(max(8.0, 3.9 * len(categories)), 6.4))  # room for titles and legend
+    fig, axes = plt.subplots(
+        2, len(categories), squeeze=False, layout="constrained", figsize=(max(8.0, 3.9 * len(categories)), 6.4)
+    )  # room for titles and legend
     colours = plt.cm.tab10(np.arange(len(series)) % 10)
     Ps = sorted({r["P"] for r in rows})
     for j, category in enumerate(categories):
@@ -140,14 +167,27 @@ def plot_vs_P(rows: list[dict], full_rows: list[dict], path: str, title: str) ->
             if not mine:
                 continue
             dashed = "serial" in label or "oracle" in label
-            style = {"color": colours[i], "marker": SERIES_MARKERS[i % len(SERIES_MARKERS)], "capsize": 2,
-                     "markersize": 4, "linewidth": 1.2, "linestyle": "--" if dashed else "-"}
+            style = {
+                "color": colours[i],
+                "marker": SERIES_MARKERS[i % len(SERIES_MARKERS)],
+                "capsize": 2,
+                "markersize": 4,
+                "linewidth": 1.2,
+                "linestyle": "--" if dashed else "-",
+            }
             P = [r["P"] for r in mine]
             y = np.array([r["score"] for r in mine])
             top.errorbar(P, y, yerr=_yerr(y, [r["lo"] for r in mine], [r["hi"] for r in mine]), label=label, **style)
             e = np.array([r.get("entropy", math.nan) for r in mine])
-            bottom.errorbar(P, e, yerr=_yerr(e, [r.get("entropy_lo", math.nan) for r in mine],
-                                             [r.get("entropy_hi", math.nan) for r in mine]), label=label, **style)
+            bottom.errorbar(
+                P,
+                e,
+                yerr=_yerr(
+                    e, [r.get("entropy_lo", math.nan) for r in mine], [r.get("entropy_hi", math.nan) for r in mine]
+                ),
+                label=label,
+                **style,
+            )
         for ref in (r for r in full_rows if r["category"] == category):
             bounds = ((top, "score", "lo", "hi"), (bottom, "entropy", "entropy_lo", "entropy_hi"))
             for ax, key, lo_key, hi_key in bounds:
@@ -169,9 +209,17 @@ def plot_vs_P(rows: list[dict], full_rows: list[dict], path: str, title: str) ->
             ax.grid(alpha=0.3)
     handles, labels = axes[0][0].get_legend_handles_labels()
     unique = dict(zip(labels, handles))
-    fig.legend(unique.values(), unique.keys(), loc="outside lower center", ncol=min(2 if len(categories) < 3 else 4,
-                                                                                    len(unique)), fontsize=8)
-    fig.suptitle(f"{title}\nbars: 95 % (Wilson, documents pooled over the category's tasks; perplexity: bootstrap); "
-                 "entropy ±1.96 SE", fontsize=9)
+    fig.legend(
+        unique.values(),
+        unique.keys(),
+        loc="outside lower center",
+        ncol=min(2 if len(categories) < 3 else 4, len(unique)),
+        fontsize=8,
+    )
+    fig.suptitle(
+        f"{title}\nbars: 95 % (Wilson, documents pooled over the category's tasks; perplexity: bootstrap); "
+        "entropy ±1.96 SE",
+        fontsize=9,
+    )
     fig.savefig(path, dpi=120)
     plt.close(fig)

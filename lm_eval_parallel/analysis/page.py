@@ -1,4 +1,5 @@
 """Markdown pieces of the analysis page."""
+
 from __future__ import annotations
 
 import math
@@ -39,8 +40,13 @@ def series_tables(rows: list[dict], full_rows: list[dict]) -> list[str]:
                 body.append(["full attention"] + [with_interval(ref["score"], ref["lo"], ref["hi"], digits)] * len(Ps))
             for label in dict.fromkeys(r["series"] for r in mine):
                 by_P = {r["P"]: r for r in mine if r["series"] == label}
-                body.append([label] + [with_interval(by_P[P]["score"], by_P[P]["lo"], by_P[P]["hi"], digits)
-                                       if P in by_P else "" for P in Ps])
+                body.append(
+                    [label]
+                    + [
+                        with_interval(by_P[P]["score"], by_P[P]["lo"], by_P[P]["hi"], digits) if P in by_P else ""
+                        for P in Ps
+                    ]
+                )
             unit = "perplexity ↓" if category == "LM" else "score % ↑"
             out.append(f"**{length} · {category}** ({unit}, 95 % interval)")
             out.append("")

@@ -2,6 +2,7 @@
 
 A section whose runs are missing is skipped with a one-line note on the page.
 """
+
 from __future__ import annotations
 
 import math
@@ -53,10 +54,19 @@ def choose_model(runs: list[Run], model: str | None) -> str:
     return models[0]
 
 
-def analyze(paths: list[str], out: str, model: str | None = None, table2_reference: str | None = None,
-            table2_P: int = 64, table2_length: str = "8k", chance: dict[str, float] | None = None,
-            include_floored: bool = False, bootstrap_iters: int = 2000, plots: bool = True,
-            layers_per_task: bool = False) -> AnalysisReport:
+def analyze(
+    paths: list[str],
+    out: str,
+    model: str | None = None,
+    table2_reference: str | None = None,
+    table2_P: int = 64,
+    table2_length: str = "8k",
+    chance: dict[str, float] | None = None,
+    include_floored: bool = False,
+    bootstrap_iters: int = 2000,
+    plots: bool = True,
+    layers_per_task: bool = False,
+) -> AnalysisReport:
     """Read every results file under ``paths`` and write the analyses into ``out`` (analysis.md, *.csv, *.png).
     ``plots=False`` writes the CSVs and the page only; ``layers_per_task`` adds a Fig 1/2 PNG per task."""
     if plots:
@@ -95,14 +105,24 @@ def analyze(paths: list[str], out: str, model: str | None = None, table2_referen
     title = "Fig 1/2 — per-layer query entropy, key norms and logit scale (full vs naive)"
     rows, curves = tables.layer_profiles(runs)
     if not rows:
-        skipped("fig1_2", title, "no full/naive run with analysis records (sweep with "
-                "`--model_args ...,analysis_path=FILE`)")
+        skipped(
+            "fig1_2",
+            title,
+            "no full/naive run with analysis records (sweep with `--model_args ...,analysis_path=FILE`)",
+        )
     else:
         name = write.csv("fig1_2_layers.csv", rows, tables.LAYER_COLUMNS)
-        md += [f"## {title}", "", ("Mean over documents (a document's value is the mean of its requests), band = "
-               "±1.96 SE over documents. Key norm: mean L2 norm of the context keys (mean over KV heads); logit "
-               "scale: mean |q·k|/√d over the keys a query row sees (mean over heads). "
-               f"Data: [{name}]({name})."), ""]
+        md += [
+            f"## {title}",
+            "",
+            (
+                "Mean over documents (a document's value is the mean of its requests), band = "
+                "±1.96 SE over documents. Key norm: mean L2 norm of the context keys (mean over KV heads); logit "
+                "scale: mean |q·k|/√d over the keys a query row sees (mean over heads). "
+                f"Data: [{name}]({name})."
+            ),
+            "",
+        ]
         for (length, scope), stat_curves in curves.items():
             name = f"fig1_2_layers_{_safe(length)}_{_safe(scope)}.png"
             if scope == "all":
@@ -121,16 +141,37 @@ def analyze(paths: list[str], out: str, model: str | None = None, table2_referen
     else:
         write.csv("fig3_7_points.csv", points, tables.POINT_COLUMNS)
         name = write.csv("fig3_7_correlations.csv", correlations, tables.CORRELATION_COLUMNS)
-        md += [f"## {title}", "", ("Naive parallel encoding only, one point per P (P=1 is full attention). "
-               "r: Pearson over the points, 95 % interval by Fisher z (tanh(atanh r ± 1.96/√(n−3))). Tasks where "
-               "full attention is not above chance by its Wilson interval are greyed and excluded. Data: "
-               f"[{name}]({name}), [fig3_7_points.csv](fig3_7_points.csv)."), ""]
+        md += [
+            f"## {title}",
+            "",
+            (
+                "Naive parallel encoding only, one point per P (P=1 is full attention). "
+                "r: Pearson over the points, 95 % interval by Fisher z (tanh(atanh r ± 1.96/√(n−3))). Tasks where "
+                "full attention is not above chance by its Wilson interval are greyed and excluded. Data: "
+                f"[{name}]({name}), [fig3_7_points.csv](fig3_7_points.csv)."
+            ),
+            "",
+        ]
         for length in sorted({c["length"] for c in correlations}, key=tables.length_in_tokens):
             mine = [c for c in correlations if c["length"] == length]
-            md += draw(f"fig3_7_entropy_vs_score_{_safe(length)}.png", "plot_entropy_vs_score",
-                       [p for p in points if p["length"] == length], mine, f"{model} · {length}")
-            body = [[c["task"], c["metric"], str(c["n_points"]), _r_text(c),
-                     tables.fmt(c["p_value"], 3) if c["used"] else "", c["floor"]] for c in mine]
+            md += draw(
+                f"fig3_7_entropy_vs_score_{_safe(length)}.png",
+                "plot_entropy_vs_score",
+                [p for p in points if p["length"] == length],
+                mine,
+                f"{model} · {length}",
+            )
+            body = [
+                [
+                    c["task"],
+                    c["metric"],
+                    str(c["n_points"]),
+                    _r_text(c),
+                    tables.fmt(c["p_value"], 3) if c["used"] else "",
+                    c["floor"],
+                ]
+                for c in mine
+            ]
             md += page.table(["task", "metric", "points", "r [95 % Fisher z]", "p", "floor"], body)
             used = [c["r"] for c in mine if c["used"]]
             if used:
@@ -139,8 +180,11 @@ def analyze(paths: list[str], out: str, model: str | None = None, table2_referen
 
     # Table 2 -------------------------------------------------------------------------------------------
     title = f"Table 2 — selection ablation (P={table2_P}, {table2_length})"
-    ablation = [r for r in runs if r.kind == "selection" and r.P == table2_P and
-                any(s.length == table2_length for s in r.tasks.values())]
+    ablation = [
+        r
+        for r in runs
+        if r.kind == "selection" and r.P == table2_P and any(s.length == table2_length for s in r.tasks.values())
+    ]
     if not ablation:
         skipped("table2", title, f"no sel / sink+sel run with top_k or aggr set at P={table2_P}, {table2_length}")
     else:
@@ -151,26 +195,49 @@ def analyze(paths: list[str], out: str, model: str | None = None, table2_referen
             note = f"Paper columns: `{os.path.basename(table2_reference)}` (Llama-3.1-8B, the paper's Table 2)."
             if not PAPER_MODEL.search(model):
                 note += f" This model is {model}: the paper's numbers are not its expected values."
-        md += [f"## {title}", "", ("TopK rows use aggr=HT; Aggr rows use TopK=5 for ICL and RAG and TopK=2 for "
-               "Synthetic (the paper's protocol); aggr=auto counts as HT for these generation tasks. Cell = documents "
-               f"pooled over the category's tasks, 95 % Wilson interval. Data: [{name}]({name})."), ""]
+        md += [
+            f"## {title}",
+            "",
+            (
+                "TopK rows use aggr=HT; Aggr rows use TopK=5 for ICL and RAG and TopK=2 for "
+                "Synthetic (the paper's protocol); aggr=auto counts as HT for these generation tasks. Cell = documents "
+                f"pooled over the category's tasks, 95 % Wilson interval. Data: [{name}]({name})."
+            ),
+            "",
+        ]
         md += page.table2_markdown(rows, note)
         report.sections["table2"] = "written"
 
     # Fig 6, Fig 11, sink content ------------------------------------------------------------------------
     full_rows = tables.full_reference(runs, floor, include_floored, bootstrap_iters)
     for section, title, series, why, text in (
-        ("fig6", "Fig 6 — oracle keys (keys from full attention, values parallel)", tables.oracle_series(runs),
-         "no run with oracle_keys=true",
-         ("Naive parallel encoding with the context keys taken from full attention (only the values are encoded "
-         "in parallel), against naive and sink+sel.")),
-        ("fig11", "Fig 11 — serial positions (pos=serial) with sink / sel", tables.serial_series(runs),
-         "no run with pos=serial",
-         ("pos=serial gives the pieces the positions full attention would (only the masks stay parallel); dashed: "
-         "serial, solid: the default pos=even.")),
-        ("sink_text", "Sink content ablation (sink_text variants)", tables.sink_series(runs),
-         "no sink / sink+sel run with sink_text set",
-         "The same sink method with different sink texts; the paper's sink is the default."),
+        (
+            "fig6",
+            "Fig 6 — oracle keys (keys from full attention, values parallel)",
+            tables.oracle_series(runs),
+            "no run with oracle_keys=true",
+            (
+                "Naive parallel encoding with the context keys taken from full attention (only the values are encoded "
+                "in parallel), against naive and sink+sel."
+            ),
+        ),
+        (
+            "fig11",
+            "Fig 11 — serial positions (pos=serial) with sink / sel",
+            tables.serial_series(runs),
+            "no run with pos=serial",
+            (
+                "pos=serial gives the pieces the positions full attention would (only the masks stay parallel); dashed: "
+                "serial, solid: the default pos=even."
+            ),
+        ),
+        (
+            "sink_text",
+            "Sink content ablation (sink_text variants)",
+            tables.sink_series(runs),
+            "no sink / sink+sel run with sink_text set",
+            "The same sink method with different sink texts; the paper's sink is the default.",
+        ),
     ):
         if not series:
             skipped(section, title, why)
@@ -179,8 +246,13 @@ def analyze(paths: list[str], out: str, model: str | None = None, table2_referen
         name = write.csv(f"{section}.csv", rows, tables.SERIES_COLUMNS)
         md += [f"## {title}", "", f"{text} Data: [{name}]({name}).", ""]
         for length in sorted({r["length"] for r in rows}, key=tables.length_in_tokens):
-            md += draw(f"{section}_{_safe(length)}.png", "plot_vs_P", [r for r in rows if r["length"] == length],
-                       [r for r in full_rows if r["length"] == length], f"{title} · {model} · {length}")
+            md += draw(
+                f"{section}_{_safe(length)}.png",
+                "plot_vs_P",
+                [r for r in rows if r["length"] == length],
+                [r for r in full_rows if r["length"] == length],
+                f"{title} · {model} · {length}",
+            )
         md += page.series_tables(rows, full_rows)
         report.sections[section] = "written"
 
@@ -205,29 +277,55 @@ def _r_text(correlation: dict) -> str:
 def _inventory(runs: list[Run], floor: dict, write: _Writer, include_floored: bool) -> list[str]:
     rows = []
     for run in sorted(runs, key=lambda r: (r.kind != "main", r.kind, tables.methods_sort_key(r.method), r.P)):
-        rows.append({"path": run.path, "kind": run.kind, "method": run.method, "P": run.P,
-                         "ablation": ";".join(f"{k}={v!r}" for k, v in sorted(run.ablation.items())),
-                         "tasks": " ".join(sorted(run.tasks)), "analysis_records": len(run.records),
-                         "note": run.note})
+        rows.append(
+            {
+                "path": run.path,
+                "kind": run.kind,
+                "method": run.method,
+                "P": run.P,
+                "ablation": ";".join(f"{k}={v!r}" for k, v in sorted(run.ablation.items())),
+                "tasks": " ".join(sorted(run.tasks)),
+                "analysis_records": len(run.records),
+                "note": run.note,
+            }
+        )
     name = write.csv("runs.csv", rows, ["kind", "method", "P", "ablation", "tasks", "analysis_records", "note", "path"])
     kinds = {}
     for run in runs:
         kinds[run.kind] = kinds.get(run.kind, 0) + 1
     floored = sorted(t for t, f in floor.items() if f.floored)
-    floor_rows = [[t, tables.fmt(f.chance * 100 if f.chance is not None else math.nan),
-                   tables.fmt(100 * f.full_score if f.full_score is not None else math.nan),
-                   tables.fmt(100 * f.full_lo if f.full_lo is not None else math.nan), f.status]
-                  for t, f in sorted(floor.items())]
-    out = [f"{len(runs)} results file(s): " + ", ".join(f"{n} {k}" for k, n in sorted(kinds.items())) +
-           f" ([{name}]({name})).", "",
-           ("Intervals are 95 %: Wilson for accuracy-like scores (of a task, or of a category with its documents "
-           "pooled), percentile bootstrap over documents for perplexity (needs `--log_samples`), ±1.96 SE over "
-           "documents for entropies and layer profiles, Fisher z for Pearson r."), "",
-           "### Floor check", "",
-           "A task is at the floor when full attention's 95 % Wilson lower bound is not above chance (uniform guess "
-           "over the labels for ICL, 0 for generation tasks). " +
-           ("Floored tasks are kept in category means (--include_floored)." if include_floored else
-            "Floored tasks are greyed in figures and left out of correlations and category means."), ""]
+    floor_rows = [
+        [
+            t,
+            tables.fmt(f.chance * 100 if f.chance is not None else math.nan),
+            tables.fmt(100 * f.full_score if f.full_score is not None else math.nan),
+            tables.fmt(100 * f.full_lo if f.full_lo is not None else math.nan),
+            f.status,
+        ]
+        for t, f in sorted(floor.items())
+    ]
+    out = [
+        f"{len(runs)} results file(s): "
+        + ", ".join(f"{n} {k}" for k, n in sorted(kinds.items()))
+        + f" ([{name}]({name})).",
+        "",
+        (
+            "Intervals are 95 %: Wilson for accuracy-like scores (of a task, or of a category with its documents "
+            "pooled), percentile bootstrap over documents for perplexity (needs `--log_samples`), ±1.96 SE over "
+            "documents for entropies and layer profiles, Fisher z for Pearson r."
+        ),
+        "",
+        "### Floor check",
+        "",
+        "A task is at the floor when full attention's 95 % Wilson lower bound is not above chance (uniform guess "
+        "over the labels for ICL, 0 for generation tasks). "
+        + (
+            "Floored tasks are kept in category means (--include_floored)."
+            if include_floored
+            else "Floored tasks are greyed in figures and left out of correlations and category means."
+        ),
+        "",
+    ]
     out += page.table(["task", "chance %", "full %", "full lower bound %", "status"], floor_rows)
     if floored:
         out += [f"At the floor: {', '.join(floored)}.", ""]

@@ -14,6 +14,7 @@ Inputs relied on (lm-eval 0.4.13 results files, as ``lm-eval-parallel sweep`` wr
   (P, method, pos, task); two runs with different other settings appending to one file cannot be told apart and
   both lose their records (the page says so).
 """
+
 from __future__ import annotations
 
 import glob
@@ -136,10 +137,17 @@ def task_scores(path: str, results: dict) -> dict[str, TaskScore]:
     for row in read_results_file(path, results):
         entropy = metric_values(results["results"][row.task]).get(ENTROPY_METRIC)
         out[row.task] = TaskScore(
-            task=row.task, family=row.family, variant=row.variant, category=row.category, length=row.length,
-            metric=row.metric, higher_is_better=row.higher_is_better, score=row.score,
+            task=row.task,
+            family=row.family,
+            variant=row.variant,
+            category=row.category,
+            length=row.length,
+            metric=row.metric,
+            higher_is_better=row.higher_is_better,
+            score=row.score,
             n=int(row.n) if row.n is not None else None,
-            entropy=row.attn_entropy, entropy_stderr=entropy[1] if entropy else None,
+            entropy=row.attn_entropy,
+            entropy_stderr=entropy[1] if entropy else None,
             samples_path=find_samples(path, row.task),
         )
     return out
@@ -151,8 +159,9 @@ def read_run(path: str) -> Run:
     model, method, P, settings = resolve_settings(results)
     date = results.get("date")
     date = float(date) if isinstance(date, (int, float)) else os.path.getmtime(path)
-    return Run(path=path, model=model, method=method, P=P, settings=settings, date=date,
-               tasks=task_scores(path, results))
+    return Run(
+        path=path, model=model, method=method, P=P, settings=settings, date=date, tasks=task_scores(path, results)
+    )
 
 
 def read_runs(paths: list[str]) -> tuple[list[Run], list[str]]:
@@ -180,9 +189,11 @@ def read_runs(paths: list[str]) -> tuple[list[Run], list[str]]:
 
 # ------------------------------------------------------------------------------------------ analysis records
 
+
 def find_analysis_file(recorded: str, run_path: str, roots: list[str]) -> str | None:
     """The file ``analysis_path`` named at run time: as recorded (absolute, or relative to here), else relative to
     a RUNS root, else its name in the results file's folder or a folder above it, else anywhere under the roots."""
+
     def exists(path: str) -> bool:
         return os.path.isfile(path) or bool(glob.glob(glob.escape(path) + ".rank*"))
 
@@ -225,15 +236,23 @@ def attach_analysis(runs: list[Run], roots: list[str]) -> None:
     for path, members in by_file.items():
         records = read_analysis_file(path)
         for run in members:
-            clash = [o for o in members if o is not run and (o.P, o.method, o.settings["pos"]) ==
-                     (run.P, run.method, run.settings["pos"]) and set(o.tasks) & set(run.tasks)]
+            clash = [
+                o
+                for o in members
+                if o is not run
+                and (o.P, o.method, o.settings["pos"]) == (run.P, run.method, run.settings["pos"])
+                and set(o.tasks) & set(run.tasks)
+            ]
             if clash:
                 run.note = f"{path} also holds {clash[0].label()} with the same P/method/pos: records not used"
                 continue
             latest = {}
             for record in records:
-                if (record.get("P"), record.get("method"), record.get("pos")) != (run.P, run.method,
-                                                                                   run.settings["pos"]):
+                if (record.get("P"), record.get("method"), record.get("pos")) != (
+                    run.P,
+                    run.method,
+                    run.settings["pos"],
+                ):
                     continue
                 if record.get("task") not in run.tasks:
                     continue
@@ -263,8 +282,9 @@ def layer_values(record: dict, stat: str) -> np.ndarray | None:
     value = record.get(LAYER_STATS[stat][0])
     if value is None:
         return None
-    array = np.array([[np.nan if x is None else x for x in (v if isinstance(v, list) else [v])] for v in value],
-                     dtype=float)  # [L, heads]
+    array = np.array(
+        [[np.nan if x is None else x for x in (v if isinstance(v, list) else [v])] for v in value], dtype=float
+    )  # [L, heads]
     return nanmean(array, axis=1) if array.size else None
 
 

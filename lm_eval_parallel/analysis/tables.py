@@ -5,6 +5,7 @@ Units: accuracy-like scores are shown x100 (%), perplexity as it is; entropy in 
 tasks), Fisher z for Pearson r, percentile bootstrap over documents for perplexity; ±1.96 SE over documents
 for layer profiles and entropies.
 """
+
 from __future__ import annotations
 
 import csv
@@ -49,8 +50,12 @@ def write_csv(rows: list[dict], path: str, columns: list[str]) -> None:
         writer = csv.DictWriter(f, fieldnames=columns, extrasaction="ignore")
         writer.writeheader()
         for row in rows:
-            writer.writerow({k: (f"{v:.10g}" if isinstance(v, float) and math.isfinite(v) else
-                                 "" if isinstance(v, float) else v) for k, v in row.items()})
+            writer.writerow(
+                {
+                    k: (f"{v:.10g}" if isinstance(v, float) and math.isfinite(v) else "" if isinstance(v, float) else v)
+                    for k, v in row.items()
+                }
+            )
 
 
 def proportion_interval(successes: float, n: int | None) -> tuple[float, float]:
@@ -62,8 +67,9 @@ def proportion_interval(successes: float, n: int | None) -> tuple[float, float]:
     return float(low), float(high)
 
 
-def perplexity_interval(documents: list[tuple[np.ndarray, np.ndarray] | None],
-                        bootstrap_iters: int) -> tuple[float, float]:
+def perplexity_interval(
+    documents: list[tuple[np.ndarray, np.ndarray] | None], bootstrap_iters: int
+) -> tuple[float, float]:
     """Bootstrap interval of the mean over tasks of each task's perplexity, from (loglikelihood [n], n_tokens [n])
     per task; (nan, nan) when a task has no documents or bootstrap_iters is 0."""
     if bootstrap_iters <= 0 or not documents or any(d is None for d in documents):
@@ -83,6 +89,7 @@ def task_interval(score: TaskScore, bootstrap_iters: int) -> tuple[float, float,
 
 
 # ------------------------------------------------------------------------------------------------- floors
+
 
 @dataclass
 class Floor:
@@ -168,24 +175,67 @@ def layer_profiles(runs: list[Run]) -> tuple[list[dict], dict]:
             continue
         curves.setdefault((length, scope), {}).setdefault(stat, {})[method, P] = (mean, lo, hi, n)
         for layer in range(len(mean)):
-            rows.append({"length": length, "scope": scope, "stat": stat, "method": method, "P": P, "layer": layer,
-                         "mean": float(mean[layer]), "lo": float(lo[layer]), "hi": float(hi[layer]),
-                         "n_docs": int(n[layer])})
+            rows.append(
+                {
+                    "length": length,
+                    "scope": scope,
+                    "stat": stat,
+                    "method": method,
+                    "P": P,
+                    "layer": layer,
+                    "mean": float(mean[layer]),
+                    "lo": float(lo[layer]),
+                    "hi": float(hi[layer]),
+                    "n_docs": int(n[layer]),
+                }
+            )
     return rows, curves
 
 
 def _layer_key(item):
     (length, scope, stat, method, P), _ = item
-    return (length_in_tokens(length), scope != "all", scope, list(LAYER_STATS).index(stat),
-            METHOD_ORDER.get(method, 9), P)
+    return (
+        length_in_tokens(length),
+        scope != "all",
+        scope,
+        list(LAYER_STATS).index(stat),
+        METHOD_ORDER.get(method, 9),
+        P,
+    )
 
 
 # ------------------------------------------------------------------------------------------- Fig 3 / 7
 
-POINT_COLUMNS = ["length", "task", "P", "method", "entropy", "entropy_lo", "entropy_hi", "score", "score_lo",
-                 "score_hi", "n_docs", "floor"]
-CORRELATION_COLUMNS = ["length", "task", "category", "metric", "n_points", "r", "r_lo", "r_hi", "p_value", "chance",
-                       "full_score", "full_lo", "floor", "used"]
+POINT_COLUMNS = [
+    "length",
+    "task",
+    "P",
+    "method",
+    "entropy",
+    "entropy_lo",
+    "entropy_hi",
+    "score",
+    "score_lo",
+    "score_hi",
+    "n_docs",
+    "floor",
+]
+CORRELATION_COLUMNS = [
+    "length",
+    "task",
+    "category",
+    "metric",
+    "n_points",
+    "r",
+    "r_lo",
+    "r_hi",
+    "p_value",
+    "chance",
+    "full_score",
+    "full_lo",
+    "floor",
+    "used",
+]
 
 
 def entropy_vs_score(runs: list[Run], floor: dict[str, Floor], bootstrap_iters: int) -> tuple[list[dict], list[dict]]:
@@ -209,24 +259,48 @@ def entropy_vs_score(runs: list[Run], floor: dict[str, Floor], bootstrap_iters: 
                 continue
             shown, lo, hi = task_interval(score, bootstrap_iters)
             half = Z95 * score.entropy_stderr if score.entropy_stderr is not None else math.nan
-            points.append({"length": first.length, "task": task, "P": P, "method": "full" if P == 1 else "naive",
-                           "entropy": score.entropy, "entropy_lo": score.entropy - half,
-                           "entropy_hi": score.entropy + half, "score": shown, "score_lo": lo, "score_hi": hi,
-                           "n_docs": score.n, "floor": flag.status if flag else ""})
+            points.append(
+                {
+                    "length": first.length,
+                    "task": task,
+                    "P": P,
+                    "method": "full" if P == 1 else "naive",
+                    "entropy": score.entropy,
+                    "entropy_lo": score.entropy - half,
+                    "entropy_hi": score.entropy + half,
+                    "score": shown,
+                    "score_lo": lo,
+                    "score_hi": hi,
+                    "n_docs": score.n,
+                    "floor": flag.status if flag else "",
+                }
+            )
             if math.isfinite(shown):
                 xs.append(score.entropy)
                 ys.append(shown)
         # P=1 (full attention) is naive's P=1 limit: every point is a naive configuration
         correlation = stats.naive_entropy_correlation([("naive", x, y) for x, y in zip(xs, ys)])
-        r, r_lo, r_hi, p = ((correlation.r, correlation.low, correlation.high, correlation.pvalue) if correlation
-                            else (math.nan,) * 4)
-        correlations.append({
-            "length": first.length, "task": task, "category": first.category, "metric": first.metric,
-            "n_points": len(xs), "r": r, "r_lo": r_lo, "r_hi": r_hi, "p_value": p,
-            "chance": flag.chance if flag and flag.chance is not None else math.nan,
-            "full_score": 100 * flag.full_score if flag and flag.full_score is not None else math.nan,
-            "full_lo": 100 * flag.full_lo if flag and flag.full_lo is not None else math.nan,
-            "floor": flag.status if flag else "", "used": not (flag and flag.floored) and math.isfinite(r)})
+        r, r_lo, r_hi, p = (
+            (correlation.r, correlation.low, correlation.high, correlation.pvalue) if correlation else (math.nan,) * 4
+        )
+        correlations.append(
+            {
+                "length": first.length,
+                "task": task,
+                "category": first.category,
+                "metric": first.metric,
+                "n_points": len(xs),
+                "r": r,
+                "r_lo": r_lo,
+                "r_hi": r_hi,
+                "p_value": p,
+                "chance": flag.chance if flag and flag.chance is not None else math.nan,
+                "full_score": 100 * flag.full_score if flag and flag.full_score is not None else math.nan,
+                "full_lo": 100 * flag.full_lo if flag and flag.full_lo is not None else math.nan,
+                "floor": flag.status if flag else "",
+                "used": not (flag and flag.floored) and math.isfinite(r),
+            }
+        )
     return points, correlations
 
 
@@ -236,15 +310,24 @@ def _task_key(score: TaskScore):
 
 # ------------------------------------------------------------------------------------------ category cells
 
-def category_cell(scores: list[TaskScore], floor: dict[str, Floor], include_floored: bool,
-                  bootstrap_iters: int) -> dict:
+
+def category_cell(
+    scores: list[TaskScore], floor: dict[str, Floor], include_floored: bool, bootstrap_iters: int
+) -> dict:
     """One category at one configuration. Accuracy: documents pooled over the tasks (= the mean of task scores
     when every task has the same N), Wilson interval; perplexity: mean over tasks, bootstrap over documents.
     Entropy: mean over tasks ± 1.96 * sqrt(sum SE^2) / k."""
     excluded = sorted(s.task for s in scores if not include_floored and floor.get(s.task) and floor[s.task].floored)
     used = [s for s in scores if s.task not in excluded]
-    cell = {"score": math.nan, "lo": math.nan, "hi": math.nan, "n_docs": 0, "n_tasks": len(used),
-                "tasks": " ".join(sorted(s.task for s in used)), "excluded": " ".join(excluded)}
+    cell = {
+        "score": math.nan,
+        "lo": math.nan,
+        "hi": math.nan,
+        "n_docs": 0,
+        "n_tasks": len(used),
+        "tasks": " ".join(sorted(s.task for s in used)),
+        "excluded": " ".join(excluded),
+    }
     if used and all(s.higher_is_better for s in used):
         n = sum(s.n or 0 for s in used)
         k = sum(s.score * (s.n or 0) for s in used)
@@ -273,12 +356,32 @@ def by_length_category(run: Run) -> dict[tuple[str, str], list[TaskScore]]:
 
 # --------------------------------------------------------------------------------------- scores against P
 
-SERIES_COLUMNS = ["figure", "series", "length", "category", "P", "score", "lo", "hi", "n_docs", "n_tasks",
-                  "entropy", "entropy_lo", "entropy_hi", "tasks", "excluded"]
+SERIES_COLUMNS = [
+    "figure",
+    "series",
+    "length",
+    "category",
+    "P",
+    "score",
+    "lo",
+    "hi",
+    "n_docs",
+    "n_tasks",
+    "entropy",
+    "entropy_lo",
+    "entropy_hi",
+    "tasks",
+    "excluded",
+]
 
 
-def series_vs_P(figure: str, series: list[tuple[str, list[Run]]], floor: dict[str, Floor], include_floored: bool,
-                bootstrap_iters: int) -> list[dict]:
+def series_vs_P(
+    figure: str,
+    series: list[tuple[str, list[Run]]],
+    floor: dict[str, Floor],
+    include_floored: bool,
+    bootstrap_iters: int,
+) -> list[dict]:
     """Rows (series, length, category, P) for a figure of scores against P. Each series is (label, runs)."""
     rows = []
     for label, members in series:
@@ -337,8 +440,24 @@ def sink_series(runs: list[Run]) -> list[tuple[str, list[Run]]]:
 
 # ------------------------------------------------------------------------------------------------ Table 2
 
-TABLE2_COLUMNS = ["method", "setting", "category", "top_k", "aggr", "score", "lo", "hi", "n_docs", "n_tasks", "paper",
-                  "delta", "tasks", "excluded", "P", "length"]
+TABLE2_COLUMNS = [
+    "method",
+    "setting",
+    "category",
+    "top_k",
+    "aggr",
+    "score",
+    "lo",
+    "hi",
+    "n_docs",
+    "n_tasks",
+    "paper",
+    "delta",
+    "tasks",
+    "excluded",
+    "P",
+    "length",
+]
 
 
 def read_reference(path: str) -> dict[tuple[str, str], float]:
@@ -350,8 +469,14 @@ def read_reference(path: str) -> dict[tuple[str, str], float]:
     return {(setting, category): value for (setting, category, _), value in reference.cells.items()}
 
 
-def table2(runs: list[Run], floor: dict[str, Floor], include_floored: bool, P: int, length: str,
-           reference: dict[tuple[str, str], float] | None) -> list[dict]:
+def table2(
+    runs: list[Run],
+    floor: dict[str, Floor],
+    include_floored: bool,
+    P: int,
+    length: str,
+    reference: dict[tuple[str, str], float] | None,
+) -> list[dict]:
     """The selection ablation at one P and length, one block of rows per selection method with ablation runs
     (top_k / aggr set) there; the main sweep's run of that method fills its default cells (top_k=2, aggr=HT).
     A cell pools the category's tasks of the run whose effective (top_k, aggr) is the row's."""
@@ -370,8 +495,20 @@ def table2(runs: list[Run], floor: dict[str, Floor], include_floored: bool, P: i
                             scores[task] = score  # a newer run of the same cell wins
                 cell = category_cell(list(scores.values()), floor, include_floored, 0)
                 paper = reference.get((setting, category), math.nan) if reference else math.nan
-                rows.append(dict(method=method, setting=setting, category=category, top_k=top_k[category], aggr=aggr,
-                                 paper=paper, delta=cell["score"] - paper, P=P, length=length, **cell))
+                rows.append(
+                    dict(
+                        method=method,
+                        setting=setting,
+                        category=category,
+                        top_k=top_k[category],
+                        aggr=aggr,
+                        paper=paper,
+                        delta=cell["score"] - paper,
+                        P=P,
+                        length=length,
+                        **cell,
+                    )
+                )
     return rows
 
 

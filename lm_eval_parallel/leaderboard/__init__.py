@@ -6,6 +6,7 @@
 `main_leaderboard(argv)` and `main_check(argv)` take the arguments after the sub-command and return the
 exit status. The building blocks (reading results, board rows, category cells, the gate) are importable.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -37,11 +38,12 @@ def _parse(parser: argparse.ArgumentParser, argv: list[str]) -> argparse.Namespa
 @dataclass
 class BoardOptions:
     """How a board is keyed and what goes beside its results (the `leaderboard` flags)."""
+
     aliases: dict[str, str] = field(default_factory=dict)  # pretrained -> alias; "" -> alias of every model
-    window: int | None = None       # the model's window, when the results do not record it
+    window: int | None = None  # the model's window, when the results do not record it
     timings: dict = field(default_factory=dict)  # efficiency.read_timings of the --timings files
-    data_mode: str | None = None    # "local" / "hub": what the task loaders read
-    about: str | None = None        # markdown appended to the README (how the board was made)
+    data_mode: str | None = None  # "local" / "hub": what the task loaders read
+    about: str | None = None  # markdown appended to the README (how the board was made)
     plots: bool = True
 
 
@@ -59,8 +61,16 @@ def write_board(board: Board, out_dir: str, title: str, options: BoardOptions | 
         from .plots import write_plots
 
         plot_paths = write_plots(findings, out_dir)
-    readme = render_readme(board, title, plot_paths, findings, options.timings, options.data_mode,
-                           set(options.aliases.values()), options.about)
+    readme = render_readme(
+        board,
+        title,
+        plot_paths,
+        findings,
+        options.timings,
+        options.data_mode,
+        set(options.aliases.values()),
+        options.about,
+    )
     with open(os.path.join(out_dir, "README.md"), "w", encoding="utf-8") as f:
         f.write(readme)
     return findings
@@ -76,8 +86,9 @@ def replace_files(staging: str, out_dir: str) -> None:
             os.replace(os.path.join(root, name), os.path.join(target, name))
 
 
-def build_leaderboard(paths: list[str], out_dir: str, title: str | None = None, plots: bool = True,
-                      options: BoardOptions | None = None) -> Board:
+def build_leaderboard(
+    paths: list[str], out_dir: str, title: str | None = None, plots: bool = True, options: BoardOptions | None = None
+) -> Board:
     """Read every results file under `paths` and write README.md, board.csv, board.json and plots/.
 
     Nothing is written when no results file has task results; otherwise the board is written complete into
@@ -112,22 +123,38 @@ def main_leaderboard(argv: list[str]) -> int:
     parser.add_argument("--title", default=None, help="README title (default: the name of --out)")
     parser.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
     add_alias_argument(parser)
-    parser.add_argument("--window", type=int, default=None, metavar="TOKENS",
-                        help="the model's window, when the results do not record it (max_position_embeddings)")
-    parser.add_argument("--timings", action="append", default=[], metavar="FILE",
-                        help="a benchmarks/bench_board.py JSON: efficiency beside accuracy (repeatable)")
-    parser.add_argument("--data", choices=DATA_MODES, default=None,
-                        help="what the task loaders read: local files ($PCE_DATA_DIR) or the hub (default: not "
-                             "recorded, both are named)")
-    parser.add_argument("--about", default=None, metavar="FILE",
-                        help="markdown appended to the README (how the board was made); default OUT/about.md when "
-                             "it exists")
+    parser.add_argument(
+        "--window",
+        type=int,
+        default=None,
+        metavar="TOKENS",
+        help="the model's window, when the results do not record it (max_position_embeddings)",
+    )
+    parser.add_argument(
+        "--timings",
+        action="append",
+        default=[],
+        metavar="FILE",
+        help="a benchmarks/bench_board.py JSON: efficiency beside accuracy (repeatable)",
+    )
+    parser.add_argument(
+        "--data",
+        choices=DATA_MODES,
+        default=None,
+        help="what the task loaders read: local files ($PCE_DATA_DIR) or the hub (default: not "
+        "recorded, both are named)",
+    )
+    parser.add_argument(
+        "--about",
+        default=None,
+        metavar="FILE",
+        help="markdown appended to the README (how the board was made); default OUT/about.md when it exists",
+    )
     args = _parse(parser, argv)
     if isinstance(args, int):
         return args
 
-    missing = [p for p in args.paths + args.timings + ([args.about] if args.about else [])
-               if not os.path.exists(p)]
+    missing = [p for p in args.paths + args.timings + ([args.about] if args.about else []) if not os.path.exists(p)]
     if missing:
         print(f"error: no such file or directory: {', '.join(missing)}", file=sys.stderr)
         return EXIT_USAGE
@@ -135,8 +162,9 @@ def main_leaderboard(argv: list[str]) -> int:
         check_writable_dir(args.out, "--out")
         if args.window is not None and args.window < 1:
             raise ValueError(f"--window must be a positive number of tokens, got {args.window}")
-        options = BoardOptions(aliases=parse_aliases(args.model_alias), window=args.window, data_mode=args.data,
-                               plots=not args.no_plots)
+        options = BoardOptions(
+            aliases=parse_aliases(args.model_alias), window=args.window, data_mode=args.data, plots=not args.no_plots
+        )
         for path in args.timings:
             options.timings.update(read_timings(path, options.aliases))
         about = args.about or os.path.join(args.out, "about.md")
@@ -148,18 +176,28 @@ def main_leaderboard(argv: list[str]) -> int:
         print(f"error: {error}", file=sys.stderr)
         return EXIT_USAGE
     if not board.rows:
-        print(f"error: no lm-eval results files with task results under {', '.join(args.paths)}; "
-              f"nothing written to {args.out}", file=sys.stderr)
+        print(
+            f"error: no lm-eval results files with task results under {', '.join(args.paths)}; "
+            f"nothing written to {args.out}",
+            file=sys.stderr,
+        )
         return EXIT_USAGE
-    print(f"leaderboard: {len(board.rows)} task result(s) from {len(board.files)} file(s) "
-          f"({len(board.superseded)} older duplicate(s) dropped) -> {args.out}")
+    print(
+        f"leaderboard: {len(board.rows)} task result(s) from {len(board.files)} file(s) "
+        f"({len(board.superseded)} older duplicate(s) dropped) -> {args.out}"
+    )
     return EXIT_OK
 
 
 def add_alias_argument(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--model_alias", action="append", default=[], metavar="[PRETRAINED=]NAME",
-                        help="key the model by NAME instead of its pretrained= value (a host path): NAME for every "
-                             "model, or PRETRAINED=NAME for one (repeatable); smollm2-135m's file is found by itself")
+    parser.add_argument(
+        "--model_alias",
+        action="append",
+        default=[],
+        metavar="[PRETRAINED=]NAME",
+        help="key the model by NAME instead of its pretrained= value (a host path): NAME for every "
+        "model, or PRETRAINED=NAME for one (repeatable); smollm2-135m's file is found by itself",
+    )
 
 
 def parse_aliases(values: list[str]) -> dict[str, str]:
@@ -185,22 +223,37 @@ def main_check(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(
         prog="lm-eval-parallel check",
         description="Regression gate: exit 1 when a score of the new run fell below the baseline by more than the "
-                    "tolerance (absolute on the 0-1 scale; relative for perplexities) and, where both sides have "
-                    "per-document results, significantly by a paired test (docs/ci.md); 2 on usage errors or no "
-                    "overlap.",
+        "tolerance (absolute on the 0-1 scale; relative for perplexities) and, where both sides have "
+        "per-document results, significantly by a paired test (docs/ci.md); 2 on usage errors or no "
+        "overlap.",
     )
-    parser.add_argument("paths", nargs="+", metavar="DIR",
-                        help="new results (directories, results files or a board.json)")
+    parser.add_argument(
+        "paths", nargs="+", metavar="DIR", help="new results (directories, results files or a board.json)"
+    )
     parser.add_argument("--baseline", required=True, help="baseline board.json, e.g. leaderboards/NAME/board.json")
-    parser.add_argument("--tolerance", type=float, default=0.02,
-                        help="allowed drop: absolute for 0-1 scores, relative for perplexity (default 0.02)")
-    parser.add_argument("--alpha", type=float, default=0.05,
-                        help="level of the paired tests, Holm-corrected over the tested rows (default 0.05)")
-    parser.add_argument("--tolerance-only", action="store_true",
-                        help="ignore per-document results: a drop beyond the tolerance is a regression")
-    parser.add_argument("--require-all", action="store_true",
-                        help="fail when a baseline configuration (or one of its tasks) is missing from the new run; "
-                             "by default only the configurations the run has are gated")
+    parser.add_argument(
+        "--tolerance",
+        type=float,
+        default=0.02,
+        help="allowed drop: absolute for 0-1 scores, relative for perplexity (default 0.02)",
+    )
+    parser.add_argument(
+        "--alpha",
+        type=float,
+        default=0.05,
+        help="level of the paired tests, Holm-corrected over the tested rows (default 0.05)",
+    )
+    parser.add_argument(
+        "--tolerance-only",
+        action="store_true",
+        help="ignore per-document results: a drop beyond the tolerance is a regression",
+    )
+    parser.add_argument(
+        "--require-all",
+        action="store_true",
+        help="fail when a baseline configuration (or one of its tasks) is missing from the new run; "
+        "by default only the configurations the run has are gated",
+    )
     add_alias_argument(parser)
     args = _parse(parser, argv)
     if isinstance(args, int):
@@ -246,17 +299,43 @@ def main_check(argv: list[str]) -> int:
     if result.regressions:
         return EXIT_REGRESSION
     if args.require_all and result.missing:
-        print(f"check: failing because of --require-all: {len(result.missing)} baseline row(s) not in the new run",
-              file=sys.stderr)
+        print(
+            f"check: failing because of --require-all: {len(result.missing)} baseline row(s) not in the new run",
+            file=sys.stderr,
+        )
         return EXIT_REGRESSION
     return EXIT_OK
 
 
 __all__ = [
-    "main_leaderboard", "main_check", "build_leaderboard", "load_rows", "BoardOptions", "parse_aliases",
-    "Board", "BoardRow", "CategoryCell", "GateResult", "Findings", "SampleFiles",
-    "collect", "category_cells", "pearson", "load_board_json", "write_csv", "write_json", "analyse", "read_timings",
-    "compare", "is_regression", "report_lines", "samples_reader",
-    "find_results_files", "read_results_file", "run_settings", "parse_model_args",
-    "parse_task_name", "choose_score_metric",
+    "main_leaderboard",
+    "main_check",
+    "build_leaderboard",
+    "load_rows",
+    "BoardOptions",
+    "parse_aliases",
+    "Board",
+    "BoardRow",
+    "CategoryCell",
+    "GateResult",
+    "Findings",
+    "SampleFiles",
+    "collect",
+    "category_cells",
+    "pearson",
+    "load_board_json",
+    "write_csv",
+    "write_json",
+    "analyse",
+    "read_timings",
+    "compare",
+    "is_regression",
+    "report_lines",
+    "samples_reader",
+    "find_results_files",
+    "read_results_file",
+    "run_settings",
+    "parse_model_args",
+    "parse_task_name",
+    "choose_score_metric",
 ]

@@ -1,4 +1,5 @@
 """Build the board: collect rows, keep the newest result per run, aggregate categories, save/load."""
+
 from __future__ import annotations
 
 import csv
@@ -16,10 +17,11 @@ CSV_COLUMNS = [f.name for f in fields(BoardRow)]
 @dataclass
 class ModelRecord:
     """What the results files say about the model behind one alias (the README's model line)."""
+
     alias: str
-    pretrained: set[str] = field(default_factory=set)   # as the runs named it (a path, a hub id, an alias)
-    dtypes: set[str] = field(default_factory=set)       # lm-eval's model_dtype
-    parameters: set[int] = field(default_factory=set)   # lm-eval's model_num_parameters
+    pretrained: set[str] = field(default_factory=set)  # as the runs named it (a path, a hub id, an alias)
+    dtypes: set[str] = field(default_factory=set)  # lm-eval's model_dtype
+    parameters: set[int] = field(default_factory=set)  # lm-eval's model_num_parameters
     windows: set[int] = field(default_factory=set)
 
     def add(self, results: dict, window: int | None) -> None:
@@ -45,19 +47,30 @@ class Board:
 @dataclass
 class CategoryCell:
     """One category at one (model, method, P, config, length): the paper's Table 1 cell."""
+
     score: float
     attn_entropy: float | None
     higher_is_better: bool
     tasks: list[str]
     weighting: str  # "macro", "tokens" or "samples"
-    partial: bool   # some task of the cell comes from a run with --limit
+    partial: bool  # some task of the cell comes from a run with --limit
     floor_tasks: list[str] = field(default_factory=list)  # left out: full attention is not above chance
     at_floor: bool = False  # every task is at the floor: the cell is their mean, shown greyed, never compared
 
 
 def sort_key(row: BoardRow) -> tuple:
-    return (row.model, row.config, category_order(row.category), row.family, row.variant,
-            length_in_tokens(row.length), row.method != "full", row.method, row.P, row.task)
+    return (
+        row.model,
+        row.config,
+        category_order(row.category),
+        row.family,
+        row.variant,
+        length_in_tokens(row.length),
+        row.method != "full",
+        row.method,
+        row.P,
+        row.task,
+    )
 
 
 def keep_newest(rows: list[BoardRow]) -> tuple[list[BoardRow], list[tuple[BoardRow, BoardRow]]]:
@@ -94,11 +107,14 @@ def check_aliases(models: dict[str, ModelRecord], aliases: dict[str, str]) -> No
     given = set(aliases.values())
     for alias, record in models.items():
         if len(record.pretrained) > 1 and alias not in given and alias not in KNOWN_MODELS:
-            raise ValueError(f"models {', '.join(sorted(record.pretrained))} would all be keyed {alias!r}; "
-                             f"name them with --model_alias PRETRAINED=NAME")
+            raise ValueError(
+                f"models {', '.join(sorted(record.pretrained))} would all be keyed {alias!r}; "
+                f"name them with --model_alias PRETRAINED=NAME"
+            )
 
 
 # ---------------------------------------------------------------------------------------------- aggregation
+
 
 def mean(values: list[float]) -> float | None:
     return sum(values) / len(values) if values else None
@@ -146,9 +162,16 @@ def category_cell(rows: list[BoardRow], floors: dict[tuple, bool | None] | None 
     else:
         score, weighting = pooled_perplexity(kept)
     entropies = [row.attn_entropy for row in kept if row.attn_entropy is not None]
-    return CategoryCell(score=score, attn_entropy=mean(entropies), higher_is_better=higher,
-                        tasks=sorted(row.task for row in kept), weighting=weighting,
-                        partial=any(row.partial for row in kept), floor_tasks=floor_tasks, at_floor=at_floor)
+    return CategoryCell(
+        score=score,
+        attn_entropy=mean(entropies),
+        higher_is_better=higher,
+        tasks=sorted(row.task for row in kept),
+        weighting=weighting,
+        partial=any(row.partial for row in kept),
+        floor_tasks=floor_tasks,
+        at_floor=at_floor,
+    )
 
 
 def category_groups(rows: list[BoardRow]) -> dict[tuple, list[BoardRow]]:
@@ -176,15 +199,19 @@ def config_items(config: str) -> set[str]:
     return set(config.split(",")) - {""}
 
 
-def full_attention_cell(cells: dict[tuple, CategoryCell], model: str, config: str, length: str,
-                        category: str) -> CategoryCell | None:
+def full_attention_cell(
+    cells: dict[tuple, CategoryCell], model: str, config: str, length: str, category: str
+) -> CategoryCell | None:
     """The method=full cell for a parallel configuration: same config, else the full run whose config is
     the largest subset of it (full attention ignores pos, top_k, ...)."""
     wanted = config_items(config)
     candidates = [
         (len(config_items(key[3])), key)
         for key in cells
-        if key[0] == model and key[1] == "full" and key[4] == length and key[5] == category
+        if key[0] == model
+        and key[1] == "full"
+        and key[4] == length
+        and key[5] == category
         and config_items(key[3]) <= wanted
     ]
     return cells[max(candidates)[1]] if candidates else None
@@ -194,8 +221,11 @@ def full_attention_row(rows: list[BoardRow], model: str, config: str, task: str)
     """The method=full row of a task for a configuration: same config, else the full run whose config is the
     largest subset of it (as `full_attention_cell`)."""
     wanted = config_items(config)
-    candidates = [(len(config_items(r.config)), r.config, r) for r in rows
-                  if r.model == model and r.method == "full" and r.task == task and config_items(r.config) <= wanted]
+    candidates = [
+        (len(config_items(r.config)), r.config, r)
+        for r in rows
+        if r.model == model and r.method == "full" and r.task == task and config_items(r.config) <= wanted
+    ]
     return max(candidates, key=lambda c: c[:2])[2] if candidates else None
 
 
@@ -213,6 +243,7 @@ def pearson(xs: list[float], ys: list[float]) -> float | None:
 
 
 # ---------------------------------------------------------------------------------------------- files
+
 
 def write_csv(rows: list[BoardRow], path: str) -> None:
     with open(path, "w", newline="", encoding="utf-8") as f:

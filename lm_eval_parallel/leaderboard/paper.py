@@ -17,6 +17,7 @@ raw or compacted), a stratified bootstrap over documents (`stats.bootstrap_categ
 `stats.bootstrap_macro_perplexity`); without them, accuracy cells get the Wilson interval of the documents
 pooled over the subtasks (sum of score x N over sum of N) and perplexity cells none.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -53,13 +54,15 @@ TABLE2_CATEGORIES = ("ICL", "RAG", "Synthetic")
 # (row, top_k per category, aggr): the paper's TopK rows use HT; its Aggr rows use TopK=5 for ICL and RAG and
 # TopK=2 for Synthetic.
 TABLE2_ROWS = [(f"TopK={k}", {c: k for c in TABLE2_CATEGORIES}, "HT") for k in (1, 2, 5, 10)] + [
-    (f"Aggr={a}", {"ICL": 5, "RAG": 5, "Synthetic": 2}, a) for a in ("none", "T", "HT", "LHT")]
+    (f"Aggr={a}", {"ICL": 5, "RAG": 5, "Synthetic": 2}, a) for a in ("none", "T", "HT", "LHT")
+]
 # Parallel settings a reproduction may set without leaving the paper's protocol.
 PROTOCOL_FREE = {"preset"}
 EXIT_OK, EXIT_USAGE = 0, 2
 
 
 # ---------------------------------------------------------------------------------------------- the recipe
+
 
 def paper_tasks(category: str, length: str, offline: bool = False) -> list[str]:
     return [f"{stem}_{length}" for stem in PAPER_TASKS[category] if not (offline and stem in NEEDS_HELMET)]
@@ -77,9 +80,17 @@ def _check_recipe_args(pretrained: str, lengths, model_args: str) -> None:
         raise ValueError(f"--model_args {model_args!r}: {', '.join(clash)} is set by the recipe")
 
 
-def recipe(pretrained: str, out: str, lengths=TABLE1_LENGTHS, offline: bool = False, table2: bool = False,
-           model_args: str = "", device: str | None = None, batch_size: str = "auto",
-           limit: int | None = None) -> list[list[str]]:
+def recipe(
+    pretrained: str,
+    out: str,
+    lengths=TABLE1_LENGTHS,
+    offline: bool = False,
+    table2: bool = False,
+    model_args: str = "",
+    device: str | None = None,
+    batch_size: str = "auto",
+    limit: int | None = None,
+) -> list[list[str]]:
     """The `lm-eval-parallel sweep` command lines of the grid, as argument lists (program name first):
     one per Table 1 length into OUT/table1_{L}, then (table2) one per Table 2 setting into OUT/table2/.
     `limit` (documents per subtask) is for a smoke test only: the paper's protocol is all 100."""
@@ -88,12 +99,28 @@ def recipe(pretrained: str, out: str, lengths=TABLE1_LENGTHS, offline: bool = Fa
     if limit is not None and limit < 1:
         raise ValueError(f"--limit {limit}: must be a positive number of documents")
     base = ",".join([f"pretrained={pretrained}"] + ([model_args] if model_args else []))
-    common = (["--batch_size", batch_size, "--log_samples"] + (["--device", device] if device else [])
-              + (["--limit", str(limit)] if limit else []))
+    common = (
+        ["--batch_size", batch_size, "--log_samples"]
+        + (["--device", device] if device else [])
+        + (["--limit", str(limit)] if limit else [])
+    )
 
     def sweep(args: str, P, methods: str, tasks: list[str], folder: str) -> list[str]:
-        return ["lm-eval-parallel", "sweep", "--model_args", args, "--P", ",".join(map(str, P)), "--methods",
-                methods, "--tasks", ",".join(tasks), "--output_path", os.path.join(out, folder), *common]
+        return [
+            "lm-eval-parallel",
+            "sweep",
+            "--model_args",
+            args,
+            "--P",
+            ",".join(map(str, P)),
+            "--methods",
+            methods,
+            "--tasks",
+            ",".join(tasks),
+            "--output_path",
+            os.path.join(out, folder),
+            *common,
+        ]
 
     commands = []
     for length in lengths:
@@ -107,8 +134,15 @@ def recipe(pretrained: str, out: str, lengths=TABLE1_LENGTHS, offline: bool = Fa
                 tasks = runs.setdefault((top_k[category], aggr), [])
                 tasks.extend(t for t in generation[category] if t not in tasks)
         for (top_k, aggr), tasks in runs.items():
-            commands.append(sweep(f"{base},top_k={top_k},aggr={aggr}", (TABLE2_P,), TABLE2_METHOD, tasks,
-                                  os.path.join("table2", f"k{top_k}_{aggr}")))
+            commands.append(
+                sweep(
+                    f"{base},top_k={top_k},aggr={aggr}",
+                    (TABLE2_P,),
+                    TABLE2_METHOD,
+                    tasks,
+                    os.path.join("table2", f"k{top_k}_{aggr}"),
+                )
+            )
     return commands
 
 
@@ -118,13 +152,14 @@ def shell_line(argv: list[str]) -> str:
 
 # ---------------------------------------------------------------------------------------------- the reference
 
+
 @dataclass(frozen=True)
 class Reference:
     path: str
-    table: str                                 # "Table 1" or "Table 2"
-    comments: list[str]                        # the CSV's leading '#' lines: what the numbers are
-    cells: dict[tuple[str, str, str], float]   # (row, category, length) -> number; Table 2's length is 8k
-    rows: list[str]                            # row labels in file order
+    table: str  # "Table 1" or "Table 2"
+    comments: list[str]  # the CSV's leading '#' lines: what the numbers are
+    cells: dict[tuple[str, str, str], float]  # (row, category, length) -> number; Table 2's length is 8k
+    rows: list[str]  # row labels in file order
 
 
 def read_reference(path: str) -> Reference:
@@ -138,8 +173,9 @@ def read_reference(path: str) -> Reference:
     reader = csv.reader(body)
     header = [h.strip() for h in next(reader, [])]
     if not header or header[0] not in ("config", "setting"):
-        raise ValueError(f"{path}: the first column must be 'config' (Table 1) or 'setting' (Table 2), "
-                         f"got columns {header}")
+        raise ValueError(
+            f"{path}: the first column must be 'config' (Table 1) or 'setting' (Table 2), got columns {header}"
+        )
     table = "Table 1" if header[0] == "config" else "Table 2"
     allowed = CATEGORIES if table == "Table 1" else list(TABLE2_CATEGORIES)
     columns = {}
@@ -147,8 +183,10 @@ def read_reference(path: str) -> Reference:
         category, _, length = column.partition("_") if table == "Table 1" else (column, "", TABLE2_LENGTH)
         if category not in allowed or length not in LENGTHS:
             expected = "<category>_<length>, e.g. ICL_8k" if table == "Table 1" else "a category"
-            raise ValueError(f"{path}: column {column!r} is not {expected} (categories {', '.join(allowed)}; "
-                             f"lengths {', '.join(LENGTHS)})")
+            raise ValueError(
+                f"{path}: column {column!r} is not {expected} (categories {', '.join(allowed)}; "
+                f"lengths {', '.join(LENGTHS)})"
+            )
         columns[column] = (category, length)
     cells, rows = {}, []
     for values in reader:
@@ -181,19 +219,21 @@ def _row_settings(table: str, label: str, path: str = "") -> tuple:
 
 # ---------------------------------------------------------------------------------------------- our cells
 
+
 @dataclass(frozen=True)
 class Cell:
     """One reference cell with ours beside it. Scores are x100 for accuracy-like categories."""
+
     table: str
     row: str
     category: str
     length: str
     paper: float
     ours: float | None
-    low: float | None          # 95 % interval of ours; None when there is none
+    low: float | None  # 95 % interval of ours; None when there is none
     high: float | None
-    interval: str              # "bootstrap", "wilson" or "" (none)
-    tasks: tuple[str, ...]     # our subtasks in the cell
+    interval: str  # "bootstrap", "wilson" or "" (none)
+    tasks: tuple[str, ...]  # our subtasks in the cell
     expected: tuple[str, ...]  # the paper's subtasks of the cell
 
     @property
@@ -293,8 +333,21 @@ def _cells_of(reference: Reference, roots: tuple[str, ...], select) -> list[Cell
         expected = tuple(paper_tasks(category, length))
         found = sorted(select(label, category, length), key=lambda r: expected.index(r.task))
         ours, low, high, kind = cell_value(found, roots) if found else (None, None, None, "")
-        cells.append(Cell(reference.table, label, category, length, paper, ours, low, high, kind,
-                          tuple(r.task for r in found), expected))
+        cells.append(
+            Cell(
+                reference.table,
+                label,
+                category,
+                length,
+                paper,
+                ours,
+                low,
+                high,
+                kind,
+                tuple(r.task for r in found),
+                expected,
+            )
+        )
     return cells
 
 
@@ -302,7 +355,7 @@ def _cells_of(reference: Reference, roots: tuple[str, ...], select) -> list[Cell
 class Comparison:
     reference: Reference
     model: str
-    config: str    # the base configuration compared ("" = every model_arg at its default)
+    config: str  # the base configuration compared ("" = every model_arg at its default)
     cells: list[Cell]
 
 
@@ -314,8 +367,9 @@ def _choose_config(configs: set, config: str | None, what: str) -> str:
     return config
 
 
-def compare(board_or_runs, reference_csv: str, model: str | None = None, config: str | None = None,
-            file=sys.stdout) -> Comparison:
+def compare(
+    board_or_runs, reference_csv: str, model: str | None = None, config: str | None = None, file=sys.stdout
+) -> Comparison:
     """Our cells beside the reference's, printed to `file` (None: not printed). `board_or_runs`: a path or a
     list of paths (results folders or files, board.json), or a list of `BoardRow`. `model` / `config` choose
     among several models, or several base configurations (the model_args off their defaults other than
@@ -341,8 +395,11 @@ def compare(board_or_runs, reference_csv: str, model: str | None = None, config:
         def select(label, category, length):
             method, P = _row_settings("Table 1", label)
             wanted = set(paper_tasks(category, length))
-            return [r for r in candidates if (r.method, r.P) == (method, P) and r.task in wanted
-                    and _protocol_config(r.config) == config]
+            return [
+                r
+                for r in candidates
+                if (r.method, r.P) == (method, P) and r.task in wanted and _protocol_config(r.config) == config
+            ]
     else:
         candidates = [r for r in rows if r.method == TABLE2_METHOD and r.P == TABLE2_P]
         protocol = {c for c in (_protocol_config(r.config, ("top_k", "aggr")) for r in candidates) if c is not None}
@@ -351,8 +408,13 @@ def compare(board_or_runs, reference_csv: str, model: str | None = None, config:
         def select(label, category, length):
             top_k, aggr = _row_settings("Table 2", label)
             wanted = set(paper_tasks(category, length))
-            matching = [r for r in candidates if r.task in wanted and _effective_table2(r.config) == (
-                top_k[category], aggr) and _protocol_config(r.config, ("top_k", "aggr")) == config]
+            matching = [
+                r
+                for r in candidates
+                if r.task in wanted
+                and _effective_table2(r.config) == (top_k[category], aggr)
+                and _protocol_config(r.config, ("top_k", "aggr")) == config
+            ]
             newest = {}  # aggr=auto and aggr=HT are the same computation for generation: the newer run counts
             for r in sorted(matching, key=lambda r: r.date):
                 newest[r.task] = r
@@ -366,13 +428,16 @@ def compare(board_or_runs, reference_csv: str, model: str | None = None, config:
 
 # ---------------------------------------------------------------------------------------------- output
 
+
 def _number(value: float | None, digits: int = 2) -> str:
     return "–" if value is None or not math.isfinite(value) else f"{value:.{digits}f}"
 
 
-NOTE = ("Δ = ours − paper. Accuracy-like categories in %, LM in perplexity (lower is better). 95 % interval: "
-        "bootstrap over documents where every subtask has per-document results, else Wilson over the subtasks' "
-        "pooled documents (none for perplexity).")
+NOTE = (
+    "Δ = ours − paper. Accuracy-like categories in %, LM in perplexity (lower is better). 95 % interval: "
+    "bootstrap over documents where every subtask has per-document results, else Wilson over the subtasks' "
+    "pooled documents (none for perplexity)."
+)
 
 
 def format_comparison(comparison: Comparison) -> str:
@@ -383,18 +448,34 @@ def format_comparison(comparison: Comparison) -> str:
     header = ["", "category", "length", "ours", "95 % interval", "paper", "Δ", "paper inside", "subtasks"]
     lines += [NOTE, "", "| " + " | ".join([reference.table, *header[1:]]) + " |", "|---" * len(header) + "|"]
     for c in cells:
-        interval = (f"[{_number(c.low)}, {_number(c.high)}] {c.interval}" if c.low is not None else "–")
+        interval = f"[{_number(c.low)}, {_number(c.high)}] {c.interval}" if c.low is not None else "–"
         inside = {None: "–", True: "yes", False: "no"}[c.paper_inside]
         absent = [t.rsplit("_", 1)[0].removeprefix("pce_") for t in c.expected if t not in c.tasks]
         subtasks = f"{len(c.tasks)}/{len(c.expected)}" + (f" (no {', '.join(absent)})" if absent else "")
         delta = "–" if c.delta is None else f"{c.delta:+.2f}"
-        lines.append(f"| {c.row} | {c.category} | {c.length} | {_number(c.ours)} | {interval} | {_number(c.paper)} | "
-                     f"{delta} | {inside} | {subtasks} |")
+        lines.append(
+            f"| {c.row} | {c.category} | {c.length} | {_number(c.ours)} | {interval} | {_number(c.paper)} | "
+            f"{delta} | {inside} | {subtasks} |"
+        )
     return "\n".join(lines) + "\n"
 
 
-CSV_COLUMNS = ["table", "row", "category", "length", "ours", "low", "high", "interval", "paper", "delta",
-               "paper_inside", "n_tasks", "n_expected", "tasks"]
+CSV_COLUMNS = [
+    "table",
+    "row",
+    "category",
+    "length",
+    "ours",
+    "low",
+    "high",
+    "interval",
+    "paper",
+    "delta",
+    "paper_inside",
+    "n_tasks",
+    "n_expected",
+    "tasks",
+]
 
 
 def write_csv(cells: list[Cell], path: str) -> None:
@@ -402,11 +483,28 @@ def write_csv(cells: list[Cell], path: str) -> None:
         writer = csv.writer(f)
         writer.writerow(CSV_COLUMNS)
         for c in cells:
-            writer.writerow([c.table, c.row, c.category, c.length, c.ours, c.low, c.high, c.interval, c.paper,
-                             c.delta, c.paper_inside, len(c.tasks), len(c.expected), " ".join(c.tasks)])
+            writer.writerow(
+                [
+                    c.table,
+                    c.row,
+                    c.category,
+                    c.length,
+                    c.ours,
+                    c.low,
+                    c.high,
+                    c.interval,
+                    c.paper,
+                    c.delta,
+                    c.paper_inside,
+                    len(c.tasks),
+                    len(c.expected),
+                    " ".join(c.tasks),
+                ]
+            )
 
 
 # ---------------------------------------------------------------------------------------------- command line
+
 
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="lm-eval-parallel paper", description=__doc__.split("\n\n")[0])
@@ -415,22 +513,30 @@ def build_parser() -> argparse.ArgumentParser:
     rec.add_argument("--pretrained", required=True, help="model name or folder (as lm-eval's hf model takes it)")
     rec.add_argument("--out", required=True, help="output folder of the sweeps")
     rec.add_argument("--lengths", default=",".join(TABLE1_LENGTHS), help="Table 1 lengths (default 4k,8k,16k)")
-    rec.add_argument("--offline", action="store_true",
-                     help="leave out triviaqa and popqa, whose data only HELMET's files hold")
+    rec.add_argument(
+        "--offline", action="store_true", help="leave out triviaqa and popqa, whose data only HELMET's files hold"
+    )
     rec.add_argument("--table2", action="store_true", help="also the selection ablation (Table 2: 8k, P=64)")
     rec.add_argument("--model_args", default="", help="more model_args for every run, e.g. dtype=bfloat16")
     rec.add_argument("--device", default=None, help="e.g. cuda")
     rec.add_argument("--batch_size", default="auto")
-    rec.add_argument("--limit", type=int, default=None,
-                     help="documents per subtask, for a smoke test (the paper's protocol is all 100)")
+    rec.add_argument(
+        "--limit",
+        type=int,
+        default=None,
+        help="documents per subtask, for a smoke test (the paper's protocol is all 100)",
+    )
     rec.add_argument("--run", action="store_true", help="run the sweeps (then compact their samples files)")
     rec.add_argument("--delete_raw", action="store_true", help="with --run: remove raw samples once compacted")
     cmp = sub.add_parser("compare", help="our numbers beside a reference CSV, with Δ and 95 %% intervals")
     cmp.add_argument("paths", nargs="+", metavar="RUNS", help="results folders or files, or a board.json")
     cmp.add_argument("--reference", required=True, help="CSV in the paper's Table 1 or Table 2 layout")
     cmp.add_argument("--model", default=None, help="model (pretrained) to compare when the runs hold several")
-    cmp.add_argument("--config", default=None,
-                     help="base configuration when the runs hold several (e.g. dtype=bfloat16; '' for none)")
+    cmp.add_argument(
+        "--config",
+        default=None,
+        help="base configuration when the runs hold several (e.g. dtype=bfloat16; '' for none)",
+    )
     cmp.add_argument("--csv", default=None, help="also write the cells to this CSV file")
     return ap
 
@@ -457,8 +563,17 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command == "recipe":
             lengths = [length.strip() for length in args.lengths.split(",") if length.strip()]
-            commands = recipe(args.pretrained, args.out, lengths, args.offline, args.table2, args.model_args,
-                              args.device, args.batch_size, args.limit)
+            commands = recipe(
+                args.pretrained,
+                args.out,
+                lengths,
+                args.offline,
+                args.table2,
+                args.model_args,
+                args.device,
+                args.batch_size,
+                args.limit,
+            )
             if args.run:
                 return run_recipe(commands, args.out, args.delete_raw)
             print("\n".join(shell_line(argv) for argv in commands))

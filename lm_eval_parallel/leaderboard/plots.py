@@ -1,6 +1,7 @@
 """PNG plots like the paper: score and attention entropy vs P per method with 95 % error bars (Fig. 5), and
 attention entropy vs score per task over the naive configurations (Fig. 3 / 7). Cells at the floor are grey;
 full attention beyond the model's window is never drawn as the reference line."""
+
 from __future__ import annotations
 
 import math
@@ -33,8 +34,14 @@ def method_style(method: str) -> dict:
 def layered_style(method: str, layer: int) -> dict:
     """A method's style at ``layer`` (0 = drawn last, on top): lower layers are wider with bigger open
     markers, so that equal lines of several methods stay visible as nested outlines."""
-    return {"marker": "o", **method_style(method), "linewidth": 1.2 + 0.9 * layer, "markersize": 5 + 2.5 * layer,
-            "markerfacecolor": "none", "markeredgewidth": 1.3}
+    return {
+        "marker": "o",
+        **method_style(method),
+        "linewidth": 1.2 + 0.9 * layer,
+        "markersize": 5 + 2.5 * layer,
+        "markerfacecolor": "none",
+        "markeredgewidth": 1.3,
+    }
 
 
 def wrapped_title(text: str, width_inches: float, fontsize: float) -> str:
@@ -75,8 +82,15 @@ def _y_label(category: str, entropy: bool) -> str:
     return "perplexity ↓" if category == "LM" else "score ×100 ↑"
 
 
-def plot_against_P(cells: dict[tuple, CategoryCell], model: str, config: str, path: str, entropy: bool,
-                   estimates: dict[tuple, Estimate] | None = None, window: int | None = None) -> bool:
+def plot_against_P(
+    cells: dict[tuple, CategoryCell],
+    model: str,
+    config: str,
+    path: str,
+    entropy: bool,
+    estimates: dict[tuple, Estimate] | None = None,
+    window: int | None = None,
+) -> bool:
     """Grid: one row per length, one panel per category; a line per method with its 95 % error bars (from
     `estimates`, per cell key), full attention dashed (not drawn beyond the model's `window`). A category
     at the floor is drawn grey."""
@@ -89,16 +103,19 @@ def plot_against_P(cells: dict[tuple, CategoryCell], model: str, config: str, pa
 
     estimates = estimates or {}
     width = max(4.2, 3.6 * len(categories))
-    fig, axes = plt.subplots(len(lengths), len(categories), squeeze=False, layout="constrained",
-                             figsize=(width, 0.8 + 2.9 * len(lengths)))
+    fig, axes = plt.subplots(
+        len(lengths), len(categories), squeeze=False, layout="constrained", figsize=(width, 0.8 + 2.9 * len(lengths))
+    )
     for i, length in enumerate(lengths):
         beyond = beyond_window(length, window)
         for j, category in enumerate(categories):
             ax = axes[i][j]
             at_floor, any_interval = False, False
             for rank, method in enumerate(methods):
-                keys = sorted((k for k in mine if k[1] == method and k[4] == length and k[5] == category and k[2] > 1),
-                              key=lambda k: k[2])
+                keys = sorted(
+                    (k for k in mine if k[1] == method and k[4] == length and k[5] == category and k[2] > 1),
+                    key=lambda k: k[2],
+                )
                 keys = [k for k in keys if _shown(mine[k], entropy) is not None]
                 if not keys:
                     continue
@@ -111,12 +128,20 @@ def plot_against_P(cells: dict[tuple, CategoryCell], model: str, config: str, pa
                 if at_floor:
                     style["color"] = FLOOR_COLOR
                 dodge = 2 ** (0.05 * (rank - (len(methods) - 1) / 2))  # methods side by side, bars apart
-                ax.errorbar([k[2] * dodge for k in keys], ys, yerr=[[b[0] for b in bars], [b[1] for b in bars]],
-                            label=method, capsize=2, elinewidth=0.8, **style)
+                ax.errorbar(
+                    [k[2] * dodge for k in keys],
+                    ys,
+                    yerr=[[b[0] for b in bars], [b[1] for b in bars]],
+                    label=method,
+                    capsize=2,
+                    elinewidth=0.8,
+                    **style,
+                )
             reference = None if beyond else full_attention_cell(cells, model, config, length, category)
             if reference is not None and _shown(reference, entropy) is not None:
-                ax.axhline(_shown(reference, entropy), color="black", linestyle="--", linewidth=1, label="full",
-                           zorder=3)
+                ax.axhline(
+                    _shown(reference, entropy), color="black", linestyle="--", linewidth=1, label="full", zorder=3
+                )
             if not ax.lines:
                 ax.set_axis_off()
                 continue
@@ -125,27 +150,42 @@ def plot_against_P(cells: dict[tuple, CategoryCell], model: str, config: str, pa
                 ax.set_yscale("log")
             ax.set_xticks(sorted({k[2] for k in mine if k[2] > 1}))
             ax.get_xaxis().set_major_formatter(matplotlib.ticker.ScalarFormatter())
-            notes = [n for n, on in (("beyond the window: no full line", beyond), ("floor", at_floor),
-                                     ("no interval", not any_interval)) if on]
+            notes = [
+                n
+                for n, on in (
+                    ("beyond the window: no full line", beyond),
+                    ("floor", at_floor),
+                    ("no interval", not any_interval),
+                )
+                if on
+            ]
             title = f"{category} {length}".strip() + (f" ({', '.join(notes)})" if notes else "")
             ax.set_title(wrapped_title(title, width / len(categories) - 0.4, 9), fontsize=9)
             ax.set_xlabel("P (pieces)")
             ax.set_ylabel(_y_label(category, entropy))
             ax.grid(alpha=0.3)
     handles, labels = next((ax.get_legend_handles_labels() for ax in axes.flat if ax.lines), ([], []))
-    fig.legend(handles, labels, loc="outside lower center", ncol=min(len(labels), max(2, int(width / 1.1))),
-               frameon=False)
+    fig.legend(
+        handles, labels, loc="outside lower center", ncol=min(len(labels), max(2, int(width / 1.1))), frameon=False
+    )
     what = "Attention entropy" if entropy else "Score"
-    fig.suptitle(wrapped_title(f"{what} vs P, 95 % intervals — {model}{' (' + config + ')' if config else ''}",
-                               width, 11), fontsize=11)
+    fig.suptitle(
+        wrapped_title(f"{what} vs P, 95 % intervals — {model}{' (' + config + ')' if config else ''}", width, 11),
+        fontsize=11,
+    )
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return True
 
 
-def plot_entropy_vs_score(correlations: list[TaskCorrelation], model: str, config: str, path: str,
-                          scores: dict[tuple, Estimate] | None = None,
-                          entropies: dict[tuple, Estimate] | None = None) -> bool:
+def plot_entropy_vs_score(
+    correlations: list[TaskCorrelation],
+    model: str,
+    config: str,
+    path: str,
+    scores: dict[tuple, Estimate] | None = None,
+    entropies: dict[tuple, Estimate] | None = None,
+) -> bool:
     """One panel per task: its naive configurations (one point per P, none beyond the window) with 95 % error
     bars (`scores` / `entropies` per run key) and the Pearson r with its interval in the title. Tasks at the
     floor are drawn grey."""
@@ -156,9 +196,10 @@ def plot_entropy_vs_score(correlations: list[TaskCorrelation], model: str, confi
     n_columns = min(4, len(mine))
     n_rows = math.ceil(len(mine) / n_columns)
     width = max(4.2, 3.4 * n_columns)
-    fig, axes = plt.subplots(n_rows, n_columns, squeeze=False, layout="constrained",
-                             figsize=(width, 0.8 + 2.8 * n_rows))
-    for ax in axes.flat[len(mine):]:
+    fig, axes = plt.subplots(
+        n_rows, n_columns, squeeze=False, layout="constrained", figsize=(width, 0.8 + 2.8 * n_rows)
+    )
+    for ax in axes.flat[len(mine) :]:
         ax.set_axis_off()
     for ax, c in zip(axes.flat, mine):
         higher = not c.task.startswith("pce_ppl_")
@@ -169,9 +210,17 @@ def plot_entropy_vs_score(correlations: list[TaskCorrelation], model: str, confi
         y_bars = [_error_bar(y, scores.get(k), scale) for k, y in zip(keys, ys)]
         x_bars = [_error_bar(x, entropies.get(k), 1.0) for k, x in zip(keys, xs)]
         color = FLOOR_COLOR if c.reason == "at the floor" else method_style("naive").get("color")
-        ax.errorbar(xs, ys, xerr=[[b[0] for b in x_bars], [b[1] for b in x_bars]],
-                    yerr=[[b[0] for b in y_bars], [b[1] for b in y_bars]], linestyle="none", marker="o", color=color,
-                    elinewidth=0.8, capsize=2)
+        ax.errorbar(
+            xs,
+            ys,
+            xerr=[[b[0] for b in x_bars], [b[1] for b in x_bars]],
+            yerr=[[b[0] for b in y_bars], [b[1] for b in y_bars]],
+            linestyle="none",
+            marker="o",
+            color=color,
+            elinewidth=0.8,
+            capsize=2,
+        )
         for (P, x, _), y in zip(c.points, ys):
             ax.annotate(str(P), (x, y), textcoords="offset points", xytext=(3, 3), fontsize=7, color=color)
         if c.correlation is not None:
@@ -183,8 +232,14 @@ def plot_entropy_vs_score(correlations: list[TaskCorrelation], model: str, confi
         ax.set_xlabel("attention entropy")
         ax.set_ylabel("score ×100 ↑" if higher else "perplexity ↓")
         ax.grid(alpha=0.3)
-    fig.suptitle(wrapped_title(f"Attention entropy vs score, naive only, 95 % intervals — {model}"
-                               f"{' (' + config + ')' if config else ''}", width, 11), fontsize=11)
+    fig.suptitle(
+        wrapped_title(
+            f"Attention entropy vs score, naive only, 95 % intervals — {model}{' (' + config + ')' if config else ''}",
+            width,
+            11,
+        ),
+        fontsize=11,
+    )
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return True
@@ -202,8 +257,9 @@ def write_plots(findings, out_dir: str) -> dict[tuple, list[str]]:
             relative = os.path.join("plots", plot_name(kind, model, config))
             path = os.path.join(out_dir, relative)
             if kind == "entropy_vs_score":
-                drawn = plot_entropy_vs_score(findings.correlations, model, config, path, findings.task_estimates,
-                                              findings.task_entropy)
+                drawn = plot_entropy_vs_score(
+                    findings.correlations, model, config, path, findings.task_estimates, findings.task_entropy
+                )
             else:
                 entropy = kind == "entropy_vs_P"
                 estimates = findings.cell_entropy if entropy else findings.cell_estimates

@@ -2,6 +2,7 @@
 
 One `BoardRow` per (results file, task). Group rows (`pce_rag_8k`, `pce_smoke`, ...) are skipped.
 """
+
 from __future__ import annotations
 
 import gzip
@@ -27,7 +28,7 @@ class BoardRow:
     model: str
     method: str
     P: int
-    config: str           # non-default model_args that change scores, "k=v,k2=v2" (sorted); "" if none
+    config: str  # non-default model_args that change scores, "k=v,k2=v2" (sorted); "" if none
     task: str
     family: str
     variant: str
@@ -38,16 +39,16 @@ class BoardRow:
     score: float
     score_stderr: float | None
     attn_entropy: float | None
-    n: int | None         # n-samples.effective
+    n: int | None  # n-samples.effective
     n_tokens: int | None  # scored tokens (perplexity tasks, from the samples JSONL)
-    partial: bool         # config.limit was set
+    partial: bool  # config.limit was set
     limit: float | None
     date: float
     source: str
     attn_entropy_stderr: float | None = None
     pretrained: str | None = None  # the model as the run named it (`model` is the board's alias for it)
-    window: int | None = None      # the model's window in tokens, when recorded (or given with --window)
-    samples: str | None = None     # per-document results of this row (lm-eval samples JSONL, or .jsonl.gz)
+    window: int | None = None  # the model's window in tokens, when recorded (or given with --window)
+    samples: str | None = None  # per-document results of this row (lm-eval samples JSONL, or .jsonl.gz)
 
     @property
     def run_key(self) -> tuple:
@@ -105,15 +106,16 @@ def run_args(results: dict) -> dict:
         args.setdefault(key, value)
     for key, value in run_config.items():
         if key.startswith("pce_"):
-            args.setdefault(key[len("pce_"):], value)
+            args.setdefault(key[len("pce_") :], value)
     return args
 
 
 def run_model(results: dict) -> str:
     """The model as the run named it: `pretrained` (or `model_name`) of model_args, else lm-eval's record."""
     args, run_config = run_args(results), results.get("config") or {}
-    model = (args.get("pretrained") or args.get("model_name") or results.get("model_name")
-             or run_config.get("model") or "?")
+    model = (
+        args.get("pretrained") or args.get("model_name") or results.get("model_name") or run_config.get("model") or "?"
+    )
     return str(model).rstrip("/")
 
 
@@ -133,8 +135,11 @@ def model_window(results: dict) -> int | None:
     """The model's window in tokens: max_position_embeddings where the run recorded it, else lm-eval's
     `max_length` (which HFLM reads from the model's config unless max_length was given)."""
     run_config = results.get("config") or {}
-    recorded = (run_config.get("max_position_embeddings"),
-                (run_config.get("pce") or {}).get("max_position_embeddings"), results.get("max_length"))
+    recorded = (
+        run_config.get("max_position_embeddings"),
+        (run_config.get("pce") or {}).get("max_position_embeddings"),
+        results.get("max_length"),
+    )
     for value in recorded:
         try:
             window = int(value)
@@ -183,10 +188,7 @@ def find_results_files(paths: list[str]) -> list[str]:
             candidates = [path]
         else:
             candidates = [
-                os.path.join(root, name)
-                for root, _, names in os.walk(path)
-                for name in names
-                if name.endswith(".json")
+                os.path.join(root, name) for root, _, names in os.walk(path) for name in names if name.endswith(".json")
             ]
         for candidate in candidates:
             try:
@@ -239,8 +241,9 @@ def count_scored_tokens(samples_path: str, metric: str) -> int | None:
     return total or None
 
 
-def read_results_file(path: str, results: dict | None = None, aliases: dict[str, str] | None = None,
-                      window: int | None = None) -> list[BoardRow]:
+def read_results_file(
+    path: str, results: dict | None = None, aliases: dict[str, str] | None = None, window: int | None = None
+) -> list[BoardRow]:
     """One row per task of a results file; the model keyed by its alias (`model_alias`), `window` (when
     given) in place of the recorded one."""
     if results is None:
@@ -270,15 +273,32 @@ def read_results_file(path: str, results: dict | None = None, aliases: dict[str,
         n_tokens = None
         if not higher and samples_path is not None:
             n_tokens = count_scored_tokens(samples_path, metric)
-        rows.append(BoardRow(
-            model=model, method=method, P=P, config=config,
-            task=task, family=name.family, variant=name.variant, category=name.category, length=name.length,
-            metric=metric, higher_is_better=higher,
-            score=values[metric][0], score_stderr=values[metric][1],
-            attn_entropy=values[ENTROPY_METRIC][0] if ENTROPY_METRIC in values else None,
-            n=n_samples.get("effective"), n_tokens=n_tokens,
-            partial=limit is not None, limit=limit, date=date, source=path,
-            attn_entropy_stderr=values[ENTROPY_METRIC][1] if ENTROPY_METRIC in values else None,
-            pretrained=pretrained, window=window, samples=samples_path,
-        ))
+        rows.append(
+            BoardRow(
+                model=model,
+                method=method,
+                P=P,
+                config=config,
+                task=task,
+                family=name.family,
+                variant=name.variant,
+                category=name.category,
+                length=name.length,
+                metric=metric,
+                higher_is_better=higher,
+                score=values[metric][0],
+                score_stderr=values[metric][1],
+                attn_entropy=values[ENTROPY_METRIC][0] if ENTROPY_METRIC in values else None,
+                n=n_samples.get("effective"),
+                n_tokens=n_tokens,
+                partial=limit is not None,
+                limit=limit,
+                date=date,
+                source=path,
+                attn_entropy_stderr=values[ENTROPY_METRIC][1] if ENTROPY_METRIC in values else None,
+                pretrained=pretrained,
+                window=window,
+                samples=samples_path,
+            )
+        )
     return rows

@@ -2,6 +2,7 @@
 with 95 % intervals, the lengths beyond the model's window apart, method comparison per P, paired tests,
 naive-only entropy correlations, efficiency, per-task tables. Every claim in the prose comes from a test.
 """
+
 from __future__ import annotations
 
 import datetime
@@ -26,6 +27,7 @@ TESTS = {"mcnemar": "exact McNemar", "paired_bootstrap": "paired bootstrap"}
 
 # ---------------------------------------------------------------------------------------------- formatting
 
+
 def format_score(score: float | None, higher_is_better: bool) -> str:
     if score is None:
         return "–"
@@ -47,8 +49,9 @@ def format_interval(estimate: Estimate | None, higher_is_better: bool, entropy: 
     return f" [{estimate.interval.low * scale:.{digits}f}, {estimate.interval.high * scale:.{digits}f}]"
 
 
-def format_estimate(value: float | None, estimate: Estimate | None, higher_is_better: bool,
-                    entropy: bool = False) -> str:
+def format_estimate(
+    value: float | None, estimate: Estimate | None, higher_is_better: bool, entropy: bool = False
+) -> str:
     text = format_entropy(value) if entropy else format_score(value, higher_is_better)
     return text if value is None else text + format_interval(estimate, higher_is_better, entropy)
 
@@ -90,12 +93,16 @@ def difference_text(result: PairedResult) -> str:
     """The paired difference on the shown scale: points for 0-1 scores, % for perplexity."""
     test = result.test
     if result.higher_is_better:
+
         def show(value):
             return f"{value * 100:+.1f}"
+
         unit = " pts"
     else:
+
         def show(value):
             return f"{(math.exp(value) - 1) * 100:+.1f}"
+
         unit = " %"
     text = show(test.difference) + unit
     if test.interval is not None and not math.isnan(test.interval.low):
@@ -114,6 +121,7 @@ def test_cell(result: PairedResult | None) -> str:
 
 # ---------------------------------------------------------------------------------------------- one (model, config)
 
+
 class ModelView:
     """The rows, cells and findings of one (model, config), with the look-ups the tables need."""
 
@@ -126,8 +134,9 @@ class ModelView:
         self.window = findings.windows.get(model)
         self.methods = sorted({r.method for r in self.rows if r.method != "full"}, key=method_sort_key)
         self.parallel_Ps = sorted({r.P for r in self.rows if r.method != "full" and r.P > 1})
-        columns = sorted({(c[5], c[4]) for c in self.cells},
-                         key=lambda col: (category_order(col[0]), length_in_tokens(col[1])))
+        columns = sorted(
+            {(c[5], c[4]) for c in self.cells}, key=lambda col: (category_order(col[0]), length_in_tokens(col[1]))
+        )
         self.columns = [col for col in columns if not beyond_window(col[1], self.window)]
         self.beyond_columns = [col for col in columns if beyond_window(col[1], self.window)]
         self.tasks_per_column = {}
@@ -153,8 +162,9 @@ class ModelView:
         incomplete = len(cell.tasks) + len(cell.floor_tasks) < len(self.tasks_per_column[(category, length)])
         return ("†" if incomplete else "") + ("*" if cell.partial else "")
 
-    def format_cell(self, found: tuple[CategoryCell, tuple] | None, category: str, length: str,
-                    entropy: bool = False) -> str:
+    def format_cell(
+        self, found: tuple[CategoryCell, tuple] | None, category: str, length: str, entropy: bool = False
+    ) -> str:
         if found is None:
             return "–"
         cell, key = found
@@ -175,8 +185,10 @@ def column_header(category: str, length: str) -> str:
 
 # ---------------------------------------------------------------------------------------------- sections
 
-def table1(view: ModelView, method: str, columns: list[tuple], entropy: bool = False,
-           full_label: str = FULL) -> list[str]:
+
+def table1(
+    view: ModelView, method: str, columns: list[tuple], entropy: bool = False, full_label: str = FULL
+) -> list[str]:
     header = [""] + [column_header(*col) for col in columns]
     body = [[full_label] + [view.format_cell(view.full_cell(method, *col), *col, entropy) for col in columns]]
     for P in view.parallel_Ps:
@@ -208,14 +220,18 @@ def paired_tables(view: ModelView, tests: list[PairedResult], level: str) -> lis
         if level == "category":
             names = sorted({t.name for t in at_length}, key=category_order)
         else:
-            names = sorted({t.name for t in at_length},
-                           key=lambda task: (category_order(parse_task_name(task).category), task))
+            names = sorted(
+                {t.name for t in at_length}, key=lambda task: (category_order(parse_task_name(task).category), task)
+            )
         by_key = {(t.method, t.P, t.reference, t.name): t for t in at_length}
-        settings = sorted({(t.method, t.P, t.reference) for t in at_length},
-                          key=lambda s: (s[1], method_sort_key(s[0]), s[2]))
-        body = [[method, f"P={P}", reference] + [test_cell(by_key.get((method, P, reference, name))) for name in names]
-                for method, P, reference in settings
-                if any((by_key.get((method, P, reference, n)) or _UNTESTED).tested for n in names)]
+        settings = sorted(
+            {(t.method, t.P, t.reference) for t in at_length}, key=lambda s: (s[1], method_sort_key(s[0]), s[2])
+        )
+        body = [
+            [method, f"P={P}", reference] + [test_cell(by_key.get((method, P, reference, name))) for name in names]
+            for method, P, reference in settings
+            if any((by_key.get((method, P, reference, n)) or _UNTESTED).tested for n in names)
+        ]
         beyond = " (beyond the model's window: vs naive only)" if beyond_window(length, view.window) else ""
         lines += [f"#### {length}{beyond}", ""]
         lines += markdown_table(["method", "P", "vs"] + names, body)
@@ -240,8 +256,9 @@ def correlation_table(view: ModelView) -> list[str]:
             continue
         r = c.correlation
         mark = f" {SIGNIFICANT_MARK}" if c.significant else ""
-        body.append([c.task, f"{r.r:+.2f} [{r.low:+.2f}, {r.high:+.2f}]", format_p(r.pvalue),
-                     format_p(c.adjusted) + mark, Ps])
+        body.append(
+            [c.task, f"{r.r:+.2f} [{r.low:+.2f}, {r.high:+.2f}]", format_p(r.pvalue), format_p(c.adjusted) + mark, Ps]
+        )
     return markdown_table(["task", "Pearson r [95 % CI]", "p", "Holm p", "naive P"], body) if body else []
 
 
@@ -254,18 +271,29 @@ def efficiency_table(view: ModelView, timings: dict, length: str) -> list[str]:
         timing: Timing | None = timing_for(timings, view.model, view.config, length, method, P)
         if timing is None:
             continue
-        scores = [view.format_cell(view.full_cell(first, *col) if method == "full" else view.cell(method, P, *col),
-                                   *col) for col in columns]
+        scores = [
+            view.format_cell(view.full_cell(first, *col) if method == "full" else view.cell(method, P, *col), *col)
+            for col in columns
+        ]
         memory = "–" if timing.peak_gpu_memory_bytes is None else f"{timing.peak_gpu_memory_bytes / 2**30:.2f}"
         speedup = "–" if timing.prefill_speedup_vs_full is None else f"{timing.prefill_speedup_vs_full:.2f}×"
-        body.append([setting_label(P, method) if method == "full" else f"{method} P={P}"] + scores + [
-            "–" if timing.requests_per_s is None else f"{timing.requests_per_s:.2f}",
-            "–" if timing.seconds_per_request is None else f"{timing.seconds_per_request:.3f}",
-            memory, speedup])
+        body.append(
+            [setting_label(P, method) if method == "full" else f"{method} P={P}"]
+            + scores
+            + [
+                "–" if timing.requests_per_s is None else f"{timing.requests_per_s:.2f}",
+                "–" if timing.seconds_per_request is None else f"{timing.seconds_per_request:.3f}",
+                memory,
+                speedup,
+            ]
+        )
     if not body:
         return []
-    header = ["setting"] + [col[0] for col in columns] + ["requests/s", "s / request", "peak GPU GiB",
-                                                          "prefill speedup vs full"]
+    header = (
+        ["setting"]
+        + [col[0] for col in columns]
+        + ["requests/s", "s / request", "peak GPU GiB", "prefill speedup vs full"]
+    )
     return markdown_table(header, body)
 
 
@@ -311,8 +339,10 @@ MAX_LISTED = 25
 def describe_test(result: PairedResult) -> str:
     where = f"{result.method} vs {result.reference} at P={result.P}, {result.length}, {result.name}"
     test = TESTS.get(result.test.test, result.test.test)
-    return (f"{where}: {difference_text(result)} ({test} on {result.test.n} documents, "
-            f"p={format_p(result.test.pvalue)}, Holm p={format_p(result.adjusted)})")
+    return (
+        f"{where}: {difference_text(result)} ({test} on {result.test.n} documents, "
+        f"p={format_p(result.test.pvalue)}, Holm p={format_p(result.adjusted)})"
+    )
 
 
 def reasons_summary(results: list[PairedResult]) -> str:
@@ -332,15 +362,19 @@ def test_claims(results: list[PairedResult], what: str) -> list[str]:
     significant = sorted((r for r in tested if r.significant), key=lambda r: (r.adjusted, r.test.pvalue))
     lines = []
     if significant:
-        lines.append(f"- {what}: {len(significant)} of {len(tested)} paired tests significant at .05 after "
-                     f"Holm–Bonferroni over the {len(tested)}:")
+        lines.append(
+            f"- {what}: {len(significant)} of {len(tested)} paired tests significant at .05 after "
+            f"Holm–Bonferroni over the {len(tested)}:"
+        )
         lines += [f"  - {describe_test(r)}" for r in significant[:MAX_LISTED]]
         if len(significant) > MAX_LISTED:
             lines.append(f"  - and {len(significant) - MAX_LISTED} more ({SIGNIFICANT_MARK} in the tables below).")
     else:
         smallest = min(tested, key=lambda r: (r.adjusted, r.test.pvalue))
-        lines.append(f"- {what}: none of {len(tested)} paired tests is significant at .05 after Holm–Bonferroni "
-                     f"over the {len(tested)} (smallest Holm p: {describe_test(smallest)}).")
+        lines.append(
+            f"- {what}: none of {len(tested)} paired tests is significant at .05 after Holm–Bonferroni "
+            f"over the {len(tested)} (smallest Holm p: {describe_test(smallest)})."
+        )
     untested = len(results) - len(tested)
     if untested:
         lines.append(f"  - {untested} comparison(s) not tested ({reasons_summary(results)}).")
@@ -357,27 +391,40 @@ def correlation_claims(view: ModelView) -> list[str]:
     def describe(c: TaskCorrelation) -> str:
         r = c.correlation
         Ps = ", ".join(str(P) for P, _, _ in c.points)
-        return (f"{c.task}: r = {r.r:+.2f} [95 % CI {r.low:+.2f}, {r.high:+.2f}] over naive P = {Ps} "
-                f"(p={format_p(r.pvalue)}, Holm p={format_p(c.adjusted)})")
+        return (
+            f"{c.task}: r = {r.r:+.2f} [95 % CI {r.low:+.2f}, {r.high:+.2f}] over naive P = {Ps} "
+            f"(p={format_p(r.pvalue)}, Holm p={format_p(c.adjusted)})"
+        )
 
     if not significant:
-        return [f"- Attention entropy vs score, naive only: no task's correlation is significant after Holm over "
-                f"{len(computed)} tasks."]
-    lines = [f"- Attention entropy vs score, naive only: {len(significant)} of {len(computed)} tasks significant "
-             f"after Holm:"]
+        return [
+            f"- Attention entropy vs score, naive only: no task's correlation is significant after Holm over "
+            f"{len(computed)} tasks."
+        ]
+    lines = [
+        f"- Attention entropy vs score, naive only: {len(significant)} of {len(computed)} tasks significant after Holm:"
+    ]
     return lines + [f"  - {describe(c)}" for c in significant]
 
 
 def floor_claims(view: ModelView) -> list[str]:
-    floors = sorted(task for (model, config, task), flag in view.findings.floors.items()
-                    if flag and (model, config) == (view.model, view.config))
-    undecided = sorted(task for (model, config, task), reason in view.findings.floor_reasons.items()
-                       if (model, config) == (view.model, view.config) and reason != BEYOND)
+    floors = sorted(
+        task
+        for (model, config, task), flag in view.findings.floors.items()
+        if flag and (model, config) == (view.model, view.config)
+    )
+    undecided = sorted(
+        task
+        for (model, config, task), reason in view.findings.floor_reasons.items()
+        if (model, config) == (view.model, view.config) and reason != BEYOND
+    )
     lines = []
     if floors:
-        lines.append(f"- At the floor (full attention not above chance by its 95 % interval; left out of category "
-                     f"means, paired category tests and correlations, shown _greyed_{FLOOR_MARK}): "
-                     f"{', '.join(floors)}.")
+        lines.append(
+            f"- At the floor (full attention not above chance by its 95 % interval; left out of category "
+            f"means, paired category tests and correlations, shown _greyed_{FLOOR_MARK}): "
+            f"{', '.join(floors)}."
+        )
     if undecided:
         reasons = {view.findings.floor_reasons[(view.model, view.config, t)] for t in undecided}
         lines.append(f"- Floor not decided for {', '.join(undecided)} ({'; '.join(sorted(reasons))}).")
@@ -391,14 +438,17 @@ def claims_section(view: ModelView) -> list[str]:
         lines += test_claims(view.results(view.findings.category_tests), "Category means")
         lines += test_claims(view.results(view.findings.task_tests), "Per task")
     else:
-        lines.append(f"- Methods vs naive and vs full attention: {NO_PAIRS}. Paired tests, bootstrap intervals of "
-                     f"perplexity and of tasks not scored 0/1 per document (RULER-MV) need per-sample results; "
-                     f"the intervals of 0/1 tasks and their category means here come from (k, n).")
+        lines.append(
+            f"- Methods vs naive and vs full attention: {NO_PAIRS}. Paired tests, bootstrap intervals of "
+            f"perplexity and of tasks not scored 0/1 per document (RULER-MV) need per-sample results; "
+            f"the intervals of 0/1 tasks and their category means here come from (k, n)."
+        )
     lines += correlation_claims(view)
     return lines + [""]
 
 
 # ---------------------------------------------------------------------------------------------- the README
+
 
 def models_section(board: Board, aliases_given: set[str]) -> list[str]:
     body = []
@@ -408,62 +458,98 @@ def models_section(board: Board, aliases_given: set[str]) -> list[str]:
         if alias in aliases_given:
             weights += " (alias given with `--model_alias`)"
         windows = sorted(record.windows)
-        window = ", ".join(f"{w} tokens" for w in windows) if windows else (
-            f"{known.window} tokens (the alias's)" if known else "not recorded")
-        body.append([f"`{alias}`", ", ".join(f"`{p}`" for p in sorted(record.pretrained)), weights,
-                     ", ".join(sorted(record.dtypes)) or "not recorded",
-                     ", ".join(f"{n:,}" for n in sorted(record.parameters)) or "not recorded", window])
+        window = (
+            ", ".join(f"{w} tokens" for w in windows)
+            if windows
+            else (f"{known.window} tokens (the alias's)" if known else "not recorded")
+        )
+        body.append(
+            [
+                f"`{alias}`",
+                ", ".join(f"`{p}`" for p in sorted(record.pretrained)),
+                weights,
+                ", ".join(sorted(record.dtypes)) or "not recorded",
+                ", ".join(f"{n:,}" for n in sorted(record.parameters)) or "not recorded",
+                window,
+            ]
+        )
     return ["## Models", ""] + markdown_table(
-        ["alias (board key)", "run as `pretrained=`", "weights", "dtype", "parameters", "window"], body)
+        ["alias (board key)", "run as `pretrained=`", "weights", "dtype", "parameters", "window"], body
+    )
 
 
 def data_section(board: Board, data_mode: str | None) -> list[str]:
     names = [parse_task_name(t) for t in {r.task for r in board.rows}]
     stems: dict[str, list] = {}
-    for name in sorted(names, key=lambda n: (category_order(n.category), n.family, n.variant,
-                                             length_in_tokens(n.length))):
+    for name in sorted(
+        names, key=lambda n: (category_order(n.category), n.family, n.variant, length_in_tokens(n.length))
+    ):
         stems.setdefault(name.task.removesuffix(f"_{name.length}") if name.length else name.task, []).append(name)
-    body = [[f"`{stem}`", names[0].category, ", ".join(n.length for n in names if n.length) or "–",
-             data_source(names[0], data_mode)] for stem, names in stems.items()]
-    note = {None: "which one the run used is not recorded in its results; `--data local|hub` says it",
-            "local": "the run read local files, `$PCE_DATA_DIR`", "hub": "the run read the hub"}[data_mode]
+    body = [
+        [
+            f"`{stem}`",
+            names[0].category,
+            ", ".join(n.length for n in names if n.length) or "–",
+            data_source(names[0], data_mode),
+        ]
+        for stem, names in stems.items()
+    ]
+    note = {
+        None: "which one the run used is not recorded in its results; `--data local|hub` says it",
+        "local": "the run read local files, `$PCE_DATA_DIR`",
+        "hub": "the run read the hub",
+    }[data_mode]
     return ["## Data", "", f"What each task's loader reads ({note}):", ""] + markdown_table(
-        ["task", "category", "lengths", "source"], body)
+        ["task", "category", "lengths", "source"], body
+    )
 
 
 def notes_section(board: Board, findings: Findings) -> list[str]:
     weightings = {cell.weighting for cell in findings.cells.values() if not cell.higher_is_better}
     lines = ["## Notes", ""]
     lines.append(f"- Built from {len(board.files)} results file(s), {len(board.rows)} task result(s).")
-    lines.append("- Scores of 0–1 metrics (exact match, recall, ...) are shown ×100; "
-                 "LM is perplexity (lower is better).")
-    lines.append("- Every number has its 95 % interval in brackets: Wilson for a task scored 0/1 per document; a "
-                 "bootstrap over documents (9,999 resamples, seed 0) for other tasks, category means (stratified by "
-                 "task) and perplexities; for attention entropy without per-document results, the normal interval "
-                 "from lm-eval's stderr. Without per-document results a 0/1 task's interval comes from (k, n), and "
-                 "so does its category's bootstrap (which depends only on how many documents of each task were "
-                 f"right). {NO_INTERVAL_MARK} = {NO_SAMPLES} (lm-eval's stderr is not shown: it is 0.0 for a 0/5 "
-                 "cell).")
-    lines.append("- A category is the macro-average of its tasks at that length, tasks at the floor left out; "
-                 "LM pools the perplexities of its tasks: exp(Σ wᵢ·ln pplᵢ / Σ wᵢ).")
+    lines.append(
+        "- Scores of 0–1 metrics (exact match, recall, ...) are shown ×100; LM is perplexity (lower is better)."
+    )
+    lines.append(
+        "- Every number has its 95 % interval in brackets: Wilson for a task scored 0/1 per document; a "
+        "bootstrap over documents (9,999 resamples, seed 0) for other tasks, category means (stratified by "
+        "task) and perplexities; for attention entropy without per-document results, the normal interval "
+        "from lm-eval's stderr. Without per-document results a 0/1 task's interval comes from (k, n), and "
+        "so does its category's bootstrap (which depends only on how many documents of each task were "
+        f"right). {NO_INTERVAL_MARK} = {NO_SAMPLES} (lm-eval's stderr is not shown: it is 0.0 for a 0/5 "
+        "cell)."
+    )
+    lines.append(
+        "- A category is the macro-average of its tasks at that length, tasks at the floor left out; "
+        "LM pools the perplexities of its tasks: exp(Σ wᵢ·ln pplᵢ / Σ wᵢ)."
+    )
     if "tokens" in weightings:
         lines.append("- LM weights wᵢ: scored tokens, counted from the samples JSONL (`--log_samples`).")
     if "samples" in weightings:
-        lines.append("- LM weights wᵢ: **number of samples** for some cells, because no samples JSONL with token "
-                     "counts was found next to their results file (run with `--log_samples` to pool by tokens).")
+        lines.append(
+            "- LM weights wᵢ: **number of samples** for some cells, because no samples JSONL with token "
+            "counts was found next to their results file (run with `--log_samples` to pool by tokens)."
+        )
     if "macro" in weightings:
         lines.append("- LM weights wᵢ: equal for some cells (neither token nor sample counts available).")
     lines.append("- Attention entropy of a category is the mean of its tasks' `attn_entropy`.")
-    lines.append(f"- The Full row is `method=full` (or P=1); † = fewer tasks than the category has at that length "
-                 f"elsewhere on this board; * = partial run (`--limit` set); _italic_{FLOOR_MARK} = at the floor "
-                 f"(full attention not above chance by its interval: ICL 1/labels, open answers 0), shown for "
-                 f"reference only.")
-    lines.append(f"- Paired tests (same documents): exact McNemar for a task scored 0/1 per document, paired "
-                 f"bootstrap for other tasks, category means and perplexity (% change of perplexity). p-values are "
-                 f"Holm–Bonferroni corrected over each table of one model and config (categories, tasks and "
-                 f"correlations are three tables); {SIGNIFICANT_MARK} = significant at .05 after Holm.")
-    lines.append("- Lengths beyond the model's window (a piece longer than its `max_position_embeddings`, or "
-                 "lm-eval's `max_length`) are tabled apart: full attention there is never a reference.")
+    lines.append(
+        f"- The Full row is `method=full` (or P=1); † = fewer tasks than the category has at that length "
+        f"elsewhere on this board; * = partial run (`--limit` set); _italic_{FLOOR_MARK} = at the floor "
+        f"(full attention not above chance by its interval: ICL 1/labels, open answers 0), shown for "
+        f"reference only."
+    )
+    lines.append(
+        f"- Paired tests (same documents): exact McNemar for a task scored 0/1 per document, paired "
+        f"bootstrap for other tasks, category means and perplexity (% change of perplexity). p-values are "
+        f"Holm–Bonferroni corrected over each table of one model and config (categories, tasks and "
+        f"correlations are three tables); {SIGNIFICANT_MARK} = significant at .05 after Holm."
+    )
+    lines.append(
+        "- Lengths beyond the model's window (a piece longer than its `max_position_embeddings`, or "
+        "lm-eval's `max_length`) are tabled apart: full attention there is never a reference."
+    )
     partial = sorted({(r.source, r.limit) for r in board.rows if r.partial})
     limits = {limit for _, limit in partial}
     sources = {r.source for r in board.rows}
@@ -473,13 +559,17 @@ def notes_section(board: Board, findings: Findings) -> list[str]:
         for source, limit in partial:
             lines.append(f"- Partial run (limit={limit}): `{source}`")
     if board.superseded:
-        lines.append(f"- Several results for the same run: the newest by `date` is used "
-                     f"({len(board.superseded)} older result(s) dropped):")
+        lines.append(
+            f"- Several results for the same run: the newest by `date` is used "
+            f"({len(board.superseded)} older result(s) dropped):"
+        )
         for older, newer in board.superseded:
             config = f", {older.config}" if older.config else ""
-            lines.append(f"  - {older.task} ({older.model}, {older.method}, P={older.P}{config}): "
-                         f"`{older.source}` ({format_date(older.date)}) superseded by "
-                         f"`{newer.source}` ({format_date(newer.date)})")
+            lines.append(
+                f"  - {older.task} ({older.model}, {older.method}, P={older.P}{config}): "
+                f"`{older.source}` ({format_date(older.date)}) superseded by "
+                f"`{newer.source}` ({format_date(newer.date)})"
+            )
     return lines + [""]
 
 
@@ -500,15 +590,20 @@ def model_sections(board: Board, findings: Findings, plots: dict[tuple, list[str
                     lines += [f"#### P={P}", ""] + method_comparison(view, P)
         if view.beyond_columns:
             lengths = ", ".join(sorted({col[1] for col in view.beyond_columns}, key=length_in_tokens))
-            lines += [f"### Beyond the model's window ({view.window} tokens): {lengths}", "",
-                      "Full attention here puts positions past the window the model was trained on: it is shown, "
-                      "never used as the reference.", ""]
+            lines += [
+                f"### Beyond the model's window ({view.window} tokens): {lengths}",
+                "",
+                "Full attention here puts positions past the window the model was trained on: it is shown, "
+                "never used as the reference.",
+                "",
+            ]
             for method in view.methods or ["full"]:
                 lines += [f"Method `{method}` (score):", ""]
                 lines += table1(view, method, view.beyond_columns, full_label=f"{FULL} (beyond the window)")
                 lines += [f"Attention entropy, method `{method}`:", ""]
-                lines += table1(view, method, view.beyond_columns, entropy=True,
-                                full_label=f"{FULL} (beyond the window)")
+                lines += table1(
+                    view, method, view.beyond_columns, entropy=True, full_label=f"{FULL} (beyond the window)"
+                )
         categories = paired_tables(view, findings.category_tests, "category")
         if categories:
             lines += ["### Paired tests: category means", ""] + categories
@@ -517,8 +612,12 @@ def model_sections(board: Board, findings: Findings, plots: dict[tuple, list[str
             lines += ["### Paired tests: tasks", ""] + tasks
         correlations = correlation_table(view)
         if correlations:
-            lines += ["### Attention entropy vs score, naive only (Fig. 3 / 7)", "",
-                      "Per task: one point per naive configuration (P) inside the model's window.", ""] + correlations
+            lines += [
+                "### Attention entropy vs score, naive only (Fig. 3 / 7)",
+                "",
+                "Per task: one point per naive configuration (P) inside the model's window.",
+                "",
+            ] + correlations
         if timings:
             efficiency = []
             for length in sorted({col[1] for col in view.columns + view.beyond_columns}, key=length_in_tokens):
@@ -526,9 +625,13 @@ def model_sections(board: Board, findings: Findings, plots: dict[tuple, list[str
                 if table:
                     efficiency += [f"#### {length}", ""] + table
             if efficiency:
-                lines += ["### Accuracy and efficiency", "",
-                          "Timings from `benchmarks/bench_board.py` (one run each, no interval); prefill speedup "
-                          "vs full from the same run.", ""] + efficiency
+                lines += [
+                    "### Accuracy and efficiency",
+                    "",
+                    "Timings from `benchmarks/bench_board.py` (one run each, no interval); prefill speedup "
+                    "vs full from the same run.",
+                    "",
+                ] + efficiency
         for path in plots.get((model, config), []):
             lines += [f"![{os.path.basename(path)}]({path})", ""]
         lines += ["### Per-task results (score / attention entropy)", ""]
@@ -537,14 +640,23 @@ def model_sections(board: Board, findings: Findings, plots: dict[tuple, list[str
     return lines
 
 
-def render_readme(board: Board, title: str, plots: dict[tuple, list[str]] | None = None,
-                  findings: Findings | None = None, timings: dict | None = None, data_mode: str | None = None,
-                  aliases_given: set[str] | None = None, about: str | None = None) -> str:
+def render_readme(
+    board: Board,
+    title: str,
+    plots: dict[tuple, list[str]] | None = None,
+    findings: Findings | None = None,
+    timings: dict | None = None,
+    data_mode: str | None = None,
+    aliases_given: set[str] | None = None,
+    about: str | None = None,
+) -> str:
     if data_mode not in (None, *DATA_MODES):
         raise ValueError(f"data mode {data_mode!r}; allowed: {', '.join(DATA_MODES)}")
     findings = findings or analyse(board)
-    intro = ("Parallel context encoding (arXiv 2412.16545) on the pce task suite; "
-             "generated by `lm-eval-parallel leaderboard`. Data: `board.csv`, `board.json`.")
+    intro = (
+        "Parallel context encoding (arXiv 2412.16545) on the pce task suite; "
+        "generated by `lm-eval-parallel leaderboard`. Data: `board.csv`, `board.json`."
+    )
     lines = [f"# Leaderboard: {title}", "", intro, ""]
     lines += models_section(board, aliases_given or set())
     lines += data_section(board, data_mode)

@@ -16,6 +16,7 @@ order, and the gzip header carries no name and mtime 0: the same samples give th
 
     lm-eval-parallel compact-samples DIR... [--delete_raw]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -33,8 +34,19 @@ SAMPLES_PREFIX = "samples_"
 # Metrics whose per-document value is [loglikelihood, scored tokens]: written as "ll" and "n_tokens".
 TOKEN_PERPLEXITY_METRICS = ("perplexity", "token_perplexity")
 # What lm-eval writes on every samples line besides the metric values.
-LM_EVAL_FIELDS = {"doc_id", "doc", "target", "arguments", "resps", "filtered_resps", "filter", "metrics",
-                  "doc_hash", "prompt_hash", "target_hash"}
+LM_EVAL_FIELDS = {
+    "doc_id",
+    "doc",
+    "target",
+    "arguments",
+    "resps",
+    "filtered_resps",
+    "filter",
+    "metrics",
+    "doc_hash",
+    "prompt_hash",
+    "target_hash",
+}
 EXIT_OK, EXIT_USAGE = 0, 2
 
 
@@ -69,6 +81,7 @@ def find_samples(results_path: str, task: str) -> str | None:
 
 
 # ---------------------------------------------------------------------------------------------- one file
+
 
 def _number(value, where: str):
     """A metric value as JSON: int stays int, bool and float become float, non-finite becomes None."""
@@ -129,8 +142,7 @@ def compact_records(samples_jsonl_path: str) -> list[dict]:
             seen.add(key)
             filters.setdefault(key[1], len(filters))
             records.append(record)
-    return sorted(records, key=lambda r: (filters[r.get("filter", "none")], isinstance(r["doc_id"], str),
-                                          r["doc_id"]))
+    return sorted(records, key=lambda r: (filters[r.get("filter", "none")], isinstance(r["doc_id"], str), r["doc_id"]))
 
 
 def encode(records: list[dict]) -> bytes:
@@ -172,18 +184,30 @@ def read_compact(path: str) -> list[dict]:
                 raise ValueError(f"{path}, line {number}: not JSON ({error})") from None
             if not isinstance(record, dict) or "doc_id" not in record:
                 raise ValueError(f"{path}, line {number}: expected an object with a doc_id")
-            records.append({k: math.nan if v is None else
-                            [math.nan if x is None else x for x in v] if isinstance(v, list) else v
-                            for k, v in record.items()})
+            records.append(
+                {
+                    k: math.nan
+                    if v is None
+                    else [math.nan if x is None else x for x in v]
+                    if isinstance(v, list)
+                    else v
+                    for k, v in record.items()
+                }
+            )
     return records
 
 
 # ---------------------------------------------------------------------------------------------- a sweep folder
 
+
 def raw_samples_files(folder: str) -> list[str]:
     """Every `samples_*.jsonl` under `folder` (recursive), sorted."""
-    return sorted(os.path.join(root, name) for root, _, names in os.walk(folder) for name in names
-                  if name.startswith(SAMPLES_PREFIX) and name.endswith(RAW_SUFFIX))
+    return sorted(
+        os.path.join(root, name)
+        for root, _, names in os.walk(folder)
+        for name in names
+        if name.startswith(SAMPLES_PREFIX) and name.endswith(RAW_SUFFIX)
+    )
 
 
 def compact_folder(folder: str, delete_raw: bool = False) -> list[Compacted]:
@@ -208,12 +232,18 @@ def compact_folder(folder: str, delete_raw: bool = False) -> list[Compacted]:
 
 # ---------------------------------------------------------------------------------------------- command line
 
+
 def build_parser() -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(prog="lm-eval-parallel compact-samples",
-                                 description="Compact lm-eval samples JSONL files under sweep folders to .jsonl.gz.")
+    ap = argparse.ArgumentParser(
+        prog="lm-eval-parallel compact-samples",
+        description="Compact lm-eval samples JSONL files under sweep folders to .jsonl.gz.",
+    )
     ap.add_argument("folders", nargs="+", metavar="DIR", help="sweep output folders (searched recursively)")
-    ap.add_argument("--delete_raw", action="store_true",
-                    help="remove each raw samples_*.jsonl once its .jsonl.gz reads back to the same records")
+    ap.add_argument(
+        "--delete_raw",
+        action="store_true",
+        help="remove each raw samples_*.jsonl once its .jsonl.gz reads back to the same records",
+    )
     return ap
 
 
@@ -232,6 +262,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {error}", file=sys.stderr)
         return EXIT_USAGE
     raw, compact = sum(c.raw_bytes for c in done), sum(c.compact_bytes for c in done)
-    print(f"compact-samples: {len(done)} file(s), {raw / 1e6:.1f} MB -> {compact / 1e6:.2f} MB"
-          f"{'; raw files removed' if args.delete_raw and done else ''}")
+    print(
+        f"compact-samples: {len(done)} file(s), {raw / 1e6:.1f} MB -> {compact / 1e6:.2f} MB"
+        f"{'; raw files removed' if args.delete_raw and done else ''}"
+    )
     return EXIT_OK

@@ -18,6 +18,7 @@ scipy / statsmodels:
 Bootstraps resample documents with `numpy.random.Generator(seed)`: the same inputs and seed give the same
 interval. Statistics are vectorised (scipy evaluates all resamples in one call).
 """
+
 from __future__ import annotations
 
 from collections.abc import Sequence
@@ -37,6 +38,7 @@ SEED = 0
 @dataclass(frozen=True)
 class Interval:
     """A point estimate and its interval; low/high are NaN when the data cannot give one (< 2 documents)."""
+
     estimate: float
     low: float
     high: float
@@ -52,7 +54,8 @@ class PairedTest:
     `difference` is a - b: of the mean (accuracy, category mean) or of log perplexity. `interval` is the
     bootstrap interval of that difference (None for McNemar). `discordant` is (a only, b only) for McNemar.
     """
-    test: str             # "mcnemar" or "paired_bootstrap"
+
+    test: str  # "mcnemar" or "paired_bootstrap"
     difference: float
     pvalue: float
     n: int
@@ -62,7 +65,7 @@ class PairedTest:
 
 @dataclass(frozen=True)
 class HolmResult:
-    adjusted: np.ndarray     # Holm-adjusted p-values, same shape as the input; NaN where the input was NaN
+    adjusted: np.ndarray  # Holm-adjusted p-values, same shape as the input; NaN where the input was NaN
     significant: np.ndarray  # bool, adjusted p < alpha
 
 
@@ -76,6 +79,7 @@ class Correlation:
 
 
 # ---------------------------------------------------------------------------------------------- intervals
+
 
 def wilson_interval(successes, n, confidence: float = CONFIDENCE) -> tuple[np.ndarray, np.ndarray]:
     """Wilson score interval of k successes in n trials; k and n are scalars or arrays of the same shape."""
@@ -118,12 +122,20 @@ def is_binary(values) -> bool:
     return bool(np.all((array == 0) | (array == 1)))
 
 
-def _bootstrap(samples: tuple[np.ndarray, ...], statistic, paired: bool, seed: int, n_resamples: int,
-               confidence: float):
+def _bootstrap(
+    samples: tuple[np.ndarray, ...], statistic, paired: bool, seed: int, n_resamples: int, confidence: float
+):
     """scipy's percentile bootstrap; `statistic(*samples, axis)` is evaluated on all resamples at once."""
     return scipy_stats.bootstrap(
-        samples, statistic, n_resamples=n_resamples, vectorized=True, paired=paired, axis=-1,
-        confidence_level=confidence, method="percentile", rng=np.random.default_rng(seed),
+        samples,
+        statistic,
+        n_resamples=n_resamples,
+        vectorized=True,
+        paired=paired,
+        axis=-1,
+        confidence_level=confidence,
+        method="percentile",
+        rng=np.random.default_rng(seed),
     )
 
 
@@ -135,8 +147,9 @@ def _mean(values, axis=-1):
     return np.mean(values, axis=axis)
 
 
-def bootstrap_mean(values, seed: int = SEED, n_resamples: int = N_RESAMPLES,
-                   confidence: float = CONFIDENCE) -> Interval:
+def bootstrap_mean(
+    values, seed: int = SEED, n_resamples: int = N_RESAMPLES, confidence: float = CONFIDENCE
+) -> Interval:
     """Percentile bootstrap interval of the mean of per-document values (resampling documents)."""
     values = _vector(values, "values")
     if values.size < 2:
@@ -149,8 +162,9 @@ def _macro_mean(*task_values, axis=-1):
     return np.mean([np.mean(values, axis=axis) for values in task_values], axis=0)
 
 
-def bootstrap_category_mean(task_values: Sequence, seed: int = SEED, n_resamples: int = N_RESAMPLES,
-                            confidence: float = CONFIDENCE) -> Interval:
+def bootstrap_category_mean(
+    task_values: Sequence, seed: int = SEED, n_resamples: int = N_RESAMPLES, confidence: float = CONFIDENCE
+) -> Interval:
     """Category mean = mean over tasks of each task's mean over its documents (the board's macro average).
 
     `task_values` holds one array of per-document values per task; documents are resampled within each task
@@ -179,8 +193,9 @@ def _ppl_inputs(loglikelihoods, n_tokens) -> tuple[np.ndarray, np.ndarray]:
     return ll, tokens
 
 
-def bootstrap_perplexity(loglikelihoods, n_tokens, seed: int = SEED, n_resamples: int = N_RESAMPLES,
-                         confidence: float = CONFIDENCE) -> Interval:
+def bootstrap_perplexity(
+    loglikelihoods, n_tokens, seed: int = SEED, n_resamples: int = N_RESAMPLES, confidence: float = CONFIDENCE
+) -> Interval:
     """Perplexity from per-document log-likelihood sums and token counts, with a bootstrap interval that
     resamples documents (a document's ll and tokens stay together). For a category, pass the documents of
     all its tasks concatenated: the board pools perplexity by tokens."""
@@ -197,8 +212,9 @@ def _macro_perplexity(*task_documents, axis=-1):
     return np.mean([perplexity(documents[0], documents[1], axis=axis) for documents in task_documents], axis=0)
 
 
-def bootstrap_macro_perplexity(task_documents: Sequence[tuple], seed: int = SEED, n_resamples: int = N_RESAMPLES,
-                               confidence: float = CONFIDENCE) -> Interval:
+def bootstrap_macro_perplexity(
+    task_documents: Sequence[tuple], seed: int = SEED, n_resamples: int = N_RESAMPLES, confidence: float = CONFIDENCE
+) -> Interval:
     """Mean over tasks of each task's perplexity (the paper's macro average over subtasks), with a stratified
     bootstrap: each task's documents are resampled within the task, a document's ll and tokens together.
     `task_documents` holds one (loglikelihoods, n_tokens) pair of per-document arrays per task."""
@@ -214,6 +230,7 @@ def bootstrap_macro_perplexity(task_documents: Sequence[tuple], seed: int = SEED
 
 # ---------------------------------------------------------------------------------------------- paired tests
 
+
 def mcnemar_exact(a, b) -> PairedTest:
     """Exact McNemar test of paired 0/1 outcomes of two configurations on the same documents: a binomial
     test of the discordant pairs (a right and b wrong vs a wrong and b right) against 1/2."""
@@ -223,8 +240,7 @@ def mcnemar_exact(a, b) -> PairedTest:
     a_only, b_only = int(np.sum((a == 1) & (b == 0))), int(np.sum((a == 0) & (b == 1)))
     both, neither = int(np.sum((a == 1) & (b == 1))), int(np.sum((a == 0) & (b == 0)))
     result = mcnemar([[both, a_only], [b_only, neither]], exact=True)
-    return PairedTest("mcnemar", float(a.mean() - b.mean()), float(result.pvalue), a.size,
-                      discordant=(a_only, b_only))
+    return PairedTest("mcnemar", float(a.mean() - b.mean()), float(result.pvalue), a.size, discordant=(a_only, b_only))
 
 
 def _bootstrap_pvalue(distribution: np.ndarray) -> float:
@@ -235,16 +251,18 @@ def _bootstrap_pvalue(distribution: np.ndarray) -> float:
 
 def _paired(result, estimate: float, n: int) -> PairedTest:
     interval = Interval(estimate, float(result.confidence_interval.low), float(result.confidence_interval.high))
-    return PairedTest("paired_bootstrap", estimate, _bootstrap_pvalue(result.bootstrap_distribution), n,
-                      interval=interval)
+    return PairedTest(
+        "paired_bootstrap", estimate, _bootstrap_pvalue(result.bootstrap_distribution), n, interval=interval
+    )
 
 
 def _mean_difference(a, b, axis=-1):
     return np.mean(a, axis=axis) - np.mean(b, axis=axis)
 
 
-def paired_bootstrap_mean(a, b, seed: int = SEED, n_resamples: int = N_RESAMPLES,
-                          confidence: float = CONFIDENCE) -> PairedTest:
+def paired_bootstrap_mean(
+    a, b, seed: int = SEED, n_resamples: int = N_RESAMPLES, confidence: float = CONFIDENCE
+) -> PairedTest:
     """Paired bootstrap of mean(a) - mean(b) over the same documents (each resample draws documents, and
     a document brings its value under both configurations)."""
     a, b = _vector(a, "a"), _vector(b, "b")
@@ -256,8 +274,9 @@ def paired_bootstrap_mean(a, b, seed: int = SEED, n_resamples: int = N_RESAMPLES
     return _paired(_bootstrap((a, b), _mean_difference, True, seed, n_resamples, confidence), estimate, a.size)
 
 
-def paired_bootstrap_category_mean(task_pairs: Sequence[tuple], seed: int = SEED, n_resamples: int = N_RESAMPLES,
-                                   confidence: float = CONFIDENCE) -> PairedTest:
+def paired_bootstrap_category_mean(
+    task_pairs: Sequence[tuple], seed: int = SEED, n_resamples: int = N_RESAMPLES, confidence: float = CONFIDENCE
+) -> PairedTest:
     """Paired bootstrap of category mean(a) - category mean(b) (macro average over tasks).
 
     `task_pairs` holds one (a, b) pair of per-document arrays per task, on the same documents. The macro
@@ -283,8 +302,9 @@ def _log_perplexity_difference(ll_a, ll_b, tokens_a, tokens_b, axis=-1):
     return np.sum(ll_b, axis=axis) / np.sum(tokens_b, axis=axis) - np.sum(ll_a, axis=axis) / np.sum(tokens_a, axis=axis)
 
 
-def paired_bootstrap_perplexity(ll_a, tokens_a, ll_b, tokens_b, seed: int = SEED, n_resamples: int = N_RESAMPLES,
-                                confidence: float = CONFIDENCE) -> PairedTest:
+def paired_bootstrap_perplexity(
+    ll_a, tokens_a, ll_b, tokens_b, seed: int = SEED, n_resamples: int = N_RESAMPLES, confidence: float = CONFIDENCE
+) -> PairedTest:
     """Paired bootstrap of log PPL(a) - log PPL(b) over the same documents (positive: a is worse)."""
     ll_a, tokens_a = _ppl_inputs(ll_a, tokens_a)
     ll_b, tokens_b = _ppl_inputs(ll_b, tokens_b)
@@ -293,8 +313,9 @@ def paired_bootstrap_perplexity(ll_a, tokens_a, ll_b, tokens_b, seed: int = SEED
     estimate = float(_log_perplexity_difference(ll_a, ll_b, tokens_a, tokens_b))
     if ll_a.size < 2:
         return PairedTest("paired_bootstrap", estimate, float("nan"), ll_a.size, interval=_no_interval(estimate))
-    result = _bootstrap((ll_a, ll_b, tokens_a, tokens_b), _log_perplexity_difference, True, seed, n_resamples,
-                        confidence)
+    result = _bootstrap(
+        (ll_a, ll_b, tokens_a, tokens_b), _log_perplexity_difference, True, seed, n_resamples, confidence
+    )
     return _paired(result, estimate, ll_a.size)
 
 
@@ -322,6 +343,7 @@ def holm_bonferroni(pvalues, alpha: float = 0.05) -> HolmResult:
 
 # ---------------------------------------------------------------------------------------------- floor, correlation
 
+
 def is_floor(successes, n, chance, confidence: float = CONFIDENCE):
     """True where full attention is not above chance by its interval: the Wilson lower bound of k/n is at
     most the chance rate (1 / number of labels for ICL, 0 for open answers). Vectorised over cells."""
@@ -343,8 +365,9 @@ def pearson_interval(x, y, confidence: float = CONFIDENCE) -> Correlation:
     return Correlation(float(result.statistic), float(interval.low), float(interval.high), float(result.pvalue), x.size)
 
 
-def naive_entropy_correlation(points: Sequence[tuple[str, float, float]],
-                              confidence: float = CONFIDENCE) -> Correlation | None:
+def naive_entropy_correlation(
+    points: Sequence[tuple[str, float, float]], confidence: float = CONFIDENCE
+) -> Correlation | None:
     """The paper's Fig. 3 / 7 correlation for one task: r(entropy, score) over its `naive` configurations.
 
     `points` are (method, attn_entropy, score), one per configuration (P) of the task; other methods are

@@ -13,6 +13,7 @@ samples files). Without them:
 Attention entropy is a mean of continuous per-document values: without per-document results its interval is
 the normal one from lm-eval's stderr of the mean.
 """
+
 from __future__ import annotations
 
 import math
@@ -33,6 +34,7 @@ Z95 = 1.959963984540054  # normal quantile of 0.975
 class DocScores:
     """Per-document results of one row, in document order. Accuracy-like rows have `scores` (0-1 scale);
     perplexity rows have the per-document `loglikelihoods` and `n_tokens` (PPL = exp(-sum ll / sum tokens))."""
+
     doc_ids: tuple
     scores: np.ndarray | None = None
     loglikelihoods: np.ndarray | None = None
@@ -51,9 +53,10 @@ class DocScores:
 @dataclass(frozen=True)
 class Estimate:
     """A number shown on the board with its 95 % interval, or the reason it has none (`missing`)."""
+
     value: float | None
     interval: stats.Interval | None = None
-    how: str = ""               # "Wilson", "bootstrap over documents", "normal, lm-eval stderr"
+    how: str = ""  # "Wilson", "bootstrap over documents", "normal, lm-eval stderr"
     missing: str | None = None
 
     @property
@@ -66,6 +69,7 @@ def no_interval(value: float | None, why: str = NO_SAMPLES) -> Estimate:
 
 
 # ---------------------------------------------------------------------------------------------- one task
+
 
 def binary_counts(row: BoardRow) -> tuple[int, int] | None:
     """(right, documents) of a row whose metric is 0/1 per document, from its score and n; None otherwise."""
@@ -125,6 +129,7 @@ def is_floor(row: BoardRow, docs: DocScores | None, chance: float | None) -> boo
 
 # ---------------------------------------------------------------------------------------------- a category
 
+
 def category_estimate(rows: list[BoardRow], docs: list[DocScores | None]) -> Estimate:
     """Interval of a category cell: the stratified bootstrap of the macro mean over its tasks, or (perplexity)
     the bootstrap of the perplexity pooled by tokens over all documents of its tasks."""
@@ -140,8 +145,9 @@ def category_estimate(rows: list[BoardRow], docs: list[DocScores | None]) -> Est
         return Estimate(interval.estimate, interval, "bootstrap over documents" + ("" if exact else " from (k, n)"))
     if any(d is None or d.loglikelihoods is None for d in docs):
         return no_interval(None)
-    interval = stats.bootstrap_perplexity(np.concatenate([d.loglikelihoods for d in docs]),
-                                          np.concatenate([d.n_tokens for d in docs]))
+    interval = stats.bootstrap_perplexity(
+        np.concatenate([d.loglikelihoods for d in docs]), np.concatenate([d.n_tokens for d in docs])
+    )
     return Estimate(interval.estimate, interval, "bootstrap over documents")
 
 
@@ -177,8 +183,10 @@ def entropy_estimate(rows: list[BoardRow], docs: list[DocScores | None]) -> Esti
 
 # ---------------------------------------------------------------------------------------------- paired tests
 
-def pair_documents(a: DocScores | None, b: DocScores | None, a_name: str = "the new run",
-                   b_name: str = "the baseline") -> tuple[DocScores, DocScores] | str:
+
+def pair_documents(
+    a: DocScores | None, b: DocScores | None, a_name: str = "the new run", b_name: str = "the baseline"
+) -> tuple[DocScores, DocScores] | str:
     """`a` and `b` on the same documents (in `b`'s order), or why they cannot be paired."""
     if a is None and b is None:
         return f"no per-document results in {b_name} or {a_name}"
@@ -206,6 +214,9 @@ def paired_category_test(pairs: list[tuple[DocScores, DocScores]], higher_is_bet
     the macro mean, or of the log perplexity pooled by tokens over all their documents."""
     if higher_is_better:
         return stats.paired_bootstrap_category_mean([(a.scores, b.scores) for a, b in pairs])
-    joined = [np.concatenate([getattr(docs[i], name) for docs in pairs]) for i in (0, 1)
-              for name in ("loglikelihoods", "n_tokens")]
+    joined = [
+        np.concatenate([getattr(docs[i], name) for docs in pairs])
+        for i in (0, 1)
+        for name in ("loglikelihoods", "n_tokens")
+    ]
     return stats.paired_bootstrap_perplexity(*joined)

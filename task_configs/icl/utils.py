@@ -9,6 +9,7 @@ with a second ``RandomState(42)`` (the paper's ``run_helmet.py`` protocol).
 Sources: with ``$PCE_DATA_DIR`` the raw files of ``LOCAL_FILES`` (layout in task_configs/README.md);
 otherwise the HF datasets HELMET uses (``HF_SOURCES``, parquet revisions).
 """
+
 from __future__ import annotations
 
 import math
@@ -24,8 +25,10 @@ SHOTS = {
     "nlu": {"4k": 255, "8k": 510, "16k": 1020, "32k": 2040, "64k": 4080, "128k": 8296},
 }
 MAX_GEN = 20
-INSTRUCTION = ("Use the provided mapping from the text to label to assign a label to the text. "
-               'Only output "label: {label}" and nothing else.\n\n')
+INSTRUCTION = (
+    "Use the provided mapping from the text to label to assign a label to the text. "
+    'Only output "label: {label}" and nothing else.\n\n'
+)
 TREC_COARSE = ["ABBR", "ENTY", "DESC", "HUM", "LOC", "NUM"]  # HF CogComp/trec ClassLabel order
 
 
@@ -78,8 +81,9 @@ def _read_labelled_csv(path: Path, ids: dict[str, int], categories: Path) -> lis
     rows = []
     for i, r in enumerate(C.read_csv(path, ("text", "category")), 1):
         if r["category"] not in ids:
-            raise C.PceDataError(f"{path}, row {i}: category {r['category']!r} is not one of the {len(ids)} "
-                                 f"names in {categories}")
+            raise C.PceDataError(
+                f"{path}, row {i}: category {r['category']!r} is not one of the {len(ids)} names in {categories}"
+            )
         rows.append((r["text"], ids[r["category"]]))
     return rows
 
@@ -98,8 +102,9 @@ def _read_clinc(path: Path):
     for name in ("train", "oos_train", "val", "oos_val"):
         rows = raw.get(name) if isinstance(raw, dict) else None
         if not isinstance(rows, list) or not all(isinstance(r, list) and len(r) == 2 and r[1] for r in rows):
-            raise C.PceDataError(f"{path}: {name!r} is missing or not a list of [text, intent] pairs; "
-                                 f"expected {CLINC_LAYOUT}")
+            raise C.PceDataError(
+                f"{path}: {name!r} is missing or not a list of [text, intent] pairs; expected {CLINC_LAYOUT}"
+            )
         parts[name] = [tuple(r) for r in rows]
     return parts
 
@@ -131,7 +136,7 @@ def _local(dataset: str, task: str):
     files = [file(0)]
     raw = _read_clinc(files[0])
     train = raw["train"] + raw["oos_train"]  # = HF clinc_oos "plus" train (15250)
-    test = raw["val"] + raw["oos_val"]       # = HF validation (3100), which HELMET uses as test
+    test = raw["val"] + raw["oos_val"]  # = HF validation (3100), which HELMET uses as test
     if not train or not test:
         raise C.PceDataError(f"{files[0]}: no train or no test rows; expected {CLINC_LAYOUT}")
     ids = _ids(sorted({lab for _, lab in train + test}))
@@ -191,8 +196,13 @@ def build_icl_docs(train, test, n_labels: int, shots: int, n_samples: int, seed:
         rand.shuffle(mapping)
         if row in rank:
             items = [demo_item(train[i][0], mapping[train[i][1]]) for i in demos]
-            docs[rank[row]] = {"items": items, "query": icl_query(text), "answers": [str(mapping[lab])],
-                               "test_row": row, "n_demos": len(items)}
+            docs[rank[row]] = {
+                "items": items,
+                "query": icl_query(text),
+                "answers": [str(mapping[lab])],
+                "test_row": row,
+                "n_demos": len(items),
+            }
         if row >= max(chosen):
             break
     return docs

@@ -17,6 +17,7 @@ Sources: ``$PCE_DATA_DIR/ppl/pg19/*.txt`` and ``$PCE_DATA_DIR/ppl/proof_pile/*.t
 otherwise HF ``emozilla/pg19`` (validation, 50 books) and Proof-Pile's validation (``dev``) files,
 rows whose meta config is ``arxiv`` (250 documents drawn with RandomState(42), as the paper's count).
 """
+
 from __future__ import annotations
 
 import json
@@ -34,8 +35,10 @@ def scored_tokens(window: int) -> int:
 
 
 # --------------------------------------------------------------------------- sources
-HF_SOURCES = {"pg19": ("emozilla/pg19", "validation"),
-              "proof_pile": ("hf://datasets/hoskinson-center/proof-pile/dev/*.jsonl.gz", "arxiv")}
+HF_SOURCES = {
+    "pg19": ("emozilla/pg19", "validation"),
+    "proof_pile": ("hf://datasets/hoskinson-center/proof-pile/dev/*.jsonl.gz", "arxiv"),
+}
 
 
 def _local_files(args) -> list:
@@ -66,7 +69,8 @@ def _online_texts(dataset: str) -> list[tuple[str, str]]:
         folder, pattern = DATASETS[dataset]
         raise C.PceDataError(
             f"pce_ppl_{dataset}: could not load the HF dataset ({type(exc).__name__}: {exc}); offline, "
-            f"export {C.DATA_ENV}=/path/to/data with ppl/{folder}/{pattern} under it") from exc
+            f"export {C.DATA_ENV}=/path/to/data with ppl/{folder}/{pattern} under it"
+        ) from exc
 
 
 # --------------------------------------------------------------------------- windows
@@ -132,8 +136,13 @@ def _build(args, files) -> list[dict]:
         if got is None:  # no round-tripping boundary near this window: skip it
             continue
         doc = {"context": got[0], "continuation": got[1], "source": tokenized[d].name, "window": w, "shift": shift}
-        doc.update(task=f"ppl_{args.dataset}", idx=len(docs), window_tokens=window, n_tokens=scored,
-                   n_bytes=len(got[1].encode("utf-8")))
+        doc.update(
+            task=f"ppl_{args.dataset}",
+            idx=len(docs),
+            window_tokens=window,
+            n_tokens=scored,
+            n_bytes=len(got[1].encode("utf-8")),
+        )
         docs.append(doc)
     return docs
 
@@ -149,5 +158,9 @@ def load_ppl(**kwargs):
 
 def process_results(doc, results):
     ll = float(results[0][0])
-    return {"perplexity": (ll, doc["n_tokens"]), "bits_per_byte": (ll, doc["n_bytes"]),
-            "score": (ll, doc["n_tokens"]), "attn_entropy": C.entropy(results)}
+    return {
+        "perplexity": (ll, doc["n_tokens"]),
+        "bits_per_byte": (ll, doc["n_bytes"]),
+        "score": (ll, doc["n_tokens"]),
+        "attn_entropy": C.entropy(results),
+    }

@@ -15,6 +15,7 @@ question, like HELMET's dep6). HotpotQA distractor-setting rows (10 passages) ar
 passages of other questions, the question's own 10 passages as one block at depth 0, .5 or 1 (3 rows,
 like dep3).
 """
+
 from __future__ import annotations
 
 import functools
@@ -25,8 +26,10 @@ from lm_eval_parallel import tasks_common as C
 K_DOCS = {"4k": 20, "8k": 50, "16k": 105, "32k": 220, "64k": 440, "128k": 1000}
 DATASETS = ("nq", "triviaqa", "hotpotqa", "popqa")
 MAX_GEN = 20
-QUERY = ("Use the given documents to write a concise and short answer to the question. Write your answer in the "
-         "following format:\nAnswer: [answer]\n\nQuestion: {question}\nAnswer:")
+QUERY = (
+    "Use the given documents to write a concise and short answer to the question. Write your answer in the "
+    "following format:\nAnswer: [answer]\n\nQuestion: {question}\nAnswer:"
+)
 DEPTHS6 = [0.0, 0.2, 0.4, 0.6, 0.8, 1.0]
 DEPTHS3 = [0.0, 0.5, 1.0]
 
@@ -46,8 +49,12 @@ def doc_item(title: str, text: str) -> str:
 
 def rag_doc(ctxs, question: str, answers) -> dict:
     answers = [answers] if isinstance(answers, str) else [str(a) for a in answers]
-    return {"items": [doc_item(c["title"], c["text"]) for c in ctxs], "query": QUERY.format(question=question),
-            "answers": answers, "question": question}
+    return {
+        "items": [doc_item(c["title"], c["text"]) for c in ctxs],
+        "query": QUERY.format(question=question),
+        "answers": answers,
+        "question": question,
+    }
 
 
 def popqa_keep(row) -> bool:
@@ -135,7 +142,8 @@ def _source(args: C.TaskArgs):
             raise C.PceDataError(
                 f"{args.task}: no local source for {args.dataset}; put HELMET's {member} under {root / 'helmet'} "
                 f"(from https://huggingface.co/datasets/{C.HELMET_REPO} data.tar.gz), or unset {C.DATA_ENV} to "
-                f"stream it")
+                f"stream it"
+            )
         source, rel, build, row = LOCAL_STAND_INS[args.dataset]
         return source, C.local_file(*rel.split("/"), what=args.task), build, row
     return "helmet", C.helmet_file(member, args.task), _helmet, KILT_ROW
@@ -162,5 +170,6 @@ def load_rag(**kwargs):
 
 doc_to_text = C.doc_to_text
 # The paper scores "last query line + output" = "Answer:" + generation (HELMET prepends "Answer:" too).
-process_results = C.generation_scorer("subem", functools.partial(C.subem_full_or_parsed, prefix="Answer:"),
-                                      prefix="Answer:")
+process_results = C.generation_scorer(
+    "subem", functools.partial(C.subem_full_or_parsed, prefix="Answer:"), prefix="Answer:"
+)

@@ -7,6 +7,7 @@ to the task length with the model's tokenizer (``pretrained`` from model_args), 
 Prompt format: the paper's: items are the pieces of the haystack / the JSON lines, the
 query (instruction + question) comes last.
 """
+
 from __future__ import annotations
 
 import codecs
@@ -30,15 +31,17 @@ RULER_VARIANTS = {
 }
 RULER_QUERIES = {
     "mk2": "A special magic number is hidden within the above text. "
-           "The special magic number for {query} mentioned in the provided text is",
+    "The special magic number for {query} mentioned in the provided text is",
     "mk3": "A special magic uuid is hidden within the above text. "
-           "The special magic uuid for {query} mentioned in the provided text is",
+    "The special magic uuid for {query} mentioned in the provided text is",
     "mv": "Some special magic numbers are hidden within the above text. "
-          "The special magic numbers for {query} mentioned in the provided text are",
+    "The special magic numbers for {query} mentioned in the provided text are",
 }
 NEEDLE = "One of the special magic {type_v} for {key} is: {value}."
-JSON_KV_QUERY = ("}}\n\nExtract the value corresponding to the specified key in the JSON object above.\n\n"
-                 "Key: {question}\nCorresponding value:")
+JSON_KV_QUERY = (
+    "}}\n\nExtract the value corresponding to the specified key in the JSON object above.\n\n"
+    "Key: {question}\nCorresponding value:"
+)
 JSON_KV_MAX_GEN = 100
 JSON_KV_HELMET_K = {"4k": 50, "8k": 105, "16k": 220, "32k": 440, "64k": 900, "128k": 1800}
 DEPTHS = [round(i * 100 / 39) for i in range(40)]  # np.round(np.linspace(0, 100, 40)) as ints
@@ -147,6 +150,7 @@ def ruler_sample(variant: str, n_haystack: int, seed: int, essay: str) -> dict:
 
 def _fit(make, lo: int, hi: int, tok, budget: int) -> int:
     """Largest n in [lo, hi] whose document fits ``budget`` tokens (binary search on a monotone size)."""
+
     def size(n):
         doc = make(n)
         return C.count_tokens(tok, "".join(doc["items"]) + doc["query"])
@@ -215,8 +219,10 @@ def _generation_inputs(variant: str) -> dict:
 # --------------------------------------------------------------------------- JSON-KV generation
 def json_kv_sample(n_pairs: int, seed: int) -> dict:
     rng = random.Random(seed)
-    pairs = [(str(uuid.UUID(int=rng.getrandbits(128), version=4)), str(uuid.UUID(int=rng.getrandbits(128), version=4)))
-             for _ in range(n_pairs)]
+    pairs = [
+        (str(uuid.UUID(int=rng.getrandbits(128), version=4)), str(uuid.UUID(int=rng.getrandbits(128), version=4)))
+        for _ in range(n_pairs)
+    ]
     depth = rng.choice(KV_DEPTHS)
     gold = round(depth * (n_pairs - 1))
     key, value = pairs[gold]
@@ -256,17 +262,25 @@ def _ruler_helmet(args: C.TaskArgs) -> list[dict]:
         for i, row in enumerate(C.select_jsonl(path, args.n_samples, expected=RULER_ROW)):
             answers = row.get("answer", row.get("outputs"))
             answers = [answers] if isinstance(answers, str) else list(answers)
-            docs.append({"items": items_from_context(row["context"]),
-                         "query": "\n\n" + RULER_QUERIES[variant].format(query=row["query"]),
-                         "answers": answers, "key": str(row["query"]), "task": f"ruler_{variant}", "idx": i,
-                         "source": "helmet"})
+            docs.append(
+                {
+                    "items": items_from_context(row["context"]),
+                    "query": "\n\n" + RULER_QUERIES[variant].format(query=row["query"]),
+                    "answers": answers,
+                    "key": str(row["query"]),
+                    "task": f"ruler_{variant}",
+                    "idx": i,
+                    "source": "helmet",
+                }
+            )
     return docs
 
 
 def _json_kv_helmet(args: C.TaskArgs) -> list[dict]:
     if args.length not in JSON_KV_HELMET_K:
-        raise C.PceDataError(f"{args.task}: HELMET has no file for {args.length}; "
-                             f"allowed: {', '.join(JSON_KV_HELMET_K)}")
+        raise C.PceDataError(
+            f"{args.task}: HELMET has no file for {args.length}; allowed: {', '.join(JSON_KV_HELMET_K)}"
+        )
     path = C.helmet_file(f"data/json_kv/test_k{JSON_KV_HELMET_K[args.length]}_dep6.jsonl", args.task)
     docs = []
     with C.local_data(args.task, f"{path}: {JSON_KV_ROW}"):
@@ -307,4 +321,5 @@ doc_to_text = C.doc_to_text
 process_results_ruler = C.generation_scorer("ruler_recall", C.ruler_recall)
 # The paper scores "last query line + output" = "Corresponding value:" + generation.
 process_results_json_kv = C.generation_scorer(
-    "subem", functools.partial(C.subem_full_or_parsed, prefix="Corresponding value:"), prefix="Corresponding value:")
+    "subem", functools.partial(C.subem_full_or_parsed, prefix="Corresponding value:"), prefix="Corresponding value:"
+)
