@@ -74,11 +74,11 @@ def test_sweep_errors_are_one_line_too(tmp_path, capsys):
         ]
     )
     assert status == 2
+    from lm_eval_parallel.config import METHOD_ALIASES, METHODS
+
+    allowed = ", ".join([m.name for m in METHODS] + list(METHOD_ALIASES))
     assert _stderr_lines(capsys.readouterr().err) == [
-        (
-            "lm-eval-parallel sweep: error: method='magic' is not allowed; choose one of full, naive, sink, sel, sink+sel, "
-            "parallel"
-        )
+        f"lm-eval-parallel sweep: error: method='magic' is not allowed; choose one of {allowed}"
     ]
 
 

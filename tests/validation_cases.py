@@ -144,7 +144,46 @@ def with_files(trigger, **contents: str):
     return prepared
 
 
-METHODS_LIST = "full, naive, sink, sel, sink+sel, parallel"
+def task_loader(family: str, loader: str, *, data: dict[str, str] | None = None, model: bool = False, **kwargs):
+    """Build a pce task's documents as lm-eval does (its ``custom_dataset`` loader) with the given metadata,
+    over a data folder DIR/data holding ``data`` (relative path -> text); the model path does not exist unless
+    ``model`` (then the default model's tokenizer sizes the documents)."""
+
+    def trigger(folder: Path):
+        import importlib.util
+
+        from lm_eval_parallel import TASKS_DIR, tasks_common
+
+        root = folder / "data"
+        for rel, text in (data or {}).items():
+            (root / rel).parent.mkdir(parents=True, exist_ok=True)
+            (root / rel).write_text(text, encoding="utf-8")
+        root.mkdir(exist_ok=True)
+        saved = {k: os.environ.get(k) for k in ("PCE_DATA_DIR", "PCE_DOCS_CACHE")}
+        os.environ.update(PCE_DATA_DIR=str(root), PCE_DOCS_CACHE="0")
+        try:
+            spec = importlib.util.spec_from_file_location(
+                f"pce_{family}_utils", os.path.join(TASKS_DIR, family, "utils.py")
+            )
+            utils = importlib.util.module_from_spec(spec)
+            spec.loader.exec_module(utils)
+            tasks_common.clear_memory_cache()
+            given = {} if model else {"pretrained": str(folder / "no_model")}
+            return getattr(utils, loader)(**given, **kwargs)
+        finally:
+            for key, value in saved.items():
+                if value is None:
+                    os.environ.pop(key, None)
+                else:
+                    os.environ[key] = value
+
+    return trigger
+
+
+from lm_eval_parallel.config import METHOD_ALIASES, METHODS  # noqa: E402  (the messages list the registry's methods)
+
+METHODS_LIST = ", ".join([m.name for m in METHODS] + list(METHOD_ALIASES))
+PARALLEL_METHODS = "/".join(m.name for m in METHODS if m.parallel)
 SWEEP = ("--model_args", "pretrained=DIR", "--tasks", "nope_task", "--output_path", "DIR/out")  # a task lookup fails
 
 # ---------------------------------------------------------------------------------------------- the cases
@@ -162,7 +201,7 @@ CASES = [
     Case(
         "model_args",
         "method=full,P=4",
-        "P=4 with method=full: it encodes one piece; use P=1, or method=naive/sink/sel/sink+sel",
+        f"P=4 with method=full: it encodes one piece; use P=1, or method={PARALLEL_METHODS}",
         model_args(method="full", P=4),
     ),
     Case(
@@ -411,8 +450,48 @@ CASES = [
         command("check", "DIR", "--baseline", "DIR/b.json", "--tolerance", "-1"),
         CommandFailed,
     ),
+    # metadata (--metadata, read by the tasks' loaders before any data file or tokenizer)
+    Case(
+        "metadata",
+        '--metadata \'{"pce_seed": "abc"}\'',
+        "pce_seed='abc' must be an integer >= 0 and < 4294967296",
+        task_loader("synthetic", "load_ruler", pce_variant="mk2", pce_length="1k", pce_seed="abc"),
+        error=Exception,
+    ),
+    Case(
+        "metadata",
+        '--metadata \'{"pce_fit": "maybe"}\'',
+        "pce_fit='maybe' is not a boolean; use true or false",
+        task_loader("ppl", "load_ppl", pce_dataset="pg19", pce_length="1k", pce_fit="maybe"),
+        error=Exception,
+    ),
+    Case(
+        "metadata",
+        "--metadata '{\"pce_sed\": 7}'",
+        "unknown task option 'pce_sed'; did you mean 'pce_seed'? ...",
+        task_loader("synthetic", "load_json_kv", pce_length="1k", pce_sed=7),
+        error=Exception,
+    ),
+    # data files ($PCE_DATA_DIR)
+    Case(
+        "data files",
+        "an ICL training row with an empty label",
+        "DIR/data/icl/banking77/train.csv, line 3: column 'category' is empty; ...",
+        task_loader(
+            "icl",
+            "load_icl",
+            pce_dataset="banking77",
+            pce_length="4k",
+            model=True,
+            data={
+                "icl/banking77/train.csv": 'text,category\n"a question",refund\n"another one",\n',
+                "icl/banking77/test.csv": 'text,category\n"q",refund\n',
+                "icl/banking77/categories.json": '["refund"]',
+            },
+        ),
+        error=Exception,
+    ),
 ]
-
 
 # ---------------------------------------------------------------------------------------------- the page
 
