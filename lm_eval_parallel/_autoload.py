@@ -93,7 +93,46 @@ def _on_registry(module) -> None:
             module.model_registry.register(alias, target=target)
 
 
+def merge_tags_across_paths(index_module) -> None:
+    """A tag defined under several task paths keeps the tasks of all of them.
+
+    lm-eval 0.4.13's ``TaskIndex.build`` merges the per-path indexes by "later paths overwrite earlier", which
+    for a tag (``longcxt``: lm-eval's long-context tasks, and ours) drops the earlier path's members and logs an
+    override warning. Each path is built by lm-eval's own ``build`` and the results merged as it does, except
+    that two tag entries are united.
+    """
+    task_index = getattr(index_module, "TaskIndex", None)
+    kind = getattr(index_module, "Kind", None)
+    original = getattr(task_index, "build", None)
+    if original is None or kind is None or getattr(original, "_lm_eval_parallel", False):
+        return
+    import functools
+    import logging
+
+    @functools.wraps(original)
+    def build(paths, **kwargs):
+        merged: dict = {}
+        for root in paths:
+            for name, entry in original([root], **kwargs).items():
+                previous = merged.get(name)
+                if previous is not None and previous.kind == kind.TAG and entry.kind == kind.TAG:
+                    previous.tags |= entry.tags
+                    continue
+                if previous is not None:
+                    logging.getLogger(index_module.__name__).warning(
+                        "Task '%s' from %s overrides existing task from %s", name, entry.yaml_path, previous.yaml_path
+                    )
+                merged[name] = entry
+        return merged
+
+    build._lm_eval_parallel = True
+    task_index.build = staticmethod(build)
+
+
 def _on_task_manager(module) -> None:
+    import importlib
+
+    merge_tags_across_paths(importlib.import_module("lm_eval.tasks._index"))
     if tasks_found_by_lm_eval(module):
         return
     import functools

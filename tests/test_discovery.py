@@ -475,3 +475,16 @@ def test_request_cache_patch_leaves_an_unexpected_lm_eval_alone(monkeypatch, cap
     assert module.Task.build_all_requests is build_all_requests
     assert (module.load_from_cache, module.save_to_cache) == (load_from_cache, save_to_cache)
     assert sum("--cache_requests" in r.getMessage() for r in caplog.records) == 1
+
+
+def test_the_longcxt_tag_keeps_lm_evals_tasks_and_ours(caplog):
+    """lm-eval 0.4.13 lets a later task path overwrite a tag of an earlier one; the hook unites them instead."""
+    import logging
+
+    from lm_eval.tasks import TaskManager
+
+    with caplog.at_level(logging.WARNING):
+        members = TaskManager().task_index["longcxt"].tags
+    ours = {t for t in members if t.startswith("pce_")}
+    assert len(ours) == 90 and members - ours  # ours at 4k and longer, and lm-eval's own (its ruler tasks)
+    assert not [r for r in caplog.records if "longcxt" in r.getMessage()]  # no override warning
