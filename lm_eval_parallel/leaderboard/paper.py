@@ -282,13 +282,17 @@ def _resolve(path: str | None, roots: tuple[str, ...]) -> str | None:
 
 
 def doc_scores(row: BoardRow, roots: tuple[str, ...] = ()) -> gate.DocScores | None:
-    """Per-document results of a row: the file its `samples` field names, else the compact or raw samples file
-    beside its results file."""
+    """Per-document results of a row, ordered by doc_id (lm-eval's raw file lists them in any order, the compact
+    one sorted: the bootstrap must see the same order from both): the file its `samples` field names, else the
+    compact or raw samples file beside its results file."""
     path = _resolve(getattr(row, "samples", None), roots)
     if path is None:
         source = _resolve(row.source, roots)
         path = find_samples(source, row.task) if source else None
-    return gate.read_doc_scores(path, row.metric, row.higher_is_better) if path else None
+    docs = gate.read_doc_scores(path, row.metric, row.higher_is_better) if path else None
+    if docs is None:
+        return None
+    return docs.subset(tuple(sorted(docs.doc_ids, key=lambda doc_id: (isinstance(doc_id, str), doc_id))))
 
 
 def cell_value(rows: list[BoardRow], roots: tuple[str, ...] = ()) -> tuple[float, float | None, float | None, str]:
