@@ -535,7 +535,11 @@ def build_parser() -> argparse.ArgumentParser:
     cmp = sub.add_parser("compare", help="our numbers beside a reference CSV, with Δ and 95 %% intervals")
     cmp.add_argument("paths", nargs="+", metavar="RUNS", help="results folders or files, or a board.json")
     cmp.add_argument("--reference", required=True, help="CSV in the paper's Table 1 or Table 2 layout")
-    cmp.add_argument("--model", default=None, help="model (pretrained) to compare when the runs hold several")
+    cmp.add_argument(
+        "--model",
+        default=None,
+        help="model to compare when the runs hold several: its board key (the leaderboard's model alias)",
+    )
     cmp.add_argument(
         "--config",
         default=None,
