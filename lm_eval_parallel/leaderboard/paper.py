@@ -282,13 +282,17 @@ def _resolve(path: str | None, roots: tuple[str, ...]) -> str | None:
 
 
 def doc_scores(row: BoardRow, roots: tuple[str, ...] = ()) -> gate.DocScores | None:
-    """Per-document results of a row: the file its `samples` field names, else the compact or raw samples file
-    beside its results file."""
+    """Per-document results of a row, ordered by doc_id (lm-eval's raw file lists them in any order, the compact
+    one sorted: the bootstrap must see the same order from both): the file its `samples` field names, else the
+    compact or raw samples file beside its results file."""
     path = _resolve(getattr(row, "samples", None), roots)
     if path is None:
         source = _resolve(row.source, roots)
         path = find_samples(source, row.task) if source else None
-    return gate.read_doc_scores(path, row.metric, row.higher_is_better) if path else None
+    docs = gate.read_doc_scores(path, row.metric, row.higher_is_better) if path else None
+    if docs is None:
+        return None
+    return docs.subset(tuple(sorted(docs.doc_ids, key=lambda doc_id: (isinstance(doc_id, str), doc_id))))
 
 
 def cell_value(rows: list[BoardRow], roots: tuple[str, ...] = ()) -> tuple[float, float | None, float | None, str]:
@@ -531,7 +535,11 @@ def build_parser() -> argparse.ArgumentParser:
     cmp = sub.add_parser("compare", help="our numbers beside a reference CSV, with Δ and 95 %% intervals")
     cmp.add_argument("paths", nargs="+", metavar="RUNS", help="results folders or files, or a board.json")
     cmp.add_argument("--reference", required=True, help="CSV in the paper's Table 1 or Table 2 layout")
-    cmp.add_argument("--model", default=None, help="model (pretrained) to compare when the runs hold several")
+    cmp.add_argument(
+        "--model",
+        default=None,
+        help="model to compare when the runs hold several: its board key (the leaderboard's model alias)",
+    )
     cmp.add_argument(
         "--config",
         default=None,
