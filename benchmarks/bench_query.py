@@ -23,15 +23,14 @@ import datetime
 import glob
 import json
 import os
-import statistics
 import sys
-import time
 
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from bench_prefill import build_model, sync
+import bench_prefill
+from bench_prefill import build_model
 
 N_DOCS = 64
 SINK = "Read the documents below and answer.\n"
@@ -78,21 +77,14 @@ def requests_for(tokenizer, ids: list[int], length: int, gen_tokens: int, ll_tok
 
 
 def measure(fn, repeats: int, device: str):
-    """One warm-up call, then the median of ``repeats`` timed calls; peak bytes of the last one."""
-    fn()
-    times, peak = [], 0
-    for _ in range(repeats):
-        if device == "cuda":
-            torch.cuda.empty_cache()
-            torch.cuda.reset_peak_memory_stats()
-        sync()
-        t0 = time.perf_counter()
-        out = fn()
-        sync()
-        times.append(time.perf_counter() - t0)
-        if device == "cuda":
-            peak = torch.cuda.max_memory_allocated()
-    return statistics.median(times), times, peak, out
+    """``bench_prefill.measure`` (one warm-up, median of ``repeats``, peak of the last), keeping the last result."""
+    last = {}
+
+    def call():
+        last["out"] = fn()
+
+    median, times, peak = bench_prefill.measure(call, repeats, device)
+    return median, times, peak, last["out"]
 
 
 def main(argv=None) -> int:
@@ -131,7 +123,7 @@ def main(argv=None) -> int:
     model, cfg = build_model(args.layers, device, dtype, args.tiny)
     if cfg.vocab_size < len(tokenizer):  # the toy model's vocabulary
         model.resize_token_embeddings(len(tokenizer))
-    common = {"tokenizer": tokenizer, "batch_size": 1, "max_length": cfg.max_position_embeddings}
+    common = {"tokenizer": tokenizer, "batch_size": 1, "max_length": cfg.max_position_embeddings, "device": device}
     hf = None if args.no_hf else HFLM(pretrained=model, **common)
     par = ParallelHFLM(pretrained=model, **common)
     model.set_attn_implementation("sdpa")
