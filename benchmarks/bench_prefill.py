@@ -32,44 +32,37 @@ SINK_TOKENS = 16
 def build_model(layers: int, device: str, dtype, tiny: bool):
     from transformers import LlamaConfig, LlamaForCausalLM
 
+    # Llama-3.1-8B positions (llama3 RoPE scaling over 131072 positions) at either size
+    positions = {
+        "max_position_embeddings": 131072,
+        "rope_theta": 500000.0,
+        "rope_scaling": {
+            "rope_type": "llama3",
+            "factor": 8.0,
+            "low_freq_factor": 1.0,
+            "high_freq_factor": 4.0,
+            "original_max_position_embeddings": 8192,
+        },
+    }
     if tiny:  # CPU dry run: same structure, toy sizes
-        cfg = LlamaConfig(
-            hidden_size=64,
-            num_attention_heads=4,
-            num_key_value_heads=2,
-            intermediate_size=128,
-            vocab_size=1000,
-            num_hidden_layers=layers,
-            max_position_embeddings=131072,
-            rope_theta=500000.0,
-            rope_scaling={
-                "rope_type": "llama3",
-                "factor": 8.0,
-                "low_freq_factor": 1.0,
-                "high_freq_factor": 4.0,
-                "original_max_position_embeddings": 8192,
-            },
-        )
+        sizes = {
+            "hidden_size": 64,
+            "num_attention_heads": 4,
+            "num_key_value_heads": 2,
+            "intermediate_size": 128,
+            "vocab_size": 1000,
+        }
     else:
-        cfg = LlamaConfig(
-            hidden_size=4096,
-            num_attention_heads=32,
-            num_key_value_heads=8,
-            intermediate_size=14336,
-            vocab_size=128256,
-            num_hidden_layers=layers,
-            max_position_embeddings=131072,
-            rope_theta=500000.0,
-            rms_norm_eps=1e-5,
-            tie_word_embeddings=False,
-            rope_scaling={
-                "rope_type": "llama3",
-                "factor": 8.0,
-                "low_freq_factor": 1.0,
-                "high_freq_factor": 4.0,
-                "original_max_position_embeddings": 8192,
-            },
-        )
+        sizes = {
+            "hidden_size": 4096,
+            "num_attention_heads": 32,
+            "num_key_value_heads": 8,
+            "intermediate_size": 14336,
+            "vocab_size": 128256,
+            "rms_norm_eps": 1e-5,
+            "tie_word_embeddings": False,
+        }
+    cfg = LlamaConfig(num_hidden_layers=layers, **sizes, **positions)
     cfg._attn_implementation = "sdpa"
     default = torch.get_default_dtype()
     torch.set_default_dtype(dtype)  # built in the target dtype: no float32 copy of the weights
