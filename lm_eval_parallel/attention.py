@@ -30,6 +30,7 @@ from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
+from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from .kvstore import KeyGroups, KVStore, RowRun
 from .layout import causal
@@ -44,6 +45,7 @@ QUERY_IMPLS = ("auto", "eager", "fast")
 # the fast path equals eager on the CPU, but on CUDA it does not pass its equivalence tests yet — see
 # benchmarks/RESULTS.md — so it runs only when asked for).
 QUERY_IMPL = os.environ.get("LM_EVAL_PARALLEL_QUERY_IMPL", "auto")
+QUERY_SDPA_BACKENDS = [SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH]
 
 
 # ---------------------------------------------------------------------------------------------- encode stage
@@ -84,6 +86,10 @@ class QueryPlan:
     want_stats: bool = False  # per-layer entropy sums (SPEC §8)
     analysis: bool = False  # also per-head sums and key norms
     rule: QueryRule | None = None  # a peer method's rule on the query rows' logits (SPEC §7a)
+    # A static decode step (engine's StaticDecoder): the one new key of every row goes to store slot write_at [1]
+    # (a device tensor, so the step can be replayed as a CUDA graph) and every layer attends over the store's whole
+    # capacity, the slots not written yet being invalid keys. None: keys [0, length + Q), the usual forward.
+    write_at: torch.Tensor | None = None
 
     def __post_init__(self):
         if self.forced_keep is not None and self.selection is not None:
@@ -415,11 +421,19 @@ def _query_attention(q, k, v, forward: _QueryForward, scaling: float, softcap: f
             masks = forward.masks_on(q.device, k.shape[2], groups=not is_small(q, k))
             return fast_query_attention(q, k, v, plan, masks, scaling, softcap)
         return eager_query_attention(q, k, v, plan, forward.masks_on(q.device, k.shape[2]), scaling, softcap)
-    if q.shape[2] == 1 and plan.store.dense:
+    if q.shape[2] == 1 and plan.store.dense and plan.write_at is None:
         # one new token per row and no padding anywhere: it sees every key, no mask needed
-        return LayerResult(_sdpa(q, k, v, scaling).transpose(1, 2))
+        with _query_sdpa_backends(q):
+            return LayerResult(_sdpa(q, k, v, scaling).transpose(1, 2))
     visible = forward.masks_on(q.device, k.shape[2]).visible  # [B, Q, K]
-    return LayerResult(_sdpa(q, k, v, scaling, attn_mask=visible[:, None]).transpose(1, 2))
+    with _query_sdpa_backends(q):
+        return LayerResult(_sdpa(q, k, v, scaling, attn_mask=visible[:, None]).transpose(1, 2))
+
+
+def _query_sdpa_backends(q: torch.Tensor):
+    """SDPA backends of the query stage on CUDA: cuDNN plans one execution graph per shape (milliseconds of host
+    time), and every decode step has a new key count, so it is left out; on the CPU nothing changes."""
+    return sdpa_kernel(QUERY_SDPA_BACKENDS) if q.is_cuda else contextlib.nullcontext()
 
 
 def pce_attention(module, query, key, value, attention_mask=None, scaling=None, dropout=0.0, softcap=None, **kwargs):
@@ -431,7 +445,7 @@ def pce_attention(module, query, key, value, attention_mask=None, scaling=None, 
     forward = _FORWARD.get()
     if isinstance(forward, _QueryForward):
         layer = module.layer_idx
-        k, v = forward.plan.store.append_query(layer, key, value)  # [B, Hkv, K, D]: every key so far
+        k, v = forward.plan.store.append_query(layer, key, value, forward.plan.write_at)  # [B, Hkv, K, D]
         result = _query_attention(query, k, v, forward, scaling, softcap)
         forward.outputs.record(layer, result)
         return result.out, None

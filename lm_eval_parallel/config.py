@@ -326,6 +326,7 @@ class PCEConfig:
         "tokens", as_split, SCORES, "where unmarked contexts are cut (docs/split.md)", hashed_at_default=False
     )
     prefill_batch_tokens: int = setting(PREFILL_BATCH_TOKENS, as_positive_int, RUNTIME, "tokens per prefill forward")
+    cuda_graphs: bool = setting(True, as_bool, RUNTIME, "decode steps replayed as CUDA graphs (one CUDA device)")
     auto_batch_tokens: int = setting(
         16384, as_positive_int, RUNTIME, "batch_size=auto: query rows per batch = this / row length"
     )

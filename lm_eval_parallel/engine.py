@@ -17,6 +17,7 @@ import numpy as np
 import torch
 
 from .attention import EncodePlan, QueryOutputs, QueryPlan, encoding, querying
+from .decode import DECODE_MODES, GRAPH_MIN_STEPS, StaticDecoder, single_cuda_device, static_decode_applies
 from .kvstore import KVStore, RowRun
 from .layout import Layout, piece_position_arrays
 from .query_rules import QueryRule
@@ -201,8 +202,14 @@ class ParallelEngine:
         harmonic_prefix: str = "tokens",
         entropy_pool: str = "rows",
         rule: QueryRule | None = None,
+        cuda_graphs: bool = True,
+        decode: str = "auto",
     ):
+        if decode not in DECODE_MODES:
+            raise ValueError(f"decode={decode!r} is not allowed; choose one of {', '.join(DECODE_MODES)}")
         self.model = model
+        self.cuda_graphs = cuda_graphs
+        self.decode = decode  # decode.py; "auto" unless a test pins a mode
         self.device = device
         self.pos = pos
         self.pos_round = pos_round
@@ -419,6 +426,30 @@ class ParallelEngine:
             c.store.length = length
         return results
 
+    def _dynamic_step(self, store: KVStore, selection: Selection | None):
+        """A decode step as an ordinary query forward over keys [0, length + 1) (``decode=dynamic``)."""
+
+        def step(next_tok: list[int], next_pos: list[float], active: list[bool]):
+            ids = torch.tensor(next_tok, dtype=torch.long)[:, None]
+            pos = torch.tensor(next_pos, dtype=torch.float32)[:, None]
+            valid = torch.tensor(active, dtype=torch.bool)[:, None]
+            logits, outputs = self._query_forward(store, ids, pos, valid, selection)
+            store.length += 1
+            return logits[:, -1].argmax(-1).tolist(), self._stats(outputs) if self.want_stats else None
+
+        return step
+
+    def _decoder(self, store: KVStore, batch: int, selection: Selection | None, max_new_tokens: int):
+        """The decode step of one batch (``decode.py``): ``auto`` replays CUDA graphs on one CUDA device where a
+        static step applies and the batch decodes enough tokens, and runs dynamic steps everywhere else."""
+        mode = self.decode
+        if mode == "auto":
+            graphs = self.cuda_graphs and max_new_tokens > GRAPH_MIN_STEPS and single_cuda_device(self.model)
+            mode = "graph" if graphs and static_decode_applies(self, selection) else "dynamic"
+        if mode == "dynamic" or not static_decode_applies(self, selection):
+            return self._dynamic_step(store, selection)
+        return StaticDecoder(self, store, batch, selection, graph=mode == "graph")
+
     @torch.no_grad()
     def generate(
         self,
@@ -445,6 +476,7 @@ class ParallelEngine:
         next_pos = [c.query_start + len(q) for c, q in zip(contexts, queries)]
         tokens: list[list[int]] = [[] for _ in range(b_size)]
         active = [True] * b_size
+        step = self._decoder(store, b_size, selection, max_new_tokens)
         for _ in range(max_new_tokens):
             for b in range(b_size):
                 if active[b]:
@@ -453,14 +485,9 @@ class ParallelEngine:
                         active[b] = False
             if not any(active):
                 break
-            ids = torch.tensor(next_tok, dtype=torch.long)[:, None]
-            pos = torch.tensor(next_pos, dtype=torch.float32)[:, None]
-            valid = torch.tensor(active, dtype=torch.bool)[:, None]
-            logits, outputs = self._query_forward(store, ids, pos, valid, selection)
-            store.length += 1
+            next_tok, step_stats = step(next_tok, next_pos, active)
             if self.want_stats:
-                total = _add_stats(total, self._stats(outputs))
-            next_tok = logits[:, -1].argmax(-1).tolist()
+                total = _add_stats(total, step_stats)
             next_pos = [p + 1 for p in next_pos]
         for c, length in zip(contexts, saved):
             c.store.length = length

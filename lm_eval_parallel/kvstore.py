@@ -168,11 +168,20 @@ class KVStore:
         kb[0, :, run.dest : run.dest + m * n].view(hkv, m, n, d).copy_(k.transpose(0, 1))
         vb[0, :, run.dest : run.dest + m * n].view(hkv, m, n, d).copy_(v.transpose(0, 1))
 
-    def append_query(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def append_query(
+        self, layer: int, k: torch.Tensor, v: torch.Tensor, write_at: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """Write a query forward's k, v [B, Hkv, Q, D] at ``length``; return views [B, Hkv, length + Q, D] of
-        every key and value so far (``length`` moves only when the engine keeps them)."""
-        end = self.length + k.shape[2]
+        every key and value so far (``length`` moves only when the engine keeps them).
+
+        With ``write_at`` (a device long tensor [Q] of store slots, a static decode step): write there and return
+        the whole buffers [B, Hkv, capacity, D]; slots not yet written are invalid keys (``key_valid``)."""
         kb, vb = self._buffers(layer, k)
+        if write_at is not None:
+            kb.index_copy_(2, write_at, k)
+            vb.index_copy_(2, write_at, v)
+            return kb, vb
+        end = self.length + k.shape[2]
         kb[:, :, self.length : end] = k
         vb[:, :, self.length : end] = v
         return kb[:, :, :end], vb[:, :, :end]

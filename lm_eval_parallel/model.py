@@ -89,6 +89,7 @@ def engine_for(model, device, pce: PCEConfig) -> ParallelEngine:
         harmonic_prefix=pce.harmonic_prefix,
         entropy_pool=pce.entropy_pool,
         rule=query_rule_for(pce, model),
+        cuda_graphs=pce.cuda_graphs,
     )
 
 
