@@ -117,6 +117,21 @@ def until_eos(tokens: list[int], eos_ids: set[int]) -> list[int]:
     return next((tokens[:k] for k, t in enumerate(tokens) if t in eos_ids), tokens)
 
 
+def stop_in_tail(tokenizer, tokens: list[int], stops: list[str]) -> bool:
+    """Whether a stop string is in the text of ``tokens`` now that its last token came, as
+    ``any(s in decode(tokens))`` at every step tells, decoding only the tail that can hold a new match.
+
+    Checked after every token, a stop not found before must end in the last token's text, so it lies in the last
+    ``len(s in UTF-8) + 2`` tokens: every token holds at least one byte, one more covers a character split
+    across tokens, and one more a leading space a tokenizer drops from the first token it decodes."""
+    stops = [s for s in stops if s]
+    if not stops:
+        return False
+    tail = max(len(s.encode("utf-8")) for s in stops) + 2
+    text = tokenizer.decode(tokens[-tail:], skip_special_tokens=False)
+    return any(s in text for s in stops)
+
+
 def analysis_record(pce: PCEConfig, request_type: str, req, prepared: Prepared, stats) -> dict:
     """One line of the ``analysis_path`` JSONL: the request, its layout and the engine's statistics."""
     record = {
@@ -322,7 +337,8 @@ class ParallelHFLM(HFLM):
         fed_back = int(self.engine.want_stats and self.pce.entropy_pool == "calls")
         engine_eos = eos_ids if to_eos and not fed_back else set()
         results: list = [None] * len(requests)
-        order = sorted(range(len(jobs)), key=lambda i: -jobs[i][0].layout.n_context)
+        # rows of a batch decode until its longest one is done: batch requests of equal max_gen_toks, longest first
+        order = sorted(range(len(jobs)), key=lambda i: (-jobs[i][2], -jobs[i][0].layout.n_context))
         pbar = tqdm(total=len(requests), disable=disable_tqdm or self.rank != 0, desc="parallel_hf generate_until")
         records = []
         start = 0
@@ -348,8 +364,7 @@ class ParallelHFLM(HFLM):
                     return False
                 if fed_back and tokens[-1] in eos_ids:
                     return True
-                text = self.tokenizer.decode(tokens, skip_special_tokens=False)
-                return any(s and s in text for s in stops[b])
+                return stop_in_tail(self.tokenizer, tokens, stops[b])
 
             out = self.engine.generate(
                 [encoded[jobs[i][0].layout] for i in batch],

@@ -140,3 +140,32 @@ def test_cuda_graph_decode_equals_dynamic(tiny_llama_dir, args):
     torch.backends.cuda.matmul.allow_tf32 = False  # fp32 products, as on the CPU
     graph = generate(lm, "graph", max_gen_toks=12)
     assert_same(graph, generate(lm, "dynamic", max_gen_toks=12))
+
+
+def test_the_tail_stop_check_finds_stops_at_the_step_a_whole_decode_does(tiny_llama_dir):
+    """`stop_in_tail` against `any(s in decode(tokens))` at every step, on random token strings of the tiny
+    byte-level tokenizer (characters split across tokens included) and stops cut from their own text."""
+    import random
+
+    from transformers import AutoTokenizer
+
+    from lm_eval_parallel.model import stop_in_tail
+
+    tok = AutoTokenizer.from_pretrained(tiny_llama_dir)
+    rng = random.Random(0)
+    text = "Ünïcödé café – naïve → 東京 " + " ".join(DOCS)
+    vocab = tok(text)["input_ids"] + list(range(3, len(tok)))
+    bytes_only = [i for i in range(len(tok)) if len(tok.convert_ids_to_tokens(i)) == 1]
+    assert len(bytes_only) > 200
+    checked = 0
+    for _ in range(200):
+        pool = vocab if rng.random() < 0.5 else bytes_only  # one byte per token: a stop spans len(stop) tokens
+        tokens = [rng.choice(pool) for _ in range(rng.randint(4, 30))]
+        whole = tok.decode(tokens, skip_special_tokens=False)
+        start = rng.randrange(len(whole))
+        stops = [whole[start : start + rng.randint(1, 6)]]
+        first_whole = next(t for t in range(1, len(tokens) + 1) if any(s in tok.decode(tokens[:t]) for s in stops))
+        first_tail = next(t for t in range(1, len(tokens) + 1) if stop_in_tail(tok, tokens[:t], stops))
+        assert first_tail == first_whole, (tokens, stops)
+        checked += 1
+    assert checked == 200 and not stop_in_tail(tok, [5, 6], []) and not stop_in_tail(tok, [5, 6], [""])
