@@ -264,6 +264,8 @@ def run_parallel_hf(args, tasks: list[str], cuda: bool, built_tasks: list) -> di
         wall = clock.now() - start
         label = {"model": "parallel_hf", "P": int(model_args["P"]), "method": model_args["method"]}
         configurations.append(configuration_record(label, clock, wall, results, cuda))
+        c = configurations[-1]
+        print(f"bench_board: P={c['P']} {c['method']}: {c['requests_per_s']:.2f} requests/s {c['stages']}", flush=True)
         return results
 
     output = Path(args.work) / "sweep"

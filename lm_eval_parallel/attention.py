@@ -30,7 +30,6 @@ from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
-from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from .kvstore import KeyGroups, KVStore, RowRun
 from .layout import causal
@@ -45,7 +44,6 @@ QUERY_IMPLS = ("auto", "eager", "fast")
 # the fast path equals eager on the CPU, but on CUDA it does not pass its equivalence tests yet — see
 # benchmarks/RESULTS.md — so it runs only when asked for).
 QUERY_IMPL = os.environ.get("LM_EVAL_PARALLEL_QUERY_IMPL", "auto")
-QUERY_SDPA_BACKENDS = [SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH]
 
 
 # ---------------------------------------------------------------------------------------------- encode stage
@@ -421,19 +419,16 @@ def _query_attention(q, k, v, forward: _QueryForward, scaling: float, softcap: f
             masks = forward.masks_on(q.device, k.shape[2], groups=not is_small(q, k))
             return fast_query_attention(q, k, v, plan, masks, scaling, softcap)
         return eager_query_attention(q, k, v, plan, forward.masks_on(q.device, k.shape[2]), scaling, softcap)
-    if q.shape[2] == 1 and plan.store.dense and plan.write_at is None:
+    if q.is_cuda and q.shape[2] == 1:
+        # A decode step on CUDA: SDPA's kernel for a masked grouped-kv call is cuDNN's, which plans an execution
+        # graph per key count (milliseconds of host time every step); without cuDNN it is the math kernel, which
+        # copies the kv heads. Two grouped products over the keys do neither.
+        return eager_query_attention(q, k, v, plan, forward.masks_on(q.device, k.shape[2]), scaling, softcap)
+    if q.shape[2] == 1 and plan.store.dense:
         # one new token per row and no padding anywhere: it sees every key, no mask needed
-        with _query_sdpa_backends(q):
-            return LayerResult(_sdpa(q, k, v, scaling).transpose(1, 2))
+        return LayerResult(_sdpa(q, k, v, scaling).transpose(1, 2))
     visible = forward.masks_on(q.device, k.shape[2]).visible  # [B, Q, K]
-    with _query_sdpa_backends(q):
-        return LayerResult(_sdpa(q, k, v, scaling, attn_mask=visible[:, None]).transpose(1, 2))
-
-
-def _query_sdpa_backends(q: torch.Tensor):
-    """SDPA backends of the query stage on CUDA: cuDNN plans one execution graph per shape (milliseconds of host
-    time), and every decode step has a new key count, so it is left out; on the CPU nothing changes."""
-    return sdpa_kernel(QUERY_SDPA_BACKENDS) if q.is_cuda else contextlib.nullcontext()
+    return LayerResult(_sdpa(q, k, v, scaling, attn_mask=visible[:, None]).transpose(1, 2))
 
 
 def pce_attention(module, query, key, value, attention_mask=None, scaling=None, dropout=0.0, softcap=None, **kwargs):
