@@ -31,7 +31,7 @@ from typing import NamedTuple
 import torch
 import torch.nn.functional as F
 
-from .kvstore import KeyGroups, KVStore, RowRun
+from .kvstore import KeyGroups, KVStore, RowRun, RowScatter
 from .layout import causal
 from .query_rules import QueryRule, apply_rule
 from .selection import Selection, apply_keep, piece_scores, piece_weights, select_pieces, topn_sum
@@ -58,6 +58,7 @@ class EncodePlan:
     prefix_kv: Sequence[tuple[torch.Tensor, torch.Tensor]] | None = None  # per layer (k, v) [1, Hkv, s, D]
     store: KVStore | None = None
     runs: tuple[RowRun, ...] = ()
+    scatter: RowScatter | None = None  # the same copies as runs, as one gather + scatter per layer (many runs)
 
 
 @dataclass
@@ -450,6 +451,8 @@ def pce_attention(module, query, key, value, attention_mask=None, scaling=None, 
             forward.captured[layer] = (key, value)
         for run in plan.runs:
             plan.store.put_run(layer, run, key, value)
+        if plan.scatter is not None:
+            plan.store.put_scatter(layer, plan.scatter, key, value)
         if plan.prefix_kv is not None:
             pk, pv = plan.prefix_kv[layer]  # [1, Hkv, s, D]
             n = key.shape[0]

@@ -29,6 +29,27 @@ class RowRun:
     dest: int
 
 
+class RowScatter(NamedTuple):
+    """Every kept token of one encode forward, copied into the store by one gather + one scatter per layer (instead
+    of one copy per :class:`RowRun`): token ``src[i]`` of the forward's rows flattened [N * T] goes to store slot
+    ``dest[i]``. Both on the forward's device."""
+
+    src: torch.Tensor  # [M] long: row * T + column
+    dest: torch.Tensor  # [M] long: store position
+
+
+def row_scatter(runs: list[RowRun], width: int, device) -> RowScatter:
+    """The :class:`RowScatter` that copies what ``runs`` copy, for forward rows of ``width`` tokens."""
+    src, dest = [], []
+    for run in runs:
+        rows = np.arange(run.first_row, run.first_row + run.n_rows)[:, None]  # [n_rows, 1]
+        cols = np.arange(run.length)[None, :]  # [1, length]
+        src.append((rows * width + run.src_start + cols).ravel())
+        dest.append((run.dest + (rows - run.first_row) * run.length + cols).ravel())
+    as_tensor = lambda parts: torch.from_numpy(np.concatenate(parts)).to(device)  # noqa: E731
+    return RowScatter(as_tensor(src), as_tensor(dest))
+
+
 class KeyLayout(NamedTuple):
     """What the query stage reads about every key of the store, on one device."""
 
@@ -167,6 +188,14 @@ class KVStore:
         kb, vb = self._buffers(layer, k)
         kb[0, :, run.dest : run.dest + m * n].view(hkv, m, n, d).copy_(k.transpose(0, 1))
         vb[0, :, run.dest : run.dest + m * n].view(hkv, m, n, d).copy_(v.transpose(0, 1))
+
+    def put_scatter(self, layer: int, scatter: RowScatter, k: torch.Tensor, v: torch.Tensor) -> None:
+        """Copy an encode forward's k, v [N, Hkv, T, D] into the (single-row) store by ``scatter``."""
+        n, hkv, t, d = k.shape
+        kb, vb = self._buffers(layer, k)
+        for buffer, x in ((kb, k), (vb, v)):
+            flat = x.transpose(0, 1).reshape(hkv, n * t, d)  # [Hkv, N * T, D]
+            buffer[0].index_copy_(1, scatter.dest, flat.index_select(1, scatter.src))
 
     def append_query(
         self, layer: int, k: torch.Tensor, v: torch.Tensor, write_at: torch.Tensor | None = None

@@ -64,3 +64,39 @@ def test_row_runs_merge_back_to_back_rows_and_put_run_copies_them():
         assert torch.equal(store.k[0][0, :, dest : dest + n], k[row, :, 1 : 1 + n])
         assert torch.equal(store.v[0][0, :, dest : dest + n], v[row, :, 1 : 1 + n])
     assert (store.k[0][0, :, [0, 9]] == 0).all()  # the slots no run covers stay zero
+
+
+def test_row_scatter_copies_exactly_what_the_runs_copy():
+    from lm_eval_parallel.engine import _row_runs
+    from lm_eval_parallel.kvstore import RowRun, row_scatter
+
+    lengths, offsets = [3, 3, 2, 1, 3], [2, 5, 8, 11, 13]
+    runs = _row_runs(lengths, offsets, src_start=2) + [RowRun(0, 1, 0, 2, 0)]  # and a 2-token prefix from row 0
+    k = torch.randn(5, 2, 5, 4)  # [N, Hkv, T, D]: 2 prefix + 3 piece columns
+    v = torch.randn(5, 2, 5, 4)
+    by_runs, by_scatter = _store([[True] * 17], 17), _store([[True] * 17], 17)
+    for run in runs:
+        by_runs.put_run(1, run, k, v)
+    by_scatter.put_scatter(1, row_scatter(runs, 5, "cpu"), k, v)
+    assert torch.equal(by_scatter.k[1], by_runs.k[1]) and torch.equal(by_scatter.v[1], by_runs.v[1])
+    assert torch.equal(by_scatter.k[1][0, :, 8:10], k[2, :, 2:4]) and (by_scatter.k[1][0, :, 16] == 0).all()
+
+
+def test_prefill_by_scatter_or_by_runs_fills_the_same_store(tiny_llama_dir, monkeypatch):
+    """Pieces of many lengths: the engine's scatter writes equal one copy per run, bit for bit (fp32)."""
+    from lm_eval_parallel import engine as engine_module
+    from lm_eval_parallel.model import ParallelHFLM
+
+    lm = ParallelHFLM(pretrained=tiny_llama_dir, method="sink", P=5, dtype="float32", device="cpu")
+    docs = [f"Document {i}: " + "word " * (3 * i + 1) + "\n" for i in range(5)]
+    from lm_eval_parallel import parallel_prompt
+
+    prepared = lm.prepare_generation(parallel_prompt(docs, "Question?"))
+    assert len({len(p) for p in prepared.layout.pieces}) >= 3  # at least 3 runs
+    stores = {}
+    for threshold in (1, 10**9):
+        monkeypatch.setattr(engine_module, "SCATTER_MIN_RUNS", threshold)
+        stores[threshold] = lm.engine.encode(prepared.layout).store
+    for layer in range(len(stores[1].k)):
+        assert torch.equal(stores[1].k[layer], stores[10**9].k[layer])
+        assert torch.equal(stores[1].v[layer], stores[10**9].v[layer])

@@ -91,6 +91,33 @@ def test_prefill_batch_tokens_splits_the_prefill_without_changing_scores(tiny_ll
         assert b.attn_entropy == pytest.approx(a.attn_entropy, rel=1e-5)
 
 
+@pytest.mark.parametrize("method,P", [("full", 1), ("sink+sel", 4)])
+def test_right_padded_prefill_rows_do_not_change_scores(tiny_llama_dir, monkeypatch, method, P):
+    """CUDA pads piece rows to a few widths (engine.bucketed); forced here on the CPU, with 7 padding columns
+    more than any bucket adds: fp32 equal to 1e-5, the same generations."""
+    from lm_eval_parallel import engine as engine_module
+    from lm_eval_parallel.model import ParallelHFLM
+
+    lm = ParallelHFLM(pretrained=tiny_llama_dir, method=method, P=P, **KW)
+    assert not lm.engine.bucket_prefill  # only CUDA pads
+    plain = lm.loglikelihood(ll_requests(PAIRS)), lm.generate_until(gen_requests([MARKED, PAIRS[2][0]]))
+    lm.engine.bucket_prefill = True
+    monkeypatch.setattr(engine_module, "bucketed", lambda width: width + 7)
+    padded = lm.loglikelihood(ll_requests(PAIRS)), lm.generate_until(gen_requests([MARKED, PAIRS[2][0]]))
+    for a, b in zip(plain[0], padded[0]):
+        assert b[0] == pytest.approx(a[0], rel=1e-5) and b[1] == a[1]
+        assert b.attn_entropy == pytest.approx(a.attn_entropy, rel=1e-5)
+    assert padded[1] == plain[1]
+
+
+def test_bucketed_widths_waste_at_most_a_sixteenth():
+    from lm_eval_parallel.engine import bucketed
+
+    assert [bucketed(w) for w in (1, 15, 16, 33, 130, 8192, 8200)] == [1, 15, 16, 34, 136, 8192, 8704]
+    assert all(w <= bucketed(w) <= w * 17 / 16 for w in range(1, 70000))
+    assert len({bucketed(w) for w in range(1, 70000)}) < 250  # a few plans, not one per length
+
+
 def test_stop_strings_cut_the_generation(models):
     _, full = models
     (free,) = full.generate_until(gen_requests(["Once upon a time"], until=[], max_gen_toks=12))
