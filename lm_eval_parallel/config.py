@@ -43,6 +43,7 @@ class Method:
     marker: str
     pos: str | None = None  # the piece positions the method prescribes (SPEC §6); None: the pos= setting
     rule: str = ""  # its rule at the query stage (SPEC §7a): "", "structured", "ape" or "soft"
+    engine: str = ""  # its own engine (SPEC §4): "" the parallel one, "star" (anchored pieces), "nbce" (a row a piece)
 
 
 # Board and plot order. A sweep runs, at each P, the methods of one `contexts` family back to back, so the
@@ -59,6 +60,8 @@ METHODS = (
     Method("pcw",      True,     False, False,     "left",   "tab:purple", "v",  pos="left"),
     Method("ape",      True,     False, False,     "left",   "tab:brown",  "X",  pos="left", rule="ape"),
     Method("structured", True,   False, False,     "right",  "tab:cyan",   "<",  pos="right", rule="structured"),
+    Method("star",     True,     False, False,     "star",   "tab:pink",   "p",  pos="serial", engine="star"),
+    Method("nbce",     True,     False, False,     "left",   "tab:gray",   "h",  pos="left", engine="nbce"),
 )
 # fmt: on
 METHOD_ALIASES = {"parallel": "naive"}
@@ -114,6 +117,16 @@ def as_positive_float(name: str, value) -> float:
     return number
 
 
+def as_non_negative_float(name: str, value) -> float:
+    try:
+        number = float(value) if isinstance(value, (int, float, str)) and not isinstance(value, bool) else None
+    except ValueError:
+        number = None
+    if number is None or not (0 <= number < float("inf")):
+        raise ValueError(f"{name}={value!r} must be a finite number >= 0")
+    return number
+
+
 def as_non_negative_int(name: str, value) -> int:
     if value in (0, "0"):
         return 0
@@ -145,6 +158,13 @@ def one_of(*allowed: str):
 
 
 def as_method(name: str, value) -> str:
+    parts = value.split("+") if isinstance(value, str) and get_method(value) is None else []
+    if len(parts) > 1 and all(get_method(part) for part in parts):  # star+sel, nbce+sink, ...
+        combined = ", ".join(m.name for m in METHODS if "+" in m.name)
+        raise ValueError(
+            f"{name}={value!r}: {' and '.join(parts)} do not combine (no paper defines it); the combined "
+            f"methods are {combined}, and logscale=true goes with any method"
+        )
     one_of(*method_names(), *METHOD_ALIASES)(name, value)
     return get_method(value).name
 
@@ -290,6 +310,13 @@ class PCEConfig:
     )
     ape_scale: float = setting(
         0.9, as_positive_float, SCORES, "ape: scale S on the context's log-sum-exp", hashed_at_default=False
+    )
+    nbce_beta: float = setting(
+        0.25,
+        as_non_negative_float,
+        SCORES,
+        "nbce: beta of (1 + beta) log p_piece - beta log p_no_context (SPEC §9a)",
+        hashed_at_default=False,
     )
     logscale: bool = setting(
         False, as_bool, SCORES, "query logits x ln N / ln logscale_train_len (SPEC §7a)", hashed_at_default=False

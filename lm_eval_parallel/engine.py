@@ -194,6 +194,7 @@ class ParallelEngine:
     # Tokens per prefill forward (piece rows, with their padding). 32K rows keep the GEMMs as efficient
     # as full attention's and the launches few; activations stay ~0.4x of a 128K full prefill's.
     PREFILL_BATCH_TOKENS = 32768
+    KEEPS_PREFIXES = True  # encoded shared prefixes go to the prefix cache (star's are a request's own)
 
     def __init__(
         self,
@@ -255,6 +256,8 @@ class ParallelEngine:
         with encoding(EncodePlan()) as captured:
             self._forward(torch.tensor([prefix]), torch.arange(len(prefix), dtype=torch.float32)[None])
         kv = [captured[layer] for layer in range(self.n_layers)]
+        if not self.KEEPS_PREFIXES:
+            return kv
         self._prefix_cache[prefix] = kv
         if len(self._prefix_cache) > self._prefix_cache_size:
             self._prefix_cache.popitem(last=False)

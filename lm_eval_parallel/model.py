@@ -25,14 +25,17 @@ from .engine import ContextCache, ParallelEngine
 from .identity import identity_fingerprint, identity_of
 from .layout import Layout
 from .log import warn_once
+from .nbce import NBCEEngine
 from .query_rules import QueryRule
 from .requests import Prepared, RequestBuilder
 from .resolve import DEFAULT_ALIAS, check_pretrained, resolve_pretrained
 from .response import GenerationResult, LoglikelihoodResult, RollingResult
 from .selection import Selection
+from .star import StarEngine
 
 _HFLM_ARGS = set(inspect.signature(HFLM.__init__).parameters)
 _HFLM_DEFAULTS = {name: p.default for name, p in inspect.signature(HFLM.__init__).parameters.items()}
+ENGINES = {"": ParallelEngine, "star": StarEngine, "nbce": NBCEEngine}  # by Method.engine
 LONG_SINK_TOKENS = 512  # the paper's sinks are about 15 tokens; every piece attends to the whole sink
 
 
@@ -76,8 +79,10 @@ def selection_for(pce: PCEConfig, request_type: str) -> Selection | None:
 
 
 def engine_for(model, device, pce: PCEConfig) -> ParallelEngine:
-    """The engine that runs ``pce`` on ``model`` (positions, statistics, batching)."""
-    return ParallelEngine(
+    """The engine that runs ``pce`` on ``model`` (positions, statistics, batching); star and nbce have their own."""
+    engine = get_method(pce.method).engine
+    own = {"beta": pce.nbce_beta} if engine == "nbce" else {}
+    return ENGINES[engine](
         model,
         device,
         pos=pce.pos,
@@ -90,6 +95,7 @@ def engine_for(model, device, pce: PCEConfig) -> ParallelEngine:
         entropy_pool=pce.entropy_pool,
         rule=query_rule_for(pce, model),
         cuda_graphs=pce.cuda_graphs,
+        **own,
     )
 
 

@@ -1,6 +1,6 @@
 """Dense reference for SPEC §10: one eager forward over the whole sequence with an explicit 4-D mask
-(§5), the positions of §6 and the selection of §7 applied to query rows. Written independently of
-the engine: no KV store, no chunking, no batching; O(L^2) and only for tiny models.
+(§5), the positions of §6 and the selection of §7 applied to query rows (``nbce``: one such forward per row, §9a).
+Written independently of the engine: no KV store, no chunking, no batching; O(L^2) and only for tiny models.
 """
 
 from __future__ import annotations
@@ -124,6 +124,8 @@ def reference_forward(
     pos_round: str,
     selection: dict | None,
     query_positions: str = "layout",
+    anchor: bool = False,
+    query_start: float | None = None,
     **rule,
 ):
     """Logits [T, V] of the whole sequence (context + every call's tokens) and the mean entropy.
@@ -131,11 +133,14 @@ def reference_forward(
     ``calls``: token lists, each one forward call of the engine (query+continuation, or the query
     then one generated token per call). ``selection``: dict(top_k, score_topn, aggr, aggr_topn) or None.
     ``rule``: the rules on the query rows (SPEC §7a): ``structured=True``, ``logscale_train_len=N``,
-    ``ape=(T, S)``.
+    ``ape=(T, S)``. ``anchor`` (star, SPEC §5): piece tokens after the first piece also see the first piece.
+    ``query_start``: the first query position instead of the layout's.
     """
     ctx_pos, q0 = layout_positions(layout, pos, pos_round)
     if query_positions == "serial":
         q0 = float(layout.n_context)
+    if query_start is not None:
+        q0 = query_start
     ids = layout.flat_ids()
     call_rows = []
     for call in calls:
@@ -147,6 +152,9 @@ def reference_forward(
     idx = torch.arange(n)
     mask = may_attend(groups)(0, 0, idx[:, None], idx[None, :])  # [n, n]
     is_piece = groups.kind == TokenKind.PIECE
+    if anchor:
+        is_anchor = is_piece & (groups.piece == 0)
+        mask = mask | (is_piece[:, None] & is_anchor[None, :] & (idx[:, None] >= idx[None, :]))
     piece_keys = [torch.nonzero(is_piece & (groups.piece == i)).flatten().tolist() for i in range(len(layout.pieces))]
     piece_keys = [keys for keys in piece_keys if keys]
     state = {
@@ -195,3 +203,30 @@ def reference_forward(
         model.set_attn_implementation(previous)
     entropy = sum(state["entropy"].values()) / len(state["entropy"])
     return logits, entropy
+
+
+def nbce_reference(model, layout: Layout, calls: list[list[int]], beta: float, **rule):
+    """NBCE (SPEC §9a) from its definition. Every piece row is an ordinary causal forward over the shared prefix, that
+    piece and every call's tokens (the no-context row: the prefix and the calls' tokens), the query at the position of
+    ``pos=left`` (s + the longest piece); at each call token, the lowest-entropy piece row's log-probabilities,
+    combined with the no-context row's when ``beta`` is not 0.
+
+    Returns (log-probabilities [T, V] of the token after each of the T call tokens, the mean over the piece rows of
+    their entropies (each row has the same query rows), the piece row chosen at each call token)."""
+    _, q0 = layout_positions(layout, "left", "none")
+    n_query = sum(len(call) for call in calls)
+
+    def row(pieces: tuple) -> tuple[torch.Tensor, float]:
+        one = Layout(layout.prefix, pieces)
+        logits, entropy = reference_forward(model, one, calls, "left", "none", None, query_start=q0, **rule)
+        return torch.log_softmax(logits[-n_query:].double(), -1), entropy  # [T, V]
+
+    piece_rows = [row((piece,)) for piece in layout.pieces if piece] or [row(())]
+    logprobs = torch.stack([lp for lp, _ in piece_rows])  # [n, T, V]
+    entropy = -(logprobs.exp() * logprobs).sum(-1)  # [n, T]
+    chosen = entropy.argmin(0)  # [T]
+    best = logprobs[chosen, torch.arange(n_query)]  # [T, V]
+    if beta != 0:
+        best = (1 + beta) * best - beta * row(())[0]
+    mean_entropy = sum(e for _, e in piece_rows) / len(piece_rows)
+    return torch.log_softmax(best, -1), mean_entropy, chosen.tolist()

@@ -45,6 +45,7 @@ OTHER_VALUES = {
     "ape_temperature": 0.5,
     "ape_scale": 1.0,
     "sel_tau": 0.5,
+    "nbce_beta": 0.0,
     "logscale": True,
     "logscale_train_len": 4096,
     "sink_text_file": os.path.join(os.path.dirname(__file__), "sink_text.txt"),

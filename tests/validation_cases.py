@@ -206,6 +206,26 @@ CASES = [
     ),
     Case(
         "model_args",
+        "method=star+sel",
+        "method='star+sel': star and sel do not combine (no paper defines it); the combined methods are sink+sel, "
+        "and logscale=true goes with any method",
+        model_args(method="star+sel", P=4),
+    ),
+    Case(
+        "model_args",
+        "method=nbce,pos=even",
+        "pos=even with method=nbce: the method places its pieces with pos=left; leave pos out, or use method=naive "
+        "with pos=",
+        model_args(method="nbce", P=4, pos="even"),
+    ),
+    Case(
+        "model_args",
+        "nbce_beta=-1",
+        "nbce_beta=-1 must be a finite number >= 0",
+        model_args(method="nbce", P=4, nbce_beta=-1),
+    ),
+    Case(
+        "model_args",
         "pos=middle",
         "pos='middle' is not allowed; choose one of even, left, right, harmonic, serial",
         model_args(pos="middle"),
