@@ -27,7 +27,7 @@ from .layout import Layout
 from .log import warn_once
 from .nbce import NBCEEngine
 from .query_rules import QueryRule
-from .requests import Prepared, RequestBuilder
+from .requests import Prepared, RequestBuilder, TokenMemo
 from .resolve import DEFAULT_ALIAS, check_pretrained, resolve_pretrained
 from .response import GenerationResult, LoglikelihoodResult, RollingResult
 from .selection import Selection
@@ -182,6 +182,7 @@ class ParallelHFLM(HFLM):
         self.model.set_attn_implementation(attention.ATTN_NAME)
         self.sliding_window = sliding_window_of(self.model)
         self.engine = None
+        self.token_memo = TokenMemo()  # one tokenizer for the model's lifetime: shared by every configuration
         self.configure(self.pce)
 
     def configure(self, pce: PCEConfig) -> None:
@@ -189,7 +190,7 @@ class ParallelHFLM(HFLM):
         previous = self.engine
         self.pce = pce
         bos = self.tokenizer.bos_token_id if self.add_bos_token else None
-        self.builder = RequestBuilder(self.tokenizer, pce, bos, self.prefix_token_id)
+        self.builder = RequestBuilder(self.tokenizer, pce, bos, self.prefix_token_id, self.token_memo)
         self.engine = engine_for(self.model, self.device, pce)
         if previous is not None:  # the shared prefix KV does not depend on P, method or pos
             self.engine._prefix_cache = previous._prefix_cache

@@ -48,11 +48,37 @@ def encode_pair(tokenizer, context: str, continuation: str) -> tuple[list[int], 
     return ctx_ids, token_ids(tokenizer, context + continuation)[len(ctx_ids) :]
 
 
+class TokenMemo:
+    """Token ids of the texts one tokenizer has encoded (items, queries, sinks), so that a sweep tokenizes each
+    document once and not once per configuration. Bounded: cleared when it holds ``max_tokens`` ids."""
+
+    def __init__(self, max_tokens: int = 50_000_000):
+        self.max_tokens = max_tokens
+        self.n_tokens = 0
+        self.entries: dict[str, tuple[int, ...]] = {}
+
+    def ids(self, tokenizer, text: str) -> list[int]:
+        cached = self.entries.get(text)
+        if cached is None:
+            cached = tuple(token_ids(tokenizer, text))
+            if len(cached) > self.max_tokens:
+                return list(cached)
+            if self.n_tokens + len(cached) > self.max_tokens:
+                self.entries.clear()
+                self.n_tokens = 0
+            self.entries[text] = cached
+            self.n_tokens += len(cached)
+        return list(cached)
+
+
 class RequestBuilder:
     """Turns request strings into :class:`Prepared` requests under one :class:`PCEConfig`."""
 
-    def __init__(self, tokenizer, pce: PCEConfig, bos_token_id: int | None, prefix_token_id: int):
+    def __init__(
+        self, tokenizer, pce: PCEConfig, bos_token_id: int | None, prefix_token_id: int, memo: TokenMemo | None = None
+    ):
         self.tokenizer = tokenizer
+        self.memo = memo  # token ids of texts already seen, shared by the builders of one tokenizer
         self.pce = pce
         self.bos = [] if bos_token_id is None else [bos_token_id]  # SPEC §2: one BOS starts the prefix
         self.prefix_token_id = prefix_token_id  # the query of an empty context (lm-eval's convention)
@@ -64,7 +90,9 @@ class RequestBuilder:
             )
 
     def ids(self, text: str) -> list[int]:
-        return token_ids(self.tokenizer, text)
+        if self.memo is None:
+            return token_ids(self.tokenizer, text)
+        return self.memo.ids(self.tokenizer, text)
 
     # ------------------------------------------------------------------ requests
     def loglikelihood(self, context: str, continuation: str) -> Prepared:

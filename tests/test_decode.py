@@ -65,6 +65,7 @@ METHODS = [
     dict(method="structured", P=3),
     dict(method="naive", P=3, logscale=True),
     dict(method="naive", P=3, entropy_pool="calls"),
+    dict(method="star", P=3),
 ]
 
 

@@ -89,3 +89,42 @@ def test_marked_layout_of_both_request_types_is_the_same(tokenizer):
     assert ll.layout == gen.layout
     assert [len(p) for p in ll.layout.pieces] == [sum(item_lengths[:3]), sum(item_lengths[3:])]
     assert ll.query == gen.query == tokenizer.encode("Which document?", add_special_tokens=False)
+
+
+def test_token_memo_gives_the_tokenizer_ids_and_tokenizes_each_text_once(tokenizer):
+    """A sweep's builders share one TokenMemo: the same Prepared as without it, one tokenizer call per text."""
+    from lm_eval_parallel.requests import TokenMemo
+
+    docs = [f"Document {i}: the code word is w{i}.\n" for i in range(6)]
+    prompt = parallel_prompt(docs, "Question: which code word?\nAnswer:", sink="Sink.\n")
+    calls = []
+
+    class Counting:
+        def __getattr__(self, name):
+            return getattr(tokenizer, name)
+
+        def encode(self, text, **kwargs):
+            calls.append(text)
+            return tokenizer.encode(text, **kwargs)
+
+    memo = TokenMemo()
+    for P in (2, 3, 6):
+        pce = PCEConfig.from_args(P=P, method="sink")
+        plain = RequestBuilder(tokenizer, pce, None, 0).generation(prompt)
+        shared = RequestBuilder(Counting(), pce, None, 0, memo).generation(prompt)
+        assert shared == plain
+        shared.query.append(-1)  # callers own the lists they get: the memo keeps its own copy
+    assert len(calls) == len(set(calls)) and set(docs) <= set(calls)  # every text encoded once, over 3 configs
+    again = RequestBuilder(Counting(), PCEConfig.from_args(P=2, method="sink"), None, 0, memo).generation(prompt)
+    assert -1 not in again.query
+
+
+def test_token_memo_is_bounded(tokenizer):
+    from lm_eval_parallel.requests import TokenMemo
+
+    memo = TokenMemo(max_tokens=12)
+    texts = [f"word{i} word{i} word{i}" for i in range(20)]
+    for text in texts:
+        assert memo.ids(tokenizer, text) == tokenizer.encode(text, add_special_tokens=False)
+        assert memo.n_tokens <= 12 and memo.n_tokens == sum(len(v) for v in memo.entries.values())
+    assert len(memo.entries) < len(texts)

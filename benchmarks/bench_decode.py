@@ -1,0 +1,89 @@
+"""Greedy generation over ~8K-token contexts: requests/s per configuration and batch size, in one process.
+
+    python benchmarks/bench_decode.py --pretrained /root/model/smol.gguf --text_dir ../shared/data/essays \\
+        [--n 128] [--gen 50] [--batch_sizes 16,64,128] [--device cuda] [--dtype bfloat16]
+
+N requests, each the tokens [50 i, 50 i + 7800) of the concatenated essays plus a short question, `until=[]`,
+`max_gen_toks=GEN`, through `ParallelHFLM.generate_until` (no lm-eval task around it). Configurations: full;
+naive P=16 with and without entropy; sink+sel P=16; and naive / sink+sel with `cuda_graphs=false`, so the decode
+step's CUDA graphs are A/B-tested in the same process. One warm-up batch first.
+"""
+
+from __future__ import annotations
+
+import argparse
+import glob
+import json
+import time
+from pathlib import Path
+
+CONFIGS = [
+    dict(P=1, method="full"),
+    dict(P=16, method="naive", entropy=False),
+    dict(P=16, method="naive"),
+    dict(P=16, method="sink+sel"),
+    dict(P=16, method="sink+sel", cuda_graphs=False),
+    dict(P=16, method="naive", cuda_graphs=False),
+]
+
+
+def requests(lm, text_dir: str, n: int, gen: int):
+    from lm_eval.api.instance import Instance
+
+    files = sorted(glob.glob(str(Path(text_dir) / "**" / "*.txt"), recursive=True))[:40]
+    if not files:
+        raise SystemExit(f"bench_decode: no .txt files under --text_dir {text_dir!r}")
+    ids = lm.tokenizer(" ".join(Path(f).read_text() for f in files))["input_ids"]
+    if len(ids) < 50 * (n - 1) + 7800:
+        raise SystemExit(f"bench_decode: {len(ids)} tokens of text are too few for --n {n}")
+    out = []
+    for i in range(n):
+        context = lm.tokenizer.decode(ids[i * 50 : i * 50 + 7800]) + "\n\nQuestion: what is the main point?\nAnswer:"
+        out.append(Instance("generate_until", {}, (context, {"until": [], "max_gen_toks": gen}), 0))
+    return out
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--pretrained", default="smollm2-135m")
+    ap.add_argument("--text_dir", required=True)
+    ap.add_argument("--n", type=int, default=128)
+    ap.add_argument("--gen", type=int, default=50)
+    ap.add_argument("--batch_sizes", default="16,64,128")
+    ap.add_argument("--device", default="cuda")
+    ap.add_argument("--dtype", default="bfloat16")
+    ap.add_argument("--out", default=None, help="JSON file of the rows")
+    args = ap.parse_args()
+
+    import torch
+
+    from lm_eval_parallel.config import PCEConfig
+    from lm_eval_parallel.model import ParallelHFLM
+
+    sync = torch.cuda.synchronize if args.device.startswith("cuda") else (lambda: None)
+    lm = ParallelHFLM(pretrained=args.pretrained, dtype=args.dtype, device=args.device, batch_size=16, P=16)
+    reqs = requests(lm, args.text_dir, args.n, args.gen)
+
+    def run(config: dict, batch_size: int, n: int) -> float:
+        lm.configure(PCEConfig.from_args(**config))
+        lm.batch_size_per_gpu = batch_size
+        sync()
+        start = time.perf_counter()
+        lm.generate_until(reqs[:n], disable_tqdm=True)
+        sync()
+        return time.perf_counter() - start
+
+    run(dict(P=16, method="naive"), 16, 16)  # warm-up
+    rows = []
+    for config in CONFIGS:
+        for batch_size in [int(b) for b in args.batch_sizes.split(",")]:
+            seconds = run(config, batch_size, args.n)
+            rows.append(dict(config=config, batch_size=batch_size, seconds=seconds, requests_per_s=args.n / seconds))
+            print(config, "bs", batch_size, f"{seconds:.2f}s {args.n / seconds:.1f} req/s", flush=True)
+    if args.out:
+        Path(args.out).write_text(json.dumps({"args": vars(args), "rows": rows}, indent=1) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
