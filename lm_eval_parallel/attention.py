@@ -38,6 +38,9 @@ from .selection import Selection, apply_keep, piece_scores, piece_weights, selec
 
 ATTN_NAME = "pce"
 CHUNK_BYTES = 256 * 2**20  # memory budget of one chunk of eager attention rows
+# On CUDA a larger one: at a batch of 64 over 8K keys 256 MiB is two query rows a chunk, and the host time of a
+# chunk's dozen kernels then outweighs their work; three fp32 tensors of this size live at a time.
+CUDA_CHUNK_BYTES = 1024 * 2**20
 QUERY_IMPLS = ("auto", "eager", "fast")
 # Query rows that need probabilities: "eager" (probabilities in fp32, the reference), "fast" (query_fast: groups
 # of keys merged by log-sum-exp, wherever it applies: no softcap, no analysis), "auto" (today: eager everywhere;
@@ -285,10 +288,10 @@ def causal_attention(q, k, v, scaling: float, softcap: float | None = None) -> t
     return out.to(q.dtype).transpose(1, 2)
 
 
-def _row_chunks(bytes_per_row_unit: int, n_rows: int):
-    """Split ``n_rows`` so that one chunk of fp32 [*, rows, K] tensors stays within CHUNK_BYTES."""
+def _row_chunks(bytes_per_row_unit: int, n_rows: int, budget: int = CHUNK_BYTES):
+    """Split ``n_rows`` so that one chunk of fp32 [*, rows, K] tensors stays within ``budget`` bytes."""
     per_row = max(1, bytes_per_row_unit * 4 * 3)
-    step = max(1, min(n_rows, CHUNK_BYTES // per_row))
+    step = max(1, min(n_rows, budget // per_row))
     for r0 in range(0, n_rows, step):
         yield r0, min(n_rows, r0 + step)
 
@@ -347,11 +350,13 @@ def eager_query_attention(
     """Query rows with their probabilities: probabilities -> piece selection -> statistics -> weighted values.
 
     q [B, H, Q, D]; k, v [B, Hkv, K, D] (every key so far, this forward's included). Rows go in chunks so that
-    no fp32 [B, H, r, K] tensor exceeds CHUNK_BYTES; a single chunk's probabilities are computed once.
+    no fp32 [B, H, r, K] tensor exceeds CHUNK_BYTES (CUDA_CHUNK_BYTES on CUDA); a single chunk's probabilities are
+    computed once.
     """
     b, h, n_q, _ = q.shape
     n_slots, l_max = masks.piece_index.shape[1:]
-    chunks = list(_row_chunks(b * h * (k.shape[2] + n_slots * l_max), n_q))
+    budget = CUDA_CHUNK_BYTES if q.is_cuda else CHUNK_BYTES
+    chunks = list(_row_chunks(b * h * (k.shape[2] + n_slots * l_max), n_q, budget))
 
     def probabilities(r0: int, r1: int) -> tuple[torch.Tensor, torch.Tensor]:
         """Masked logits and probabilities of rows r0:r1, both fp32 [B, H, r, K]."""

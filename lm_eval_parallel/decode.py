@@ -75,7 +75,9 @@ class StaticDecoder:
                 self.captured = self._step()
         except RuntimeError as err:  # an op of this model family that a graph cannot hold: decode eagerly
             torch.cuda.synchronize()
-            warn_once("cuda_graph", f"decode steps run without CUDA graphs: capture failed ({str(err).splitlines()[0]})")
+            warn_once(
+                "cuda_graph", f"decode steps run without CUDA graphs: capture failed ({str(err).splitlines()[0]})"
+            )
             self.use_graph, self.captured = False, None
             return False
         self.graph = graph

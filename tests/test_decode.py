@@ -106,7 +106,9 @@ def test_rows_that_stop_early_match_dynamic(tiny_llama_dir):
     free = generate(lm, "dynamic", max_gen_toks=12)
     stop = str(free[0])[2:4]
     assert stop
-    assert_same(generate(lm, "static", max_gen_toks=12, until=[stop]), generate(lm, "dynamic", max_gen_toks=12, until=[stop]))
+    assert_same(
+        generate(lm, "static", max_gen_toks=12, until=[stop]), generate(lm, "dynamic", max_gen_toks=12, until=[stop])
+    )
 
 
 def test_lht_and_analysis_keep_dynamic_steps(tiny_llama_dir, tmp_path):
@@ -115,7 +117,9 @@ def test_lht_and_analysis_keep_dynamic_steps(tiny_llama_dir, tmp_path):
     lht = ParallelHFLM(pretrained=tiny_llama_dir, method="sel", P=3, aggr="LHT", **KW)
     assert not static_decode_applies(lht.engine, Selection(aggr="LHT"))
     assert static_decode_applies(lht.engine, Selection(aggr="H"))
-    analysed = ParallelHFLM(pretrained=tiny_llama_dir, method="naive", P=3, analysis_path=str(tmp_path / "a.jsonl"), **KW)
+    analysed = ParallelHFLM(
+        pretrained=tiny_llama_dir, method="naive", P=3, analysis_path=str(tmp_path / "a.jsonl"), **KW
+    )
     assert not static_decode_applies(analysed.engine, None)
     # asked for static, they still decode dynamically, and give what dynamic gives
     static = generate(lht, "static")
