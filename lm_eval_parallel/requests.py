@@ -11,6 +11,8 @@ import bisect
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+import numpy as np
+
 from .config import PCEConfig
 from .layout import Layout, chunk_ceil, group_items
 from .log import warn_once
@@ -40,35 +42,39 @@ def move_trailing_spaces(context: str, continuation: str) -> tuple[str, str]:
     return context, continuation
 
 
-def encode_pair(tokenizer, context: str, continuation: str) -> tuple[list[int], list[int]]:
+def encode_pair(
+    tokenizer, context: str, continuation: str, memo: TokenMemo | None = None
+) -> tuple[list[int], list[int]]:
     """HFLM's ``_encode_pair`` without special tokens: (context ids, continuation ids), the continuation
-    cut from the encoding of both together, after the context's own ids."""
+    cut from the encoding of both together, after the context's own ids (through ``memo`` when given)."""
     context, continuation = move_trailing_spaces(context, continuation)
-    ctx_ids = token_ids(tokenizer, context)
-    return ctx_ids, token_ids(tokenizer, context + continuation)[len(ctx_ids) :]
+    ids = (lambda text: token_ids(tokenizer, text)) if memo is None else (lambda text: memo.ids(tokenizer, text))
+    ctx_ids = ids(context)
+    return ctx_ids, ids(context + continuation)[len(ctx_ids) :]
 
 
 class TokenMemo:
     """Token ids of the texts one tokenizer has encoded (items, queries, sinks), so that a sweep tokenizes each
-    document once and not once per configuration. Bounded: cleared when it holds ``max_tokens`` ids."""
+    document once and not once per configuration. Ids are kept as int32 arrays (80 MB for the default bound) and
+    the memo is cleared when it would hold more than ``max_tokens`` of them."""
 
-    def __init__(self, max_tokens: int = 50_000_000):
+    def __init__(self, max_tokens: int = 20_000_000):
         self.max_tokens = max_tokens
         self.n_tokens = 0
-        self.entries: dict[str, tuple[int, ...]] = {}
+        self.entries: dict[str, np.ndarray] = {}
 
     def ids(self, tokenizer, text: str) -> list[int]:
         cached = self.entries.get(text)
-        if cached is None:
-            cached = tuple(token_ids(tokenizer, text))
-            if len(cached) > self.max_tokens:
-                return list(cached)
-            if self.n_tokens + len(cached) > self.max_tokens:
+        if cached is not None:
+            return cached.tolist()
+        ids = token_ids(tokenizer, text)
+        if len(ids) <= self.max_tokens:
+            if self.n_tokens + len(ids) > self.max_tokens:
                 self.entries.clear()
                 self.n_tokens = 0
-            self.entries[text] = cached
-            self.n_tokens += len(cached)
-        return list(cached)
+            self.entries[text] = np.asarray(ids, dtype=np.int32)
+            self.n_tokens += len(ids)
+        return ids
 
 
 class RequestBuilder:
@@ -107,7 +113,7 @@ class RequestBuilder:
                 q_ids = [self.prefix_token_id]
             return Prepared(Layout(self._prefix("loglikelihood", None), ()), q_ids, c_ids)
         if self.split_rule.pattern is None:
-            return self.loglikelihood_tokens(*encode_pair(self.tokenizer, context, continuation))
+            return self.loglikelihood_tokens(*encode_pair(self.tokenizer, context, continuation, self.memo))
         context, continuation = move_trailing_spaces(context, continuation)  # encode_pair, with offsets
         enc = self.tokenizer(context, add_special_tokens=False, return_offsets_mapping=True)
         ids = enc["input_ids"]
@@ -196,7 +202,7 @@ class RequestBuilder:
             units = [self.ids(item) for item in parts.items]
             if continuation is None:
                 return self.ids(parts.preamble), units, self.ids(parts.query), []
-            q_ids, c_ids = encode_pair(self.tokenizer, parts.query, continuation)
+            q_ids, c_ids = encode_pair(self.tokenizer, parts.query, continuation, self.memo)
             return self.ids(parts.preamble), units, q_ids, c_ids
         plain = parts.preamble + "".join(parts.items) + parts.query
         c_ids: list[int] = []
