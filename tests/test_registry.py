@@ -33,6 +33,7 @@ OTHER_VALUES = {
     "context_cache_mb": 64,
     "tokenize": "joint",
     "prefill_batch_tokens": 4096,
+    "cuda_graphs": False,
     "auto_batch_tokens": 2048,
     "preset": "paper_code",
     "query_round": "floor",
