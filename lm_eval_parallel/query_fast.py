@@ -69,9 +69,7 @@ def attend_with_lse(
     if bias is None and q.dtype in (torch.float16, torch.bfloat16):
         out, lse = torch.ops.aten._scaled_dot_product_flash_attention(q, k, v, 0.0, False, False, scale=scaling)[:2]
         return out, lse
-    if bias is not None:
-        # The kernel reads the bias through its strides, rows 16-element aligned: an expanded (stride-0) bias is
-        # not what it expects, so it gets a dense copy with aligned rows, as SDPA's own mask preprocessing makes.
+    if bias is not None and k.shape[2] % 16:  # the kernel reads the bias rows 16-element aligned
         width = -(-k.shape[2] // 16) * 16
         bias = bias.new_zeros(b, n, m, width)[..., : k.shape[2]].copy_(bias)
     out, lse = torch.ops.aten._scaled_dot_product_efficient_attention(q, k, v, bias, True, 0.0, False, scale=scaling)[
