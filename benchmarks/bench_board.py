@@ -266,6 +266,8 @@ def run_parallel_hf(args, tasks: list[str], cuda: bool, built_tasks: list) -> di
         configurations.append(configuration_record(label, clock, wall, results, cuda))
         c = configurations[-1]
         print(f"bench_board: P={c['P']} {c['method']}: {c['requests_per_s']:.2f} requests/s {c['stages']}", flush=True)
+        if args.progress:  # what is done so far survives a run that is stopped before its end
+            Path(args.progress).write_text(json.dumps(without_nan({"configurations": configurations}), indent=1))
         return results
 
     output = Path(args.work) / "sweep"
@@ -550,6 +552,7 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--model", default="parallel_hf", help="comma-separated: parallel_hf, hf (default parallel_hf)")
     ap.add_argument("--data_dir", default=None, help="the data folder (sets PCE_DATA_DIR; default: the environment's)")
     ap.add_argument("--out", default=str(REPO / "benchmarks" / "results"), help="folder of the JSON file")
+    ap.add_argument("--progress", default=None, help="JSON file rewritten after every configuration")
     ap.add_argument("--work", default=None, help="scratch folder for results files and tiny data (default: a temp dir)")
     return ap
 

@@ -37,6 +37,7 @@ def test_tiny_run_records_every_field(bench_board, tmp_path, monkeypatch):
     monkeypatch.delenv("PCE_DATA_DIR", raising=False)
     monkeypatch.setenv("PCE_CACHE_DIR", os.environ.get("PCE_CACHE_DIR", str(tmp_path / "cache")))  # --tiny sets both
     argv = ["--tiny", "--model", "parallel_hf,hf", "--out", str(tmp_path / "out"), "--work", str(tmp_path / "work")]
+    argv += ["--progress", str(tmp_path / "progress.json")]
     assert bench_board.main(argv) == 0
     assert ParallelEngine.__dict__["encode"] is encode  # the timers are taken off again
     (path,) = (tmp_path / "out").iterdir()
@@ -52,6 +53,10 @@ def test_tiny_run_records_every_field(bench_board, tmp_path, monkeypatch):
         assert sweep[key] >= 0, key
     configurations = sweep["configurations"]
     assert [(c["P"], c["method"]) for c in configurations] == [(1, "full"), (2, "naive")]
+    progress = json.loads((tmp_path / "progress.json").read_text())  # rewritten after each configuration
+    assert [(c["P"], c["method"], c["requests"]) for c in progress["configurations"]] == [
+        (c["P"], c["method"], c["requests"]) for c in configurations
+    ]
     stage_names = {"prefill_s", "query_s", "decode_s", "other_model_s", "model_s", "metrics_and_lm_eval_s"}
     for c in configurations + record["hf"]["configurations"]:
         assert c["requests"] == c["documents"] == 13  # one request per document, --limit 1 on 13 subtasks

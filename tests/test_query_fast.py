@@ -107,7 +107,10 @@ def test_fast_layer_equals_eager(device, dtype, tol, one_request, n_q, heads):
         want = eager_query_attention(q, k, v, plan, masks, d**-0.5, None)
         for path in (grouped_query_attention, small_query_attention):
             got = path(q, k, v, plan, masks, d**-0.5)
-            torch.testing.assert_close(got.out.float(), want.out.float(), rtol=tol, atol=tol)
+            name = f"{path.__name__}, {plan.selection or plan.forced_keep is not None}"
+            torch.testing.assert_close(
+                got.out.float(), want.out.float(), rtol=tol, atol=tol, msg=lambda m, name=name: f"{name}: {m}"
+            )
             if plan.want_stats:
                 torch.testing.assert_close(got.stats.entropy_sum, want.stats.entropy_sum, rtol=tol, atol=tol)
                 torch.testing.assert_close(got.stats.rows, want.stats.rows)
