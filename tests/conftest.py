@@ -8,9 +8,12 @@ sys.path.insert(0, os.path.dirname(__file__))
 # Tests never write the user's cache folder: converted GGUFs and built documents go to a folder of this run
 # (subprocesses inherit it). An explicit PCE_CACHE_DIR is kept.
 if "PCE_CACHE_DIR" not in os.environ:
+    import atexit
+    import shutil
     import tempfile
 
     os.environ["PCE_CACHE_DIR"] = tempfile.mkdtemp(prefix="pce-test-cache-")
+    atexit.register(shutil.rmtree, os.environ["PCE_CACHE_DIR"], ignore_errors=True)  # removed when the run ends
 
 SHARED_DATA = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data")
 
