@@ -10,10 +10,9 @@ import itertools
 import pytest
 import torch
 from reference import reference_forward
-from tiny_models import FAMILIES, make_model
+from tiny_models import FAMILIES, pce_model
 
 from lm_eval_parallel import engine as engine_module
-from lm_eval_parallel.attention import register
 from lm_eval_parallel.engine import ParallelEngine
 from lm_eval_parallel.layout import Layout, group_items
 from lm_eval_parallel.selection import Selection
@@ -41,10 +40,7 @@ def make_request(method, seed=0, n_items=6, P=4):
 
 @pytest.fixture(scope="module", params=FAMILIES)
 def model(request):
-    register()
-    m = make_model(request.param, VOCAB, seed=1)
-    m.set_attn_implementation("pce")
-    return m
+    return pce_model(request.param, VOCAB)
 
 
 def _ref_loglik(model, layout, query, cont, pos, pos_round, sel):

@@ -9,9 +9,8 @@ import pytest
 import torch
 from reference import reference_forward
 from test_invariants import VOCAB, make_request
-from tiny_models import make_model
+from tiny_models import pce_model
 
-from lm_eval_parallel.attention import register
 from lm_eval_parallel.config import PCEConfig
 from lm_eval_parallel.model import engine_for, selection_for
 
@@ -21,10 +20,7 @@ FAMILIES = ("llama", "gemma2")
 
 @pytest.fixture(scope="module", params=FAMILIES)
 def model(request):
-    register()
-    m = make_model(request.param, VOCAB, seed=1)
-    m.set_attn_implementation("pce")
-    return m
+    return pce_model(request.param, VOCAB)
 
 
 def _score(model, layout, query, cont, **args):

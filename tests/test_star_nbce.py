@@ -13,11 +13,10 @@ import torch
 from lm_eval.api.instance import Instance
 from reference import nbce_reference, reference_forward
 from test_invariants import VOCAB, make_request
-from tiny_models import make_model
+from tiny_models import pce_model
 
 from lm_eval_parallel import engine as engine_module
 from lm_eval_parallel import parallel_prompt
-from lm_eval_parallel.attention import register
 from lm_eval_parallel.config import PCEConfig
 from lm_eval_parallel.layout import Layout
 from lm_eval_parallel.model import engine_for, selection_for
@@ -30,10 +29,7 @@ FAMILIES = ("llama", "qwen2")
 
 @pytest.fixture(scope="module", params=FAMILIES)
 def model(request):
-    register()
-    m = make_model(request.param, VOCAB, seed=1)
-    m.set_attn_implementation("pce")
-    return m
+    return pce_model(request.param, VOCAB)
 
 
 def _engine(model, **args):

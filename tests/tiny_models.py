@@ -108,3 +108,13 @@ def save_tiny(folder: str, family: str = "llama", seed: int = 0) -> str:
     model.save_pretrained(folder)
     tok.save_pretrained(folder)
     return folder
+
+
+def pce_model(family: str, vocab_size: int, seed: int = 1):
+    """A tiny model of ``family`` running the ``pce`` attention (registered here), for engine-level tests."""
+    from lm_eval_parallel.attention import register
+
+    register()
+    model = make_model(family, vocab_size, seed=seed)
+    model.set_attn_implementation("pce")
+    return model
