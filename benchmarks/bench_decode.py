@@ -6,12 +6,14 @@
 N requests, each the tokens [50 i, 50 i + 7800) of the concatenated essays plus a short question, `until=[]`,
 `max_gen_toks=GEN`, through `ParallelHFLM.generate_until` (no lm-eval task around it). Configurations: full;
 naive P=16 with and without entropy; sink+sel P=16; and naive / sink+sel with `cuda_graphs=false`, so the decode
-step's CUDA graphs are A/B-tested in the same process. One warm-up batch first.
+step's CUDA graphs are A/B-tested in the same process. One warm-up batch first. With ``--levers``, each
+lever of ``LEVERS`` is also switched off on its own for sink+sel P=16 and naive P=64 (on, then off, alternating).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import glob
 import json
 import time
@@ -25,6 +27,49 @@ CONFIGS = [
     dict(P=16, method="sink+sel", cuda_graphs=False),
     dict(P=16, method="naive", cuda_graphs=False),
 ]
+
+
+# Each lever of the board's speed switched off on its own (the rest as shipped), for an A/B in one process.
+LEVERS = {
+    "bucket_prefill": "piece rows padded to a few widths on CUDA (engine.bucketed)",
+    "scatter": "store writes of a prefill forward as one gather + scatter per layer",
+    "token_memo": "each text tokenized once per model",
+    "cuda_chunk": "1 GiB row chunks of the eager query stage on CUDA",
+}
+LEVER_CONFIGS = [dict(P=16, method="sink+sel"), dict(P=64, method="naive")]
+
+
+@contextlib.contextmanager
+def lever_off(lm, name: str):
+    """The model with one lever switched off for the time of the block."""
+    from lm_eval_parallel import attention, engine
+
+    if name == "bucket_prefill":
+        saved, lm.engine.bucket_prefill = lm.engine.bucket_prefill, False
+        try:
+            yield
+        finally:
+            lm.engine.bucket_prefill = saved
+    elif name == "scatter":
+        saved, engine.SCATTER_MIN_RUNS = engine.SCATTER_MIN_RUNS, 10**9
+        try:
+            yield
+        finally:
+            engine.SCATTER_MIN_RUNS = saved
+    elif name == "token_memo":
+        saved, lm.builder.memo = lm.builder.memo, None
+        try:
+            yield
+        finally:
+            lm.builder.memo = saved
+    elif name == "cuda_chunk":
+        saved, attention.CUDA_CHUNK_BYTES = attention.CUDA_CHUNK_BYTES, attention.CHUNK_BYTES
+        try:
+            yield
+        finally:
+            attention.CUDA_CHUNK_BYTES = saved
+    else:
+        raise ValueError(f"lever {name!r} is not one of {', '.join(LEVERS)}")
 
 
 def requests(lm, text_dir: str, n: int, gen: int):
@@ -43,6 +88,15 @@ def requests(lm, text_dir: str, n: int, gen: int):
     return out
 
 
+def lm_generate_seconds(lm, reqs, sync) -> float:
+    """generate_until of ``reqs`` under the model's current settings, timed."""
+    sync()
+    start = time.perf_counter()
+    lm.generate_until(reqs, disable_tqdm=True)
+    sync()
+    return time.perf_counter() - start
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--pretrained", default="smollm2-135m")
@@ -53,6 +107,7 @@ def main() -> int:
     ap.add_argument("--device", default="cuda")
     ap.add_argument("--dtype", default="bfloat16")
     ap.add_argument("--out", default=None, help="JSON file of the rows")
+    ap.add_argument("--levers", action="store_true", help="A/B each lever of LEVERS (on, off) at the largest batch")
     args = ap.parse_args()
 
     import torch
@@ -67,11 +122,7 @@ def main() -> int:
     def run(config: dict, batch_size: int, n: int) -> float:
         lm.configure(PCEConfig.from_args(**config))
         lm.batch_size_per_gpu = batch_size
-        sync()
-        start = time.perf_counter()
-        lm.generate_until(reqs[:n], disable_tqdm=True)
-        sync()
-        return time.perf_counter() - start
+        return lm_generate_seconds(lm, reqs[:n], sync)
 
     run(dict(P=16, method="naive"), 16, 16)  # warm-up
     rows = []
@@ -80,6 +131,16 @@ def main() -> int:
             seconds = run(config, batch_size, args.n)
             rows.append(dict(config=config, batch_size=batch_size, seconds=seconds, requests_per_s=args.n / seconds))
             print(config, "bs", batch_size, f"{seconds:.2f}s {args.n / seconds:.1f} req/s", flush=True)
+    if args.levers:
+        batch_size = max(int(b) for b in args.batch_sizes.split(","))
+        for config in LEVER_CONFIGS:
+            for name in LEVERS:
+                on = run(config, batch_size, args.n)
+                lm.configure(PCEConfig.from_args(**config))
+                with lever_off(lm, name):
+                    off = lm_generate_seconds(lm, reqs[: args.n], sync)
+                rows.append(dict(config=config, batch_size=batch_size, lever=name, on_s=on, off_s=off))
+                print(config, "bs", batch_size, f"{name}: on {on:.2f}s, off {off:.2f}s ({off / on:.2f}x)", flush=True)
     if args.out:
         Path(args.out).write_text(json.dumps({"args": vars(args), "rows": rows}, indent=1) + "\n")
     return 0
