@@ -41,6 +41,9 @@ CHUNK_BYTES = 256 * 2**20  # memory budget of one chunk of eager attention rows
 # On CUDA a larger one: at a batch of 64 over 8K keys 256 MiB is two query rows a chunk, and the host time of a
 # chunk's dozen kernels then outweighs their work; three fp32 tensors of this size live at a time.
 CUDA_CHUNK_BYTES = 1024 * 2**20
+# With a selection the probabilities of every chunk are needed twice (scores, then the kept pieces' outputs):
+# chunks of up to this many times the chunk budget are kept from the first pass instead of being recomputed.
+KEPT_CHUNKS = {"cuda": 4, "cpu": 1}
 QUERY_IMPLS = ("auto", "eager", "fast")
 # Query rows that need probabilities: "eager" (probabilities in fp32, the reference), "fast" (query_fast: groups
 # of keys merged by log-sum-exp, wherever it applies: no softcap, no analysis), "auto" (today: eager everywhere;
@@ -350,8 +353,8 @@ def eager_query_attention(
     """Query rows with their probabilities: probabilities -> piece selection -> statistics -> weighted values.
 
     q [B, H, Q, D]; k, v [B, Hkv, K, D] (every key so far, this forward's included). Rows go in chunks so that
-    no fp32 [B, H, r, K] tensor exceeds CHUNK_BYTES (CUDA_CHUNK_BYTES on CUDA); a single chunk's probabilities are
-    computed once.
+    no fp32 [B, H, r, K] tensor exceeds CHUNK_BYTES (CUDA_CHUNK_BYTES on CUDA); the probabilities that selection
+    scores are kept for the outputs within KEPT_CHUNKS budgets (always a single chunk's), else computed again.
     """
     b, h, n_q, _ = q.shape
     n_slots, l_max = masks.piece_index.shape[1:]
@@ -368,14 +371,17 @@ def eager_query_attention(
 
     # 1. Piece scores of every row (SPEC §7.1). The choice may aggregate over rows, so all rows are scored
     #    before any is renormalised.
-    scores, single_chunk = None, None
+    scores, kept = None, {}  # kept: chunk -> (logits, p) of pass 1, for pass 3
     if plan.selection is not None:
-        per_chunk = []
-        for r0, r1 in chunks:
+        per_chunk, kept_bytes = [], 0
+        keep_budget = budget * KEPT_CHUNKS.get(q.device.type, 1)
+        for i, (r0, r1) in enumerate(chunks):
             logits, p = probabilities(r0, r1)
             per_chunk.append(piece_scores(p, masks.piece_index, plan.selection.score_topn))  # [B, H, r, P]
-            if len(chunks) == 1:
-                single_chunk = (logits, p)
+            size = 2 * p.numel() * p.element_size()
+            if len(chunks) == 1 or kept_bytes + size <= keep_budget:
+                kept[i] = (logits, p)
+                kept_bytes += size
         scores = torch.cat(per_chunk, dim=2) * masks.q_valid[:, None, :, None]  # [B, H, Q, P]
 
     # 2. The pieces each row keeps (SPEC §7.2-3): [B, h, r', P], h in {1, H}, r' in {1, Q}; None keeps all.
@@ -392,8 +398,8 @@ def eager_query_attention(
     # 3. Per chunk: probabilities -> dropped pieces zeroed, rows renormalised -> statistics (SPEC §8) -> x V.
     sums = _StatsSums(masks, k, h, plan.analysis) if plan.want_stats else None
     outs = []
-    for r0, r1 in chunks:
-        logits, p = single_chunk if single_chunk is not None else probabilities(r0, r1)  # [B, H, r, K]
+    for i, (r0, r1) in enumerate(chunks):
+        logits, p = kept.pop(i) if i in kept else probabilities(r0, r1)  # [B, H, r, K]
         if keep is not None:
             p = apply_keep(p, keep if keep.shape[2] == 1 else keep[:, :, r0:r1], masks.group_index)
         if sums is not None:

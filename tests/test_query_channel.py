@@ -114,3 +114,23 @@ def test_eager_query_attention_is_masked_attention_with_its_entropy(model, chunk
     torch.testing.assert_close(result.stats.head_entropy_sum.double(), entropy.sum(-1), rtol=REL, atol=0)
     assert result.stats.head_logit_count.tolist() == [[float(masks.visible[i][q_valid[i]].sum())] * h for i in (0, 1)]
     assert result.piece_scores is None
+
+
+@pytest.mark.parametrize("aggr", ("none", "T", "HT"))
+def test_kept_probabilities_give_what_recomputed_ones_give(model, aggr, monkeypatch):
+    """With selection and several chunks, pass 1's probabilities kept for pass 3 (KEPT_CHUNKS) or computed again:
+    the same operations on the same numbers, so the same bits."""
+    monkeypatch.setattr("lm_eval_parallel.attention.CHUNK_BYTES", 1)  # one row per chunk
+    store, _, _, q_valid = _batch(model)
+    gen = torch.Generator().manual_seed(1)
+    b, h, hkv, n_q, d = 2, 4, 2, 3, 8
+    q = torch.randn(b, h, n_q, d, generator=gen) * 3
+    k, v = store.append_query(0, torch.randn(b, hkv, n_q, d, generator=gen), torch.randn(b, hkv, n_q, d, generator=gen))
+    plan = QueryPlan(store, q_valid, selection=Selection(top_k=1, score_topn=2, aggr=aggr), want_stats=True)
+    masks = build_query_masks(plan, "cpu", k.shape[2])
+    results = {}
+    for kept in (0, 10**9):
+        monkeypatch.setattr("lm_eval_parallel.attention.KEPT_CHUNKS", {"cpu": kept})
+        results[kept] = eager_query_attention(q, k, v, plan, masks, d**-0.5, None)
+    assert torch.equal(results[0].out, results[10**9].out)
+    assert torch.equal(results[0].stats.entropy_sum, results[10**9].stats.entropy_sum)
