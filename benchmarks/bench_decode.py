@@ -35,6 +35,7 @@ LEVERS = {
     "scatter": "store writes of a prefill forward as one gather + scatter per layer",
     "token_memo": "each text tokenized once per model",
     "cuda_chunk": "1 GiB row chunks of the eager query stage on CUDA",
+    "kept_probs": "with a selection, pass 1's probabilities kept for pass 3 (attention.KEPT_CHUNKS)",
 }
 LEVER_CONFIGS = [dict(P=16, method="sink+sel"), dict(P=64, method="naive")]
 
@@ -68,6 +69,12 @@ def lever_off(lm, name: str):
             yield
         finally:
             attention.CUDA_CHUNK_BYTES = saved
+    elif name == "kept_probs":
+        saved, attention.KEPT_CHUNKS = attention.KEPT_CHUNKS, {"cuda": 0, "cpu": 0}  # a single chunk only
+        try:
+            yield
+        finally:
+            attention.KEPT_CHUNKS = saved
     else:
         raise ValueError(f"lever {name!r} is not one of {', '.join(LEVERS)}")
 
