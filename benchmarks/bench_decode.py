@@ -13,11 +13,11 @@ lever of ``LEVERS`` is also switched off on its own for sink+sel P=16 and naive 
 from __future__ import annotations
 
 import argparse
-import contextlib
 import glob
 import json
 import time
 from pathlib import Path
+from unittest import mock
 
 CONFIGS = [
     dict(P=1, method="full"),
@@ -40,43 +40,20 @@ LEVERS = {
 LEVER_CONFIGS = [dict(P=16, method="sink+sel"), dict(P=64, method="naive")]
 
 
-@contextlib.contextmanager
 def lever_off(lm, name: str):
-    """The model with one lever switched off for the time of the block."""
+    """A context in which the model runs with lever ``name`` switched off (the attribute it reads patched)."""
     from lm_eval_parallel import attention, engine
 
-    if name == "bucket_prefill":
-        saved, lm.engine.bucket_prefill = lm.engine.bucket_prefill, False
-        try:
-            yield
-        finally:
-            lm.engine.bucket_prefill = saved
-    elif name == "scatter":
-        saved, engine.SCATTER_MIN_RUNS = engine.SCATTER_MIN_RUNS, 10**9
-        try:
-            yield
-        finally:
-            engine.SCATTER_MIN_RUNS = saved
-    elif name == "token_memo":
-        saved, lm.builder.memo = lm.builder.memo, None
-        try:
-            yield
-        finally:
-            lm.builder.memo = saved
-    elif name == "cuda_chunk":
-        saved, attention.CUDA_CHUNK_BYTES = attention.CUDA_CHUNK_BYTES, attention.CHUNK_BYTES
-        try:
-            yield
-        finally:
-            attention.CUDA_CHUNK_BYTES = saved
-    elif name == "kept_probs":
-        saved, attention.KEPT_CHUNKS = attention.KEPT_CHUNKS, {"cuda": 0, "cpu": 0}  # a single chunk only
-        try:
-            yield
-        finally:
-            attention.KEPT_CHUNKS = saved
-    else:
+    off = {
+        "bucket_prefill": (lm.engine, "bucket_prefill", False),
+        "scatter": (engine, "SCATTER_MIN_RUNS", 10**9),
+        "token_memo": (lm.builder, "memo", None),
+        "cuda_chunk": (attention, "CUDA_CHUNK_BYTES", attention.CHUNK_BYTES),
+        "kept_probs": (attention, "KEPT_CHUNKS", {"cuda": 0, "cpu": 0}),  # a single chunk only
+    }
+    if name not in off:
         raise ValueError(f"lever {name!r} is not one of {', '.join(LEVERS)}")
+    return mock.patch.object(*off[name])
 
 
 def requests(lm, text_dir: str, n: int, gen: int):
