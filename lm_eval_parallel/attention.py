@@ -424,17 +424,16 @@ def uses_fast_path(q: torch.Tensor, plan: QueryPlan, softcap: float | None) -> b
 def _query_attention(q, k, v, forward: _QueryForward, scaling: float, softcap: float | None) -> LayerResult:
     """Query rows over the whole store: SDPA when only the weighted values are needed, else eager or fast."""
     plan = forward.plan
-    if plan.needs_probs or softcap is not None or plan.eager_only:
+    # A decode step on CUDA goes the eager way too: SDPA's kernel for a masked grouped-kv call is cuDNN's, which
+    # plans an execution graph per key count (milliseconds of host time every step); without cuDNN it is the math
+    # kernel, which copies the kv heads. Two grouped products over the keys do neither.
+    cuda_decode = q.is_cuda and q.shape[2] == 1
+    if plan.needs_probs or softcap is not None or plan.eager_only or cuda_decode:
         if plan.needs_probs and uses_fast_path(q, plan, softcap):
             from .query_fast import fast_query_attention, is_small
 
             masks = forward.masks_on(q.device, k.shape[2], groups=not is_small(q, k))
             return fast_query_attention(q, k, v, plan, masks, scaling, softcap)
-        return eager_query_attention(q, k, v, plan, forward.masks_on(q.device, k.shape[2]), scaling, softcap)
-    if q.is_cuda and q.shape[2] == 1:
-        # A decode step on CUDA: SDPA's kernel for a masked grouped-kv call is cuDNN's, which plans an execution
-        # graph per key count (milliseconds of host time every step); without cuDNN it is the math kernel, which
-        # copies the kv heads. Two grouped products over the keys do neither.
         return eager_query_attention(q, k, v, plan, forward.masks_on(q.device, k.shape[2]), scaling, softcap)
     if q.shape[2] == 1 and plan.store.dense:
         # one new token per row and no padding anywhere: it sees every key, no mask needed

@@ -47,6 +47,16 @@ def bucketed(width: int) -> int:
     return -(-width // step) * step
 
 
+def take_tokens(tokens, active, next_tok, eos_ids, is_done, max_new_tokens: int) -> bool:
+    """Append every decoding row's next token and retire the rows that are done; whether any row still decodes."""
+    for b, token in enumerate(next_tok):
+        if active[b]:
+            tokens[b].append(token)
+            if token in eos_ids or is_done(b, tokens[b]) or len(tokens[b]) >= max_new_tokens:
+                active[b] = False
+    return any(active)
+
+
 def _row_runs(lengths: list[int], offsets: list[int], src_start: int) -> list[RowRun]:
     """Store writes of one batch of piece rows (row r: ``lengths[r]`` tokens from column ``src_start``, to store
     position ``offsets[r]``): consecutive rows of equal length that sit back to back become one run."""
@@ -461,11 +471,11 @@ class ParallelEngine:
     def _decoder(self, store: KVStore, batch: int, selection: Selection | None, max_new_tokens: int):
         """The decode step of one batch (``decode.py``): ``auto`` replays CUDA graphs on one CUDA device where a
         static step applies and the batch decodes enough tokens, and runs dynamic steps everywhere else."""
-        mode = self.decode
+        mode = self.decode if static_decode_applies(self, selection) else "dynamic"
         if mode == "auto":
             graphs = self.cuda_graphs and max_new_tokens > GRAPH_MIN_STEPS and single_cuda_device(self.model)
-            mode = "graph" if graphs and static_decode_applies(self, selection) else "dynamic"
-        if mode == "dynamic" or not static_decode_applies(self, selection):
+            mode = "graph" if graphs else "dynamic"
+        if mode == "dynamic":
             return self._dynamic_step(store, selection)
         return StaticDecoder(self, store, batch, selection, graph=mode == "graph")
 
@@ -497,12 +507,7 @@ class ParallelEngine:
         active = [True] * b_size
         step = self._decoder(store, b_size, selection, max_new_tokens)
         for _ in range(max_new_tokens):
-            for b in range(b_size):
-                if active[b]:
-                    tokens[b].append(next_tok[b])
-                    if next_tok[b] in eos_ids or is_done(b, tokens[b]) or len(tokens[b]) >= max_new_tokens:
-                        active[b] = False
-            if not any(active):
+            if not take_tokens(tokens, active, next_tok, eos_ids, is_done, max_new_tokens):
                 break
             next_tok, step_stats = step(next_tok, next_pos, active)
             if self.want_stats:

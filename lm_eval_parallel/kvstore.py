@@ -46,8 +46,7 @@ def row_scatter(runs: list[RowRun], width: int, device) -> RowScatter:
         cols = np.arange(run.length)[None, :]  # [1, length]
         src.append((rows * width + run.src_start + cols).ravel())
         dest.append((run.dest + (rows - run.first_row) * run.length + cols).ravel())
-    as_tensor = lambda parts: torch.from_numpy(np.concatenate(parts)).to(device)  # noqa: E731
-    return RowScatter(as_tensor(src), as_tensor(dest))
+    return RowScatter(*(torch.from_numpy(np.concatenate(parts)).to(device) for parts in (src, dest)))
 
 
 class KeyLayout(NamedTuple):

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 import torch
 
 from .attention import QueryOutputs, QueryPlan, querying
-from .engine import EncodedContext, ParallelEngine, _add_stats, _forward_stats, _per_call, _request_stats
+from .engine import EncodedContext, ParallelEngine, _add_stats, _forward_stats, _per_call, _request_stats, take_tokens
 from .kvstore import KVStore
 from .selection import Selection
 
@@ -218,12 +218,7 @@ class NBCEEngine(ParallelEngine):
         tokens: list[list[int]] = [[] for _ in range(b_size)]
         active = [True] * b_size
         for _ in range(max_new_tokens):
-            for b in range(b_size):
-                if active[b]:
-                    tokens[b].append(next_tok[b])
-                    if next_tok[b] in eos_ids or is_done(b, tokens[b]) or len(tokens[b]) >= max_new_tokens:
-                        active[b] = False
-            if not any(active):
+            if not take_tokens(tokens, active, next_tok, eos_ids, is_done, max_new_tokens):
                 break
             ids = torch.tensor([next_tok[b] for b in rows.owner], dtype=torch.long)[:, None]
             pos = torch.tensor([next_pos[b] for b in rows.owner], dtype=torch.float32)[:, None]

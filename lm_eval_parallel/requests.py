@@ -29,8 +29,10 @@ class Prepared:
     continuation: list[int]  # scored tokens (loglikelihood); empty for generation
 
 
-def token_ids(tokenizer, text: str) -> list[int]:
-    """``text`` without special tokens (SPEC §2); no tokenizer call for the empty string."""
+def token_ids(tokenizer, text: str, memo: TokenMemo | None = None) -> list[int]:
+    """``text`` without special tokens (SPEC §2), through ``memo`` when given; no tokenizer call for ""."""
+    if memo is not None:
+        return memo.ids(tokenizer, text)
     return tokenizer.encode(text, add_special_tokens=False) if text else []
 
 
@@ -48,9 +50,8 @@ def encode_pair(
     """HFLM's ``_encode_pair`` without special tokens: (context ids, continuation ids), the continuation
     cut from the encoding of both together, after the context's own ids (through ``memo`` when given)."""
     context, continuation = move_trailing_spaces(context, continuation)
-    ids = (lambda text: token_ids(tokenizer, text)) if memo is None else (lambda text: memo.ids(tokenizer, text))
-    ctx_ids = ids(context)
-    return ctx_ids, ids(context + continuation)[len(ctx_ids) :]
+    ctx_ids = token_ids(tokenizer, context, memo)
+    return ctx_ids, token_ids(tokenizer, context + continuation, memo)[len(ctx_ids) :]
 
 
 class TokenMemo:
@@ -96,9 +97,7 @@ class RequestBuilder:
             )
 
     def ids(self, text: str) -> list[int]:
-        if self.memo is None:
-            return token_ids(self.tokenizer, text)
-        return self.memo.ids(self.tokenizer, text)
+        return token_ids(self.tokenizer, text, self.memo)
 
     # ------------------------------------------------------------------ requests
     def loglikelihood(self, context: str, continuation: str) -> Prepared:
