@@ -118,9 +118,12 @@ class StageClock:
 
     def _stage(self, original, stage: str):
         def wrapper(*args, **kwargs):
+            import torch
+
             start = self.now()
             try:
-                return original(*args, **kwargs)
+                with torch.profiler.record_function(f"bench_board:{stage}"):  # named ranges for --profile
+                    return original(*args, **kwargs)
             finally:
                 self._add(stage, self.now() - start)
 
@@ -187,6 +190,33 @@ def peak_memory(cuda: bool, reset: bool = False) -> int | None:
         torch.cuda.reset_peak_memory_stats()
         return None
     return int(torch.cuda.max_memory_allocated())
+
+
+@contextlib.contextmanager
+def profiled(folder: str | None, name: str, cuda: bool):
+    """With --profile: a torch.profiler run of the block, its op tables (by GPU time and by host time, the
+    stage ranges `bench_board:*` among them) written to ``folder/<name>.txt``. Profiling slows the run: its
+    requests/s are not the benchmark's."""
+    if not folder:
+        yield
+        return
+    import torch
+    from torch.profiler import ProfilerActivity, profile
+
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
+    with profile(activities=activities) as prof:
+        yield
+    table = prof.key_averages()
+    by_device = "cuda_time_total" if cuda else "cpu_time_total"
+    text = (
+        f"# {name}: ops by {by_device}\n{table.table(sort_by=by_device, row_limit=45, max_name_column_width=70)}\n"
+        f"# {name}: ops by self_cpu_time_total\n"
+        f"{table.table(sort_by='self_cpu_time_total', row_limit=30, max_name_column_width=70)}\n"
+    )
+    Path(folder).mkdir(parents=True, exist_ok=True)
+    (Path(folder) / f"{name}.txt").write_text(text)
+    if cuda:
+        torch.cuda.synchronize()
 
 
 def score_values(results: dict) -> dict:
@@ -259,10 +289,11 @@ def run_parallel_hf(args, tasks: list[str], cuda: bool, built_tasks: list) -> di
         model_args = k.get("model_args") or {}
         clock.reset()
         peak_memory(cuda, reset=True)
-        start = clock.now()
-        results = original_evaluate(*a, **k)
-        wall = clock.now() - start
         label = {"model": "parallel_hf", "P": int(model_args["P"]), "method": model_args["method"]}
+        with profiled(args.profile, f"P{label['P']}_{label['method']}", cuda):
+            start = clock.now()
+            results = original_evaluate(*a, **k)
+            wall = clock.now() - start
         configurations.append(configuration_record(label, clock, wall, results, cuda))
         c = configurations[-1]
         print(f"bench_board: P={c['P']} {c['method']}: {c['requests_per_s']:.2f} requests/s {c['stages']}", flush=True)
@@ -553,6 +584,7 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--data_dir", default=None, help="the data folder (sets PCE_DATA_DIR; default: the environment's)")
     ap.add_argument("--out", default=str(REPO / "benchmarks" / "results"), help="folder of the JSON file")
     ap.add_argument("--progress", default=None, help="JSON file rewritten after every configuration")
+    ap.add_argument("--profile", default=None, help="folder: a torch.profiler op table per configuration (slow)")
     ap.add_argument("--work", default=None, help="scratch folder for results files and tiny data (default: a temp dir)")
     return ap
 
