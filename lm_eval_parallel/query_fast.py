@@ -228,6 +228,10 @@ def grouped_query_attention(
             bias = torch.zeros(key_ok.shape, dtype=torch.float32, device=q.device)
             bias = bias.masked_fill(~key_ok, torch.finfo(torch.float32).min)[:, None, None, :]  # [B, 1, 1, L]
         out, lse = attend_with_lse(qg, kp, vp, bias, scaling)
+        if key_ok is not None:
+            # A batch row without this piece slot sees no key of the group. CUDA's efficient kernel returns a
+            # finite log-sum-exp (about 0) for such a row, where softmax's is -inf: the group must weigh nothing.
+            lse = lse.masked_fill(~key_ok.any(-1)[:, None, None], float("-inf"))  # [B, Hkv, G*Q]
         c = unfold(attend_with_lse(qg, kp, kp, bias, scaling)[0]) if want_k else None
         parts.append((slot, unfold(lse), unfold(out), c))
         if want_scores:
