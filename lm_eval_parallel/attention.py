@@ -44,6 +44,10 @@ CUDA_CHUNK_BYTES = 1024 * 2**20
 # With a selection the probabilities of every chunk are needed twice (scores, then the kept pieces' outputs):
 # chunks of up to this many times the chunk budget are kept from the first pass instead of being recomputed.
 KEPT_CHUNKS = {"cuda": 4, "cpu": 1}
+# Products of at most this many query rows per kv head (a decode step: the GQA group) put the keys on the left
+# on CUDA: (k @ q^T)^T and (v^T @ p^T)^T. For q @ k^T with 3 rows cuBLAS chose a batched kernel that read the keys
+# at a tenth of the memory bandwidth in the H200 decode profile. Per device type; absent: q on the left.
+KEYS_LEFT_ROWS = {"cuda": 16}
 QUERY_IMPLS = ("auto", "eager", "fast")
 # Query rows that need probabilities: "eager" (probabilities in fp32, the reference), "fast" (query_fast: groups
 # of keys merged by log-sum-exp, wherever it applies: no softcap, no analysis), "auto" (today: eager everywhere;
@@ -54,23 +58,32 @@ QUERY_IMPL = os.environ.get("LM_EVAL_PARALLEL_QUERY_IMPL", "auto")
 
 # ---------------------------------------------------------------------------------------------- encode stage
 @dataclass(frozen=True)
+class StoreWrite:
+    """What one encode forward copies into one context's store: ``runs``, or the same copies as one
+    gather + scatter per layer (``scatter``, for many runs)."""
+
+    store: KVStore
+    runs: tuple[RowRun, ...] = ()
+    scatter: RowScatter | None = None
+
+
+@dataclass(frozen=True)
 class EncodePlan:
     """One prefix or piece forward.
 
-    Every row attends causally to itself, after ``prefix_kv`` when given. With a ``store``, each layer copies
-    its new keys/values there by ``runs`` as it runs; without one, ``encoding`` captures them.
+    Every row attends causally to itself, after ``prefix_kv`` when given. Each layer copies its new keys/values
+    into the stores of ``writes`` as it runs (the rows of one forward may belong to several contexts); without
+    writes, ``encoding`` captures them.
     """
 
     prefix_kv: Sequence[tuple[torch.Tensor, torch.Tensor]] | None = None  # per layer (k, v) [1, Hkv, s, D]
-    store: KVStore | None = None
-    runs: tuple[RowRun, ...] = ()
-    scatter: RowScatter | None = None  # the same copies as runs, as one gather + scatter per layer (many runs)
+    writes: tuple[StoreWrite, ...] = ()
 
 
 @dataclass
 class _EncodeForward:
     plan: EncodePlan
-    captured: dict[int, tuple[torch.Tensor, torch.Tensor]]  # layer -> (k, v) [N, Hkv, T, D], without a store
+    captured: dict[int, tuple[torch.Tensor, torch.Tensor]]  # layer -> (k, v) [N, Hkv, T, D], without writes
 
 
 # ---------------------------------------------------------------------------------------------- query stage
@@ -208,7 +221,7 @@ _FORWARD: contextvars.ContextVar = contextvars.ContextVar("lm_eval_parallel_forw
 @contextlib.contextmanager
 def encoding(plan: EncodePlan) -> Iterator[dict[int, tuple[torch.Tensor, torch.Tensor]]]:
     """``with encoding(plan) as captured: model(...)``: every attention layer of that forward encodes by
-    ``plan``; without a store, ``captured[layer]`` is its (k, v) [N, Hkv, T, D]."""
+    ``plan``; without writes, ``captured[layer]`` is its (k, v) [N, Hkv, T, D]."""
     forward = _EncodeForward(plan, {})
     token = _FORWARD.set(forward)
     try:
@@ -260,15 +273,27 @@ def _grouped_scores(q: torch.Tensor, k: torch.Tensor, scaling: float) -> torch.T
     """
     b, h, r, d = q.shape
     hkv = k.shape[1]
-    qg = q.reshape(b, hkv, (h // hkv) * r, d)
-    return (qg @ k.transpose(-1, -2)).float().reshape(b, h, r, -1) * scaling
+    qg = q.reshape(b, hkv, (h // hkv) * r, d)  # [B, Hkv, G*r, D]
+    if _keys_left(qg):
+        scores = (k @ qg.transpose(-1, -2)).transpose(-1, -2)  # [B, Hkv, G*r, K]
+    else:
+        scores = qg @ k.transpose(-1, -2)  # [B, Hkv, G*r, K]
+    return scores.float().reshape(b, h, r, -1) * scaling
+
+
+def _keys_left(rows: torch.Tensor) -> bool:
+    """Whether the products of ``rows`` [B, Hkv, M, *] with the keys put the keys on the left (KEYS_LEFT_ROWS)."""
+    return rows.shape[2] <= KEYS_LEFT_ROWS.get(rows.device.type, 0)
 
 
 def _grouped_output(p: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
     """p [B, H, r, K] (fp32) x v [B, Hkv, K, D] -> [B, H, r, D] in v's dtype."""
     b, h, r, kk = p.shape
     hkv = v.shape[1]
-    return (p.to(v.dtype).reshape(b, hkv, (h // hkv) * r, kk) @ v).reshape(b, h, r, -1)
+    pg = p.to(v.dtype).reshape(b, hkv, (h // hkv) * r, kk)  # [B, Hkv, G*r, K]
+    if _keys_left(pg):
+        return (v.transpose(-1, -2) @ pg.transpose(-1, -2)).transpose(-1, -2).reshape(b, h, r, -1)
+    return (pg @ v).reshape(b, h, r, -1)
 
 
 def causal_attention(q, k, v, scaling: float, softcap: float | None = None) -> torch.Tensor:
@@ -457,12 +482,13 @@ def pce_attention(module, query, key, value, attention_mask=None, scaling=None, 
         return result.out, None
     if isinstance(forward, _EncodeForward):
         plan, layer = forward.plan, module.layer_idx
-        if plan.store is None:
+        if not plan.writes:
             forward.captured[layer] = (key, value)
-        for run in plan.runs:
-            plan.store.put_run(layer, run, key, value)
-        if plan.scatter is not None:
-            plan.store.put_scatter(layer, plan.scatter, key, value)
+        for write in plan.writes:
+            for run in write.runs:
+                write.store.put_run(layer, run, key, value)
+            if write.scatter is not None:
+                write.store.put_scatter(layer, write.scatter, key, value)
         if plan.prefix_kv is not None:
             pk, pv = plan.prefix_kv[layer]  # [1, Hkv, s, D]
             n = key.shape[0]

@@ -16,9 +16,9 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from .attention import EncodePlan, QueryOutputs, QueryPlan, encoding, querying
+from .attention import EncodePlan, QueryOutputs, QueryPlan, StoreWrite, encoding, querying
 from .decode import DECODE_MODES, GRAPH_MIN_STEPS, StaticDecoder, single_cuda_device, static_decode_applies
-from .kvstore import KVStore, RowRun, row_scatter
+from .kvstore import KVStore, RowRun, RowScatter, scatter_indices
 from .layout import Layout, piece_position_arrays
 from .query_rules import QueryRule
 from .selection import Selection, piece_weights, select_pieces, topn_sum_layers
@@ -57,17 +57,32 @@ def take_tokens(tokens, active, next_tok, eos_ids, is_done, max_new_tokens: int)
     return any(active)
 
 
-def _row_runs(lengths: list[int], offsets: list[int], src_start: int) -> list[RowRun]:
-    """Store writes of one batch of piece rows (row r: ``lengths[r]`` tokens from column ``src_start``, to store
-    position ``offsets[r]``): consecutive rows of equal length that sit back to back become one run."""
+def _row_runs(lengths: list[int], offsets: list[int], src_start: int, rows: list[int] | None = None) -> list[RowRun]:
+    """Store writes of piece rows of one forward (row ``rows[j]``, default j: ``lengths[j]`` tokens from column
+    ``src_start``, to store position ``offsets[j]``): consecutive rows of equal length that sit back to back in
+    the store become one run."""
     runs: list[RowRun] = []
-    for r, (n, dest) in enumerate(zip(lengths, offsets)):
+    for r, n, dest in zip(range(len(lengths)) if rows is None else rows, lengths, offsets):
         last = runs[-1] if runs else None
-        if last and last.length == n and last.dest + last.n_rows * n == dest:
+        if last and last.length == n and last.first_row + last.n_rows == r and last.dest + last.n_rows * n == dest:
             runs[-1] = RowRun(last.first_row, last.n_rows + 1, src_start, n, last.dest)
         else:
             runs.append(RowRun(r, 1, src_start, n, dest))
     return runs
+
+
+@dataclass
+class _Pending:
+    """A context being prefilled: its layout, its store, where each piece goes and at which positions."""
+
+    layout: Layout
+    store: KVStore
+    offsets: list[int]  # store position of each piece's first token
+    positions: list[np.ndarray]  # per piece, float64 positions
+    query_start: float
+    nonempty: list[int]  # the pieces with tokens
+    longest: int
+    prefix_written: bool = False
 
 
 @dataclass
@@ -280,62 +295,120 @@ class ParallelEngine:
             store.put_prefix(layer, k[0], v[0])
         return prefix_kv
 
-    def _encode_pieces(self, layout: Layout, positions: list[np.ndarray], store: KVStore, offsets: list[int]):
-        """Encode the pieces as right-padded batch rows (groups of <= max_batch_tokens) into ``store``.
+    def _encode_pieces(self, items: list[_Pending]):
+        """Encode the pieces of one or more contexts as right-padded batch rows (<= max_batch_tokens a forward).
 
-        A short prefix (BOS + sink, the usual case) is recomputed at the head of every row: each batch is
-        then one plain square causal call and the prefix's keys come from the first row. A long prefix is
-        encoded once (cached) and its keys are prepended to every row's keys instead.
+        Every context of ``items`` has the same shared prefix. A short prefix (BOS + sink, the usual case) is
+        recomputed at the head of every row: each forward is then one plain square causal call and a context's
+        prefix keys come from its first row. A long prefix (one context only) is encoded once (cached) and its
+        keys are prepended to every row's keys instead. Rows go longest first, so that a forward's rows have
+        similar widths; each forward writes into the stores of the contexts whose rows it holds.
         """
-        s = len(layout.prefix)
-        order = [i for i, p in enumerate(layout.pieces) if len(p) > 0]
-        longest = max(len(layout.pieces[i]) for i in order)
-        inline = s * INLINE_PREFIX_RATIO <= longest
-        prefix_kv = None if inline else self._store_prefix(layout.prefix, store)
+        prefix = items[0].layout.prefix
+        s = len(prefix)
+        rows = [(len(it.layout.pieces[i]), c, i) for c, it in enumerate(items) for i in it.nonempty]
+        rows.sort(key=lambda row: -row[0])  # stable: a context's pieces stay in order among equal lengths
+        inline = s * INLINE_PREFIX_RATIO <= rows[0][0]
+        if not inline and len(items) > 1:
+            raise ValueError("_encode_pieces: a long shared prefix is encoded for one context at a time")
+        prefix_kv = None if inline else self._store_prefix(prefix, items[0].store)
         head = s if inline else 0
-        width = bucketed(head + longest) if self.bucket_prefill else head + longest
-        ids, ids_host = _host_buffer((len(order), width), torch.long, self.device)  # [R, head + longest]
-        pos, pos_host = _host_buffer((len(order), width), torch.float32, self.device)  # [R, head + longest]
+        start = 0
+        while start < len(rows):
+            width = head + rows[start][0]
+            width = bucketed(width) if self.bucket_prefill else width
+            n = min(len(rows) - start, max(1, self.max_batch_tokens // width))
+            batch = rows[start : start + n]
+            self._forward_rows(items, batch, width, head, prefix_kv)
+            start += n
+
+    def _forward_rows(self, items: list[_Pending], batch: list[tuple[int, int, int]], width: int, head: int, prefix_kv):
+        """One prefill forward of ``batch`` rows (length, context, piece), each ``head`` prefix tokens + a piece."""
+        prefix = items[0].layout.prefix
+        ids, ids_host = _host_buffer((len(batch), width), torch.long, self.device)  # [R, width]
+        pos, pos_host = _host_buffer((len(batch), width), torch.float32, self.device)  # [R, width]
         if head:
-            ids_host[:, :head] = layout.prefix
+            ids_host[:, :head] = prefix
             pos_host[:, :head] = np.arange(head)
-        for r, i in enumerate(order):
-            n = len(layout.pieces[i])
-            ids_host[r, head : head + n] = np.fromiter(layout.pieces[i], dtype=np.int64, count=n)
+        by_context: dict[int, list[int]] = {}
+        for r, (n, c, i) in enumerate(batch):
+            ids_host[r, head : head + n] = np.fromiter(items[c].layout.pieces[i], dtype=np.int64, count=n)
             # float64 -> float32 rounds to nearest, as torch.tensor(list_of_floats, dtype=float32) does
-            pos_host[r, head : head + n] = positions[i]
+            pos_host[r, head : head + n] = items[c].positions[i]
             pos_host[r, head + n :] = pos_host[r, head + n - 1]  # right padding: never seen by real tokens
-        ids, pos = _to_device(ids, self.device), _to_device(pos, self.device)  # one transfer each, no stream sync
-        fit = max(1, self.max_batch_tokens // width)
-        rows_per_batch = -(-len(order) // -(-len(order) // fit))  # as many batches as needed, evenly filled
-        for start in range(0, len(order), rows_per_batch):
-            rows = order[start : start + rows_per_batch]
-            runs = _row_runs([len(layout.pieces[i]) for i in rows], [offsets[i] for i in rows], head)
-            if head and start == 0:
-                runs.append(RowRun(first_row=0, n_rows=1, src_start=0, length=s, dest=0))  # the prefix, from row 0
+            by_context.setdefault(c, []).append(r)
+        writes, scattered = [], []  # scattered: (context, [2, M] host indices)
+        for c, members in by_context.items():
+            item = items[c]
+            lengths = [batch[r][0] for r in members]
+            runs = _row_runs(lengths, [item.offsets[batch[r][2]] for r in members], head, rows=members)
+            if head and not item.prefix_written:
+                runs.append(RowRun(first_row=members[0], n_rows=1, src_start=0, length=head, dest=0))  # the prefix
+                item.prefix_written = True
             if len(runs) >= SCATTER_MIN_RUNS:  # pieces of many lengths: 4 ops per layer instead of 2 per run
-                plan = EncodePlan(prefix_kv=prefix_kv, store=store, scatter=row_scatter(runs, width, self.device))
+                scattered.append((c, scatter_indices(runs, width)))
             else:
-                plan = EncodePlan(prefix_kv=prefix_kv, store=store, runs=tuple(runs))
-            with encoding(plan):
-                self._forward(ids[start : start + len(rows)], pos[start : start + len(rows)])
+                writes.append(StoreWrite(item.store, runs=tuple(runs)))
+        if scattered:  # every store's scatter indices in one pinned buffer: one transfer, no stream sync
+            sizes = [index.shape[1] for _, index in scattered]
+            both, both_host = _host_buffer((2, sum(sizes)), torch.long, self.device)
+            both_host[:] = np.concatenate([index for _, index in scattered], axis=1)
+            both = _to_device(both, self.device)
+            for (c, _), start, n in zip(scattered, np.cumsum([0, *sizes[:-1]]).tolist(), sizes):
+                scatter = RowScatter(both[0, start : start + n], both[1, start : start + n])
+                writes.append(StoreWrite(items[c].store, scatter=scatter))
+        ids, pos = _to_device(ids, self.device), _to_device(pos, self.device)  # one transfer each, no stream sync
+        with encoding(EncodePlan(prefix_kv=prefix_kv, writes=tuple(writes))):
+            self._forward(ids, pos)
 
     @torch.no_grad()
     def encode(self, layout: Layout, reserve: int = 0, oracle_keys: bool = False) -> EncodedContext:
         """Prefill one context (or take it from the context cache); room for ``reserve`` query tokens."""
-        key = (layout, self.pos, self.pos_round, *self.position_rules, oracle_keys)
-        if self.context_cache is not None:
-            cached = self.context_cache.get(key)
+        return self.encode_many([layout], [reserve], oracle_keys)[0]
+
+    def _cache_key(self, layout: Layout, oracle_keys: bool):
+        return (layout, self.pos, self.pos_round, *self.position_rules, oracle_keys)
+
+    @torch.no_grad()
+    def encode_many(
+        self, layouts: list[Layout], reserves: list[int], oracle_keys: bool = False
+    ) -> list[EncodedContext]:
+        """Prefill several contexts (each from the context cache when it is there), their piece rows packed into
+        shared forwards when their short shared prefixes are equal; room for ``reserves[i]`` query tokens each.
+        Each context gets what it gets alone (rows never see each other)."""
+        out: list[EncodedContext | None] = [None] * len(layouts)
+        packs: dict[tuple[int, ...], list[_Pending]] = {}
+        fresh: list[tuple[int, _Pending]] = []
+        for j, (layout, reserve) in enumerate(zip(layouts, reserves)):
+            cached = (
+                None if self.context_cache is None else self.context_cache.get(self._cache_key(layout, oracle_keys))
+            )
             if cached is not None:
                 cached.store.ensure_capacity(cached.length + max(reserve, 1))
-                return cached
-        context = self._encode(layout, reserve, oracle_keys)
-        if self.context_cache is not None:
-            self.context_cache.put(key, context)
-        return context
+                out[j] = cached
+                continue
+            item = self._new_context(layout, reserve)
+            fresh.append((j, item))
+            if not item.nonempty:  # no piece: the prefix alone is the context
+                if layout.prefix:
+                    self._store_prefix(layout.prefix, item.store)
+            elif oracle_keys or len(layout.prefix) * INLINE_PREFIX_RATIO > item.longest:
+                self._encode_pieces([item])  # a long prefix (encoded once, prepended) or a second pass: alone
+            else:
+                packs.setdefault(layout.prefix, []).append(item)
+        for items in packs.values():
+            self._encode_pieces(items)
+        for j, item in fresh:
+            if oracle_keys and item.nonempty:
+                self._oracle_keys(item)
+            context = EncodedContext(item.store, item.layout.n_context, item.query_start)
+            if self.context_cache is not None:
+                self.context_cache.put(self._cache_key(item.layout, oracle_keys), context)
+            out[j] = context
+        return out
 
-    def _encode(self, layout: Layout, reserve: int, oracle_keys: bool) -> EncodedContext:
-        """Prefill one context: prefix once, pieces as a batch."""
+    def _new_context(self, layout: Layout, reserve: int) -> _Pending:
+        """The store of one context (no keys yet) and where its pieces go: host work only."""
         s = len(layout.prefix)
         lengths = [len(p) for p in layout.pieces]
         n_ctx = layout.n_context
@@ -347,7 +420,7 @@ class ParallelEngine:
         key_valid[0, :n_ctx] = True
         key_group = np.full((1, cap), -1, dtype=np.int64)
         key_group[0, s:n_ctx] = np.repeat(np.arange(len(lengths)), lengths)
-        n_pieces = sum(1 for n in lengths if n > 0)
+        nonempty = [i for i, n in enumerate(lengths) if n > 0]
         piece_index = np.full((1, max(1, len(lengths)), max([1, *lengths])), -1, dtype=np.int64)
         for i, (o, n) in enumerate(zip(offsets, lengths)):
             piece_index[0, i, :n] = np.arange(o, o + n)
@@ -355,25 +428,23 @@ class ParallelEngine:
             self.n_layers,
             torch.from_numpy(key_valid),
             torch.from_numpy(key_group),
-            torch.tensor([n_pieces]),
+            torch.tensor([len(nonempty)]),
             torch.from_numpy(piece_index),
             n_ctx,
         )
-
         per_piece, query_start = piece_position_arrays(s, lengths, self.pos, self.pos_round, *self.position_rules)
-        if n_pieces:
-            self._encode_pieces(layout, per_piece, store, offsets)
-        elif s:  # no piece: the prefix alone is the context
-            self._store_prefix(layout.prefix, store)
-        if oracle_keys and n_pieces:
-            # SPEC / paper §4.3.2: keys from full-attention encoding, values stay parallel.
-            full = Layout(layout.prefix, (tuple(layout.flat_ids()[s:]),))
-            full_pos, query_start = piece_position_arrays(s, [n_ctx - s], "serial", "none")
-            values = [store.v[layer].clone() for layer in range(self.n_layers)]
-            self._encode_pieces(full, full_pos, store, [s])
-            for layer in range(self.n_layers):
-                store.v[layer] = values[layer]
-        return EncodedContext(store, n_ctx, query_start)
+        return _Pending(layout, store, offsets, per_piece, query_start, nonempty, max([0, *lengths]))
+
+    def _oracle_keys(self, item: _Pending) -> None:
+        """SPEC / paper §4.3.2: keys from full-attention encoding, values stay parallel."""
+        layout, store = item.layout, item.store
+        s = len(layout.prefix)
+        full = Layout(layout.prefix, (tuple(layout.flat_ids()[s:]),))
+        full_pos, item.query_start = piece_position_arrays(s, [layout.n_context - s], "serial", "none")
+        values = [store.v[layer].clone() for layer in range(self.n_layers)]
+        self._encode_pieces([_Pending(full, store, [s], full_pos, item.query_start, [0], layout.n_context - s)])
+        for layer in range(self.n_layers):
+            store.v[layer] = values[layer]
 
     # ------------------------------------------------------------------ query stage
     def _query_forward(

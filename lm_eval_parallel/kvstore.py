@@ -38,15 +38,22 @@ class RowScatter(NamedTuple):
     dest: torch.Tensor  # [M] long: store position
 
 
-def row_scatter(runs: list[RowRun], width: int, device) -> RowScatter:
-    """The :class:`RowScatter` that copies what ``runs`` copy, for forward rows of ``width`` tokens."""
+def scatter_indices(runs: list[RowRun], width: int) -> np.ndarray:
+    """[2, M] int64: the ``src`` and ``dest`` of the :class:`RowScatter` that copies what ``runs`` copy, for
+    forward rows of ``width`` tokens (host arrays, to be sent to the device with others)."""
     src, dest = [], []
     for run in runs:
         rows = np.arange(run.first_row, run.first_row + run.n_rows)[:, None]  # [n_rows, 1]
         cols = np.arange(run.length)[None, :]  # [1, length]
         src.append((rows * width + run.src_start + cols).ravel())
         dest.append((run.dest + (rows - run.first_row) * run.length + cols).ravel())
-    return RowScatter(*(torch.from_numpy(np.concatenate(parts)).to(device) for parts in (src, dest)))
+    return np.stack([np.concatenate(src), np.concatenate(dest)])
+
+
+def row_scatter(runs: list[RowRun], width: int, device) -> RowScatter:
+    """The :class:`RowScatter` that copies what ``runs`` copy, for forward rows of ``width`` tokens."""
+    src, dest = torch.from_numpy(scatter_indices(runs, width)).to(device)
+    return RowScatter(src, dest)
 
 
 class KeyLayout(NamedTuple):

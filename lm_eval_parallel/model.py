@@ -260,15 +260,25 @@ class ParallelHFLM(HFLM):
             pbar.update(len(pending))
             pending.clear()
 
-        for layout in sorted(by_layout, key=lambda lay: -lay.n_context):
-            members = by_layout[layout]
-            width = max(len(prepared[i].query) + len(prepared[i].continuation) for i in members)
-            context = self.engine.encode(layout, reserve=width, oracle_keys=self.pce.oracle_keys)
-            rows = self._rows_per_batch(layout.n_context, width)
-            for i in members:
-                pending.append((context, i))
-                if len(pending) >= rows:
-                    flush()
+        def width(layout: Layout) -> int:
+            return max(len(prepared[i].query) + len(prepared[i].continuation) for i in by_layout[layout])
+
+        layouts = sorted(by_layout, key=lambda lay: -lay.n_context)
+        start = 0
+        while start < len(layouts):
+            # the contexts of about one query batch are prefilled together (their rows share forwards)
+            rows = self._rows_per_batch(layouts[start].n_context, width(layouts[start]))
+            group, n_requests = [], 0
+            while start < len(layouts) and (not group or n_requests + len(by_layout[layouts[start]]) <= rows):
+                group.append(layouts[start])
+                n_requests += len(by_layout[layouts[start]])
+                start += 1
+            contexts = self.engine.encode_many(group, [width(lay) for lay in group], self.pce.oracle_keys)
+            for layout, context in zip(group, contexts):
+                for i in by_layout[layout]:
+                    pending.append((context, i))
+                    if len(pending) >= rows:
+                        flush()
         flush()
         pbar.close()
         return results
@@ -353,13 +363,14 @@ class ParallelHFLM(HFLM):
             first, _, first_max = jobs[order[start]]
             batch = order[start : start + self._rows_per_batch(first.layout.n_context, len(first.query) + first_max)]
             start += len(batch)
-            encoded: dict[Layout, object] = {}  # contexts live only as long as their batch
+            reserve: dict[Layout, int] = {}  # contexts live only as long as their batch
             for i in batch:
                 prepared, _, max_gen = jobs[i]
-                if prepared.layout not in encoded:
-                    encoded[prepared.layout] = self.engine.encode(
-                        prepared.layout, reserve=len(prepared.query) + max_gen + 1, oracle_keys=self.pce.oracle_keys
-                    )
+                needed = len(prepared.query) + max_gen + 1
+                reserve[prepared.layout] = max(reserve.get(prepared.layout, 0), needed)
+            encoded = dict(
+                zip(reserve, self.engine.encode_many(list(reserve), list(reserve.values()), self.pce.oracle_keys))
+            )
             stops = [jobs[i][1] for i in batch]
             limits = [jobs[i][2] for i in batch]
 

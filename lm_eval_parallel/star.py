@@ -39,6 +39,8 @@ class StarEngine(ParallelEngine):
             raise ValueError(f"pos={pos} with method=star: its pieces keep their positions in the context (serial)")
         super().__init__(model, device, pos="serial", **kwargs)
 
-    def encode(self, layout: Layout, reserve: int = 0, oracle_keys: bool = False) -> EncodedContext:
-        """Prefill ``layout`` as star does (or take it from the context cache, keyed by the anchored layout)."""
-        return super().encode(anchored(layout), reserve, oracle_keys)
+    def encode_many(
+        self, layouts: list[Layout], reserves: list[int], oracle_keys: bool = False
+    ) -> list[EncodedContext]:
+        """Prefill each layout as star does (or take it from the context cache, keyed by the anchored layout)."""
+        return super().encode_many([anchored(layout) for layout in layouts], reserves, oracle_keys)

@@ -160,6 +160,40 @@ def test_batched_rows_equal_single_rows(model):
     assert single[0][0] != pytest.approx(single[1][0], rel=REL)
 
 
+@pytest.mark.parametrize("max_batch_tokens", (10**6, 64))
+def test_contexts_prefilled_together_equal_contexts_prefilled_alone(model, max_batch_tokens, monkeypatch):
+    """encode_many packs the piece rows of contexts with the same short prefix into shared forwards (at 64 tokens a
+    forward, a context's rows also span several); a long-prefix context and the oracle-keys pass go alone. Every
+    store holds what encode gives that context alone (fp32, 1e-5), and packing takes fewer forwards."""
+    gen = torch.Generator().manual_seed(7)
+    sink, bos = (0, *_tokens(gen, 2)), (0,)  # inline while the longest piece has >= 16x the prefix's tokens
+    shapes = [(sink, (50, 20, 33)), (bos, (17, 5, 9)), (sink, (49, 10)), (bos, (30,)), (sink, (60,))]
+    layouts = [Layout(prefix, tuple(tuple(_tokens(gen, n)) for n in lengths)) for prefix, lengths in shapes]
+    layouts.append(Layout(tuple(_tokens(gen, 9)), ((5, 6, 7), (8, 9))))  # a long prefix: encoded once, prepended
+    for oracle_keys in (False, True):
+        engine = ParallelEngine(model, "cpu", max_batch_tokens=max_batch_tokens, prefix_cache_size=0)
+        forwards = []
+        monkeypatch.setattr(
+            engine, "_forward", lambda *a, f=engine._forward, n=forwards, **k: n.append(1) or f(*a, **k)
+        )
+        alone = [engine.encode(lay, reserve=3, oracle_keys=oracle_keys) for lay in layouts]
+        n_alone, forwards[:] = len(forwards), []
+        together = engine.encode_many(layouts, [3] * len(layouts), oracle_keys=oracle_keys)
+        if not oracle_keys:
+            assert len(forwards) < n_alone
+        for a, b in zip(alone, together):
+            assert (b.length, b.query_start) == (a.length, a.query_start)
+            for layer in range(engine.n_layers):
+                n = a.length
+                for x, y in ((a.store.k[layer], b.store.k[layer]), (a.store.v[layer], b.store.v[layer])):
+                    torch.testing.assert_close(y[..., :n, :], x[..., :n, :], rtol=REL, atol=REL)
+        if not oracle_keys:  # and the packed stores score what the dense reference scores
+            query, cont = _tokens(gen, 2), _tokens(gen, 3)
+            for layout, context in zip(layouts, together):
+                ((ll, _, _),) = engine.score([context], [query], [cont], None)
+                assert ll == pytest.approx(_ref_loglik(model, layout, query, cont, "even", "none", None)[0], rel=REL)
+
+
 @pytest.mark.parametrize("method", ("full", "naive", "sink"))
 def test_sdpa_paths_without_entropy_match_dense_reference(model, method):
     """entropy=false takes the SDPA query path (and the mask-free one-token decode path)."""
