@@ -6,8 +6,9 @@
 N requests, each the tokens [50 i, 50 i + 7800) of the concatenated essays plus a short question, `until=[]`,
 `max_gen_toks=GEN`, through `ParallelHFLM.generate_until` (no lm-eval task around it). Configurations: full;
 naive P=16 with and without entropy; sink+sel P=16; and naive / sink+sel with `cuda_graphs=false`, so the decode
-step's CUDA graphs are A/B-tested in the same process. One warm-up batch first. With ``--levers``, each
-lever of ``LEVERS`` is also switched off on its own for sink+sel P=16 and naive P=64 (on, then off, alternating).
+step's CUDA graphs are A/B-tested in the same process. One warm-up batch first. With ``--levers`` (all, or a
+comma-separated list of ``LEVERS``), each lever is also switched off on its own for the ``--lever_configs``
+(on, then off, alternating ``--reps`` times; the ratio of the medians is printed).
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from __future__ import annotations
 import argparse
 import glob
 import json
+import statistics
 import time
 from pathlib import Path
 from unittest import mock
@@ -36,8 +38,10 @@ LEVERS = {
     "token_memo": "each text tokenized once per model",
     "cuda_chunk": "1 GiB row chunks of the eager query stage on CUDA",
     "kept_probs": "with a selection, pass 1's probabilities kept for pass 3 (attention.KEPT_CHUNKS)",
+    "pack_prefill": "the piece rows of a batch's contexts share prefill forwards (engine.pack_prefill)",
+    "keys_left": "few-row products with the keys on the left on CUDA (attention.KEYS_LEFT_ROWS)",
 }
-LEVER_CONFIGS = [dict(P=16, method="sink+sel"), dict(P=64, method="naive")]
+LEVER_CONFIGS = {"sink+sel": dict(P=16, method="sink+sel"), "naive64": dict(P=64, method="naive")}
 
 
 def lever_off(lm, name: str):
@@ -50,6 +54,8 @@ def lever_off(lm, name: str):
         "token_memo": (lm.builder, "memo", None),
         "cuda_chunk": (attention, "CUDA_CHUNK_BYTES", attention.CHUNK_BYTES),
         "kept_probs": (attention, "KEPT_CHUNKS", {"cuda": 0, "cpu": 0}),  # a single chunk only
+        "pack_prefill": (lm.engine, "pack_prefill", False),
+        "keys_left": (attention, "KEYS_LEFT_ROWS", {}),
     }
     if name not in off:
         raise ValueError(f"lever {name!r} is not one of {', '.join(LEVERS)}")
@@ -91,7 +97,10 @@ def main() -> int:
     ap.add_argument("--device", default="cuda")
     ap.add_argument("--dtype", default="bfloat16")
     ap.add_argument("--out", default=None, help="JSON file of the rows")
-    ap.add_argument("--levers", action="store_true", help="A/B each lever of LEVERS (on, off) at the largest batch")
+    ap.add_argument("--levers", default=None, help="all, or comma-separated LEVERS: A/B each at the largest batch")
+    ap.add_argument("--lever_configs", default="sink+sel,naive64", help=f"of {', '.join(LEVER_CONFIGS)}")
+    ap.add_argument("--reps", type=int, default=1, help="on/off alternations per lever")
+    ap.add_argument("--configs", default="all", help="all, or none: the CONFIGS pass before the levers")
     args = ap.parse_args()
 
     import torch
@@ -110,21 +119,28 @@ def main() -> int:
 
     run(dict(P=16, method="naive"), 16, 16)  # warm-up
     rows = []
-    for config in CONFIGS:
+    for config in CONFIGS if args.configs == "all" else []:
         for batch_size in [int(b) for b in args.batch_sizes.split(",")]:
             seconds = run(config, batch_size, args.n)
             rows.append(dict(config=config, batch_size=batch_size, seconds=seconds, requests_per_s=args.n / seconds))
             print(config, "bs", batch_size, f"{seconds:.2f}s {args.n / seconds:.1f} req/s", flush=True)
     if args.levers:
+        names = list(LEVERS) if args.levers == "all" else args.levers.split(",")
         batch_size = max(int(b) for b in args.batch_sizes.split(","))
-        for config in LEVER_CONFIGS:
-            for name in LEVERS:
-                on = run(config, batch_size, args.n)
-                lm.configure(PCEConfig.from_args(**config))
-                with lever_off(lm, name):
-                    off = lm_generate_seconds(lm, reqs[: args.n], sync)
-                rows.append(dict(config=config, batch_size=batch_size, lever=name, on_s=on, off_s=off))
-                print(config, "bs", batch_size, f"{name}: on {on:.2f}s, off {off:.2f}s ({off / on:.2f}x)", flush=True)
+        for config in [LEVER_CONFIGS[c] for c in args.lever_configs.split(",")]:
+            for name in names:
+                on, off = [], []
+                for _ in range(args.reps):
+                    on.append(run(config, batch_size, args.n))
+                    lm.configure(PCEConfig.from_args(**config))
+                    with lever_off(lm, name):
+                        off.append(lm_generate_seconds(lm, reqs[: args.n], sync))
+                ratio = statistics.median(off) / statistics.median(on)
+                rows.append(
+                    dict(config=config, batch_size=batch_size, lever=name, on_s=on, off_s=off, off_over_on=ratio)
+                )
+                times = f"on {', '.join(f'{t:.2f}' for t in on)} s, off {', '.join(f'{t:.2f}' for t in off)} s"
+                print(config, "bs", batch_size, f"{name}: {times} (off/on {ratio:.2f}x)", flush=True)
     if args.out:
         Path(args.out).write_text(json.dumps({"args": vars(args), "rows": rows}, indent=1) + "\n")
     return 0

@@ -31,7 +31,7 @@ from typing import NamedTuple
 import torch
 import torch.nn.functional as F
 
-from .kvstore import KeyGroups, KVStore, RowRun, RowScatter
+from .kvstore import KeyGroups, KVStore, RowRun, RowScatter, flat_rows
 from .layout import causal
 from .query_rules import QueryRule, apply_rule
 from .selection import Selection, apply_keep, piece_scores, piece_weights, select_pieces, topn_sum
@@ -484,11 +484,13 @@ def pce_attention(module, query, key, value, attention_mask=None, scaling=None, 
         plan, layer = forward.plan, module.layer_idx
         if not plan.writes:
             forward.captured[layer] = (key, value)
+        flat = None  # the forward's keys and values flattened once for every store that scatters
         for write in plan.writes:
             for run in write.runs:
                 write.store.put_run(layer, run, key, value)
             if write.scatter is not None:
-                write.store.put_scatter(layer, write.scatter, key, value)
+                flat = flat or (flat_rows(key), flat_rows(value))
+                write.store.put_scatter(layer, write.scatter, *flat)
         if plan.prefix_kv is not None:
             pk, pv = plan.prefix_kv[layer]  # [1, Hkv, s, D]
             n = key.shape[0]

@@ -257,6 +257,9 @@ class ParallelEngine:
         # measured on an H200), and every context of a board has its own length: piece rows are right-padded to a
         # few widths so that plans are reused. Padding is never seen by real tokens (causal rows).
         self.bucket_prefill = torch.device(device).type == "cuda"
+        # On CUDA the piece rows of several contexts share prefill forwards (fewer launches and host work per
+        # context); on a CPU the work is the same either way and larger forwards measured a little slower.
+        self.pack_prefill = torch.device(device).type == "cuda"
         self.n_layers = model.config.get_text_config().num_hidden_layers
         self._prefix_cache: OrderedDict = OrderedDict()
         self._prefix_cache_size = prefix_cache_size
@@ -374,8 +377,8 @@ class ParallelEngine:
         self, layouts: list[Layout], reserves: list[int], oracle_keys: bool = False
     ) -> list[EncodedContext]:
         """Prefill several contexts (each from the context cache when it is there), their piece rows packed into
-        shared forwards when their short shared prefixes are equal; room for ``reserves[i]`` query tokens each.
-        Each context gets what it gets alone (rows never see each other)."""
+        shared forwards when their short shared prefixes are equal (``pack_prefill``); room for ``reserves[i]``
+        query tokens each. Each context gets what it gets alone (rows never see each other)."""
         out: list[EncodedContext | None] = [None] * len(layouts)
         packs: dict[tuple[int, ...], list[_Pending]] = {}
         fresh: list[tuple[int, _Pending]] = []
@@ -392,7 +395,7 @@ class ParallelEngine:
             if not item.nonempty:  # no piece: the prefix alone is the context
                 if layout.prefix:
                     self._store_prefix(layout.prefix, item.store)
-            elif oracle_keys or len(layout.prefix) * INLINE_PREFIX_RATIO > item.longest:
+            elif not self.pack_prefill or oracle_keys or len(layout.prefix) * INLINE_PREFIX_RATIO > item.longest:
                 self._encode_pieces([item])  # a long prefix (encoded once, prepended) or a second pass: alone
             else:
                 packs.setdefault(layout.prefix, []).append(item)

@@ -50,6 +50,12 @@ def scatter_indices(runs: list[RowRun], width: int) -> np.ndarray:
     return np.stack([np.concatenate(src), np.concatenate(dest)])
 
 
+def flat_rows(x: torch.Tensor) -> torch.Tensor:
+    """An encode forward's k or v [N, Hkv, T, D] as [Hkv, N * T, D] (token ``row * T + column``), for scatters."""
+    n, hkv, t, d = x.shape
+    return x.transpose(0, 1).reshape(hkv, n * t, d)
+
+
 def row_scatter(runs: list[RowRun], width: int, device) -> RowScatter:
     """The :class:`RowScatter` that copies what ``runs`` copy, for forward rows of ``width`` tokens."""
     src, dest = torch.from_numpy(scatter_indices(runs, width)).to(device)
@@ -195,12 +201,11 @@ class KVStore:
         kb[0, :, run.dest : run.dest + m * n].view(hkv, m, n, d).copy_(k.transpose(0, 1))
         vb[0, :, run.dest : run.dest + m * n].view(hkv, m, n, d).copy_(v.transpose(0, 1))
 
-    def put_scatter(self, layer: int, scatter: RowScatter, k: torch.Tensor, v: torch.Tensor) -> None:
-        """Copy an encode forward's k, v [N, Hkv, T, D] into the (single-row) store by ``scatter``."""
-        n, hkv, t, d = k.shape
-        kb, vb = self._buffers(layer, k)
-        for buffer, x in ((kb, k), (vb, v)):
-            flat = x.transpose(0, 1).reshape(hkv, n * t, d)  # [Hkv, N * T, D]
+    def put_scatter(self, layer: int, scatter: RowScatter, flat_k: torch.Tensor, flat_v: torch.Tensor) -> None:
+        """Copy tokens of an encode forward into the (single-row) store by ``scatter``; ``flat_k``, ``flat_v``
+        [Hkv, N * T, D] are the forward's k, v [N, Hkv, T, D] with rows and columns flattened (:func:`flat_rows`)."""
+        kb, vb = self._buffers(layer, flat_k[None])
+        for buffer, flat in ((kb, flat_k), (vb, flat_v)):
             buffer[0].index_copy_(1, scatter.dest, flat.index_select(1, scatter.src))
 
     def append_query(

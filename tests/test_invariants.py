@@ -172,6 +172,8 @@ def test_contexts_prefilled_together_equal_contexts_prefilled_alone(model, max_b
     layouts.append(Layout(tuple(_tokens(gen, 9)), ((5, 6, 7), (8, 9))))  # a long prefix: encoded once, prepended
     for oracle_keys in (False, True):
         engine = ParallelEngine(model, "cpu", max_batch_tokens=max_batch_tokens, prefix_cache_size=0)
+        assert not engine.pack_prefill  # only CUDA packs; forced here
+        engine.pack_prefill = True
         forwards = []
         monkeypatch.setattr(
             engine, "_forward", lambda *a, f=engine._forward, n=forwards, **k: n.append(1) or f(*a, **k)

@@ -327,3 +327,25 @@ def test_joint_tokenization_makes_full_equal_hf_on_any_prompt(tiny_llama_dir, mo
     whole = p4.tokenizer.encode(plain_prompt(prompt), add_special_tokens=False)
     assert list(prepared.layout.flat_ids()) + prepared.query == whole
     assert len(prepared.layout.pieces) == 4
+
+
+@pytest.mark.parametrize("method,P", [("full", 1), ("sink+sel", 4)])
+def test_contexts_prefilled_together_do_not_change_scores(tiny_llama_dir, method, P):
+    """CUDA packs the piece rows of a batch's contexts into shared forwards (engine.pack_prefill), forced here on
+    the CPU: fp32 equal to 1e-5, the same generations, in fewer forwards."""
+    from lm_eval_parallel.model import ParallelHFLM
+
+    lm = ParallelHFLM(pretrained=tiny_llama_dir, method=method, P=P, batch_size=4, **KW)
+    forwards = []
+    forward = lm.engine._forward
+    lm.engine._forward = lambda *a, **k: forwards.append(1) or forward(*a, **k)
+    assert not lm.engine.pack_prefill  # only CUDA packs
+    plain = lm.loglikelihood(ll_requests(PAIRS)), lm.generate_until(gen_requests([MARKED, PAIRS[2][0], PAIRS[0][0]]))
+    n_plain, forwards[:] = len(forwards), []
+    lm.engine.pack_prefill = True
+    packed = lm.loglikelihood(ll_requests(PAIRS)), lm.generate_until(gen_requests([MARKED, PAIRS[2][0], PAIRS[0][0]]))
+    assert len(forwards) < n_plain
+    for a, b in zip(plain[0], packed[0]):
+        assert b[0] == pytest.approx(a[0], rel=1e-5) and b[1] == a[1]
+        assert b.attn_entropy == pytest.approx(a.attn_entropy, rel=1e-5)
+    assert packed[1] == plain[1]
