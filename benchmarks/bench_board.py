@@ -10,7 +10,7 @@ model load, the tasks built once, every configuration an ordinary `simple_evalua
 around the stages, with `torch.cuda.synchronize()` at each edge on CUDA:
 
 * model load (`ParallelHFLM.__init__`), task build (`sweep.build_tasks`);
-* per configuration: prefill (`ParallelEngine.encode`), query (`ParallelEngine.score`, and the first query
+* per configuration: prefill (`ParallelEngine.encode_many`), query (`ParallelEngine.score`, and the first query
   forward of `ParallelEngine.generate`), decode (the rest of `generate`), the rest of the model's request
   methods (tokens, layouts, batching), and metrics + lm-eval overhead (the configuration's `simple_evaluate`
   wall time minus the time spent in the model's request methods).
@@ -164,7 +164,7 @@ class StageClock:
         ]
         if engine_class is not None:
             patches += [
-                (engine_class, "encode", lambda f: self._stage(f, "prefill_s")),
+                (engine_class, "encode_many", lambda f: self._stage(f, "prefill_s")),
                 (engine_class, "score", lambda f: self._stage(f, "query_s")),
                 (engine_class, "generate", self._generate),
             ]
