@@ -39,7 +39,6 @@ LEVERS = {
     "cuda_chunk": "1 GiB row chunks of the eager query stage on CUDA",
     "kept_probs": "with a selection, pass 1's probabilities kept for pass 3 (attention.KEPT_CHUNKS)",
     "pack_prefill": "the piece rows of a batch's contexts share prefill forwards (engine.pack_prefill)",
-    "keys_left": "few-row products with the keys on the left on CUDA (attention.KEYS_LEFT_ROWS)",
 }
 LEVER_CONFIGS = {"sink+sel": dict(P=16, method="sink+sel"), "naive64": dict(P=64, method="naive")}
 
@@ -55,7 +54,6 @@ def lever_off(lm, name: str):
         "cuda_chunk": (attention, "CUDA_CHUNK_BYTES", attention.CHUNK_BYTES),
         "kept_probs": (attention, "KEPT_CHUNKS", {"cuda": 0, "cpu": 0}),  # a single chunk only
         "pack_prefill": (lm.engine, "pack_prefill", False),
-        "keys_left": (attention, "KEYS_LEFT_ROWS", {}),
     }
     if name not in off:
         raise ValueError(f"lever {name!r} is not one of {', '.join(LEVERS)}")

@@ -44,10 +44,6 @@ CUDA_CHUNK_BYTES = 1024 * 2**20
 # With a selection the probabilities of every chunk are needed twice (scores, then the kept pieces' outputs):
 # chunks of up to this many times the chunk budget are kept from the first pass instead of being recomputed.
 KEPT_CHUNKS = {"cuda": 4, "cpu": 1}
-# Products of at most this many query rows per kv head (a decode step: the GQA group) put the keys on the left
-# on CUDA: (k @ q^T)^T and (v^T @ p^T)^T. For q @ k^T with 3 rows cuBLAS chose a batched kernel that read the keys
-# at a tenth of the memory bandwidth in the H200 decode profile. Per device type; absent: q on the left.
-KEYS_LEFT_ROWS = {"cuda": 16}
 QUERY_IMPLS = ("auto", "eager", "fast")
 # Query rows that need probabilities: "eager" (probabilities in fp32, the reference), "fast" (query_fast: groups
 # of keys merged by log-sum-exp, wherever it applies: no softcap, no analysis), "auto" (today: eager everywhere;
@@ -273,27 +269,15 @@ def _grouped_scores(q: torch.Tensor, k: torch.Tensor, scaling: float) -> torch.T
     """
     b, h, r, d = q.shape
     hkv = k.shape[1]
-    qg = q.reshape(b, hkv, (h // hkv) * r, d)  # [B, Hkv, G*r, D]
-    if _keys_left(qg):
-        scores = (k @ qg.transpose(-1, -2)).transpose(-1, -2)  # [B, Hkv, G*r, K]
-    else:
-        scores = qg @ k.transpose(-1, -2)  # [B, Hkv, G*r, K]
-    return scores.float().reshape(b, h, r, -1) * scaling
-
-
-def _keys_left(rows: torch.Tensor) -> bool:
-    """Whether the products of ``rows`` [B, Hkv, M, *] with the keys put the keys on the left (KEYS_LEFT_ROWS)."""
-    return rows.shape[2] <= KEYS_LEFT_ROWS.get(rows.device.type, 0)
+    qg = q.reshape(b, hkv, (h // hkv) * r, d)
+    return (qg @ k.transpose(-1, -2)).float().reshape(b, h, r, -1) * scaling
 
 
 def _grouped_output(p: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
     """p [B, H, r, K] (fp32) x v [B, Hkv, K, D] -> [B, H, r, D] in v's dtype."""
     b, h, r, kk = p.shape
     hkv = v.shape[1]
-    pg = p.to(v.dtype).reshape(b, hkv, (h // hkv) * r, kk)  # [B, Hkv, G*r, K]
-    if _keys_left(pg):
-        return (v.transpose(-1, -2) @ pg.transpose(-1, -2)).transpose(-1, -2).reshape(b, h, r, -1)
-    return (pg @ v).reshape(b, h, r, -1)
+    return (p.to(v.dtype).reshape(b, hkv, (h // hkv) * r, kk) @ v).reshape(b, h, r, -1)
 
 
 def causal_attention(q, k, v, scaling: float, softcap: float | None = None) -> torch.Tensor:

@@ -174,24 +174,3 @@ def test_the_tail_stop_check_finds_stops_at_the_step_a_whole_decode_does(tiny_ll
         assert first_tail == first_whole, (tokens, stops)
         checked += 1
     assert checked == 200 and not stop_in_tail(tok, [5, 6], []) and not stop_in_tail(tok, [5, 6], [""])
-
-
-def test_keys_on_the_left_of_few_row_products_change_no_result(tiny_llama_dir, monkeypatch):
-    """attention.KEYS_LEFT_ROWS (CUDA: the decode step's products as (k @ q^T)^T, (v^T @ p^T)^T), forced on the
-    CPU: the scores and outputs of both products equal the plain ones, and so do generations (fp32, 1e-5)."""
-    from lm_eval_parallel import attention
-    from lm_eval_parallel.model import ParallelHFLM
-
-    gen = torch.Generator().manual_seed(0)
-    q, k, v = torch.randn(2, 6, 1, 8, generator=gen), torch.randn(2, 2, 40, 8, generator=gen), torch.randn(2, 2, 40, 8)
-    plain_scores = attention._grouped_scores(q, k, 0.3)
-    plain_out = attention._grouped_output(plain_scores.softmax(-1), v)
-    want = (q.reshape(2, 2, 3, 8) @ k.transpose(-1, -2)).reshape(2, 6, 1, 40) * 0.3
-    torch.testing.assert_close(plain_scores, want)
-    lm = ParallelHFLM(pretrained=tiny_llama_dir, method="sink+sel", P=4, top_k=2, batch_size=3, **KW)
-    plain = generate(lm, "static")
-    monkeypatch.setattr(attention, "KEYS_LEFT_ROWS", {"cpu": 16})
-    assert attention._keys_left(q.reshape(2, 2, 3, 8))
-    torch.testing.assert_close(attention._grouped_scores(q, k, 0.3), plain_scores, rtol=1e-5, atol=1e-6)
-    torch.testing.assert_close(attention._grouped_output(plain_scores.softmax(-1), v), plain_out, rtol=1e-5, atol=1e-6)
-    assert_same(generate(lm, "static"), plain)
