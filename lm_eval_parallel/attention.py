@@ -46,9 +46,10 @@ CUDA_CHUNK_BYTES = 1024 * 2**20
 KEPT_CHUNKS = {"cuda": 4, "cpu": 1}
 QUERY_IMPLS = ("auto", "eager", "fast")
 # Query rows that need probabilities: "eager" (probabilities in fp32, the reference), "fast" (query_fast: groups
-# of keys merged by log-sum-exp, wherever it applies: no softcap, no analysis), "auto" (today: eager everywhere;
-# the fast path equals eager on the CPU, but on CUDA it does not pass its equivalence tests yet — see
-# benchmarks/RESULTS.md — so it runs only when asked for).
+# of keys merged by log-sum-exp, wherever it applies: no softcap, no analysis), "auto" (today: eager everywhere).
+# The fast path equals eager on the CPU and, since its fix for batch rows without a piece slot, on CUDA (H200);
+# it is faster at 32K-128K (benchmarks/RESULTS.md §6) but not yet measured at the board's shapes (8K, batches of
+# 64 left-padded rows, up to 64 pieces a row), so it runs only when asked for.
 QUERY_IMPL = os.environ.get("LM_EVAL_PARALLEL_QUERY_IMPL", "auto")
 
 
