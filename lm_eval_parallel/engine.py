@@ -501,6 +501,14 @@ class ParallelEngine:
             valid[b, : len(row)] = True
         return ids, pos, valid
 
+    def _selection_that_drops(self, selection: Selection | None, store: KVStore) -> Selection | None:
+        """``selection``, or None when it keeps every piece of every row of ``store`` (at most top_k pieces each,
+        SPEC §7.2): the query stage then scores no pieces it could not drop. sel_soft re-weights its pieces and
+        analysis records their scores, so both keep theirs."""
+        if selection is None or selection.tau is not None or self.analysis:
+            return selection
+        return None if int(store.n_pieces.max()) <= selection.top_k else selection
+
     @torch.no_grad()
     def score(
         self,
@@ -514,6 +522,7 @@ class ParallelEngine:
         width = max(len(r) for r in rows)
         saved = [c.store.length for c in contexts]
         store = KVStore.stack([c.store for c in contexts], width)
+        selection = self._selection_that_drops(selection, store)
         ids, pos, valid = self._pad_rows(rows, [c.query_start for c in contexts])
         logits, outputs = self._query_forward(store, ids, pos, valid, selection)
         logprobs = torch.log_softmax(logits.float(), dim=-1)
@@ -569,6 +578,7 @@ class ParallelEngine:
         width = max(len(q) for q in queries)
         store = KVStore.stack([c.store for c in contexts], width + max_new_tokens + 1)
         store.ensure_capacity(store.length + width + max_new_tokens + 1)
+        selection = self._selection_that_drops(selection, store)
         ids, pos, valid = self._pad_rows(queries, [c.query_start for c in contexts])
         logits, outputs = self._query_forward(store, ids, pos, valid, selection)
         # stats stay on the device until the end: rows that have finished add zeros (their keys are invalid)

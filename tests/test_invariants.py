@@ -196,6 +196,37 @@ def test_contexts_prefilled_together_equal_contexts_prefilled_alone(model, max_b
                 assert ll == pytest.approx(_ref_loglik(model, layout, query, cont, "even", "none", None)[0], rel=REL)
 
 
+@pytest.mark.parametrize("aggr", ("none", "HT", "LHT"))
+def test_a_selection_that_keeps_every_piece_scores_none(model, aggr, monkeypatch):
+    """With at most top_k pieces in every row, selection keeps them all (SPEC §7.2): the engine then runs the
+    query stage without it, scoring no piece, and gives what no selection gives (fp32, 1e-5); with more pieces in
+    one row of the batch, pieces are scored."""
+    from lm_eval_parallel import attention
+
+    scored = []
+    monkeypatch.setattr(attention, "piece_scores", lambda *a, f=attention.piece_scores: scored.append(1) or f(*a))
+    engine = ParallelEngine(model, "cpu")
+    sel = Selection(top_k=2, aggr=aggr)
+    two = [make_request("sink+sel", seed=s, P=2) for s in (0, 1)]
+    contexts = [engine.encode(lay, 16) for lay, _, _ in two]
+    queries, conts = [q for _, q, _ in two], [c for _, _, c in two]
+    with_sel = (
+        engine.score(contexts, queries, conts, sel),
+        engine.generate(contexts, queries, 4, sel, lambda b, t: False, set()),
+    )
+    assert scored == []
+    without = (
+        engine.score(contexts, queries, conts, None),
+        engine.generate(contexts, queries, 4, None, lambda b, t: False, set()),
+    )
+    for a, b in zip(with_sel[0], without[0]):
+        assert a[0] == pytest.approx(b[0], rel=REL) and a[2].attn_entropy == pytest.approx(b[2].attn_entropy, rel=REL)
+    assert [t for t, _ in with_sel[1]] == [t for t, _ in without[1]]
+    four, _, _ = make_request("sink+sel", seed=2, P=4)
+    engine.score([contexts[0], engine.encode(four, 16)], queries, conts, sel)
+    assert scored
+
+
 @pytest.mark.parametrize("method", ("full", "naive", "sink"))
 def test_sdpa_paths_without_entropy_match_dense_reference(model, method):
     """entropy=false takes the SDPA query path (and the mask-free one-token decode path)."""
