@@ -270,7 +270,9 @@ def run_parallel_hf(args, tasks: list[str], cuda: bool, built_tasks: list) -> di
 
     clock = StageClock(cuda)
     timings: dict[str, float] = {}
-    configurations: list[dict] = []
+    progress = read_progress(args) if args.resume else {}
+    configurations: list[dict] = list(progress.get("configurations", []))  # with --resume: earlier calls' too
+    this_call: list[dict] = []
     original_build, original_evaluate, original_init = sweep.build_tasks, lm_eval.simple_evaluate, ParallelHFLM.__init__
 
     def build_tasks(*a, **k):
@@ -294,15 +296,20 @@ def run_parallel_hf(args, tasks: list[str], cuda: bool, built_tasks: list) -> di
             start = clock.now()
             results = original_evaluate(*a, **k)
             wall = clock.now() - start
-        configurations.append(configuration_record(label, clock, wall, results, cuda))
-        c = configurations[-1]
+        c = configuration_record(label, clock, wall, results, cuda)
+        configurations[:] = [old for old in configurations if (old["P"], old["method"]) != (c["P"], c["method"])]
+        configurations.append(c)
+        this_call.append(c)
         print(f"bench_board: P={c['P']} {c['method']}: {c['requests_per_s']:.2f} requests/s {c['stages']}", flush=True)
         if args.progress:  # what is done so far survives a run that is stopped before its end
-            Path(args.progress).write_text(json.dumps(without_nan({"configurations": configurations}), indent=1))
+            progress.update(configurations=configurations, calls=[*progress.get("calls", [])[:n_calls], timings])
+            write_progress(args, progress)
         return results
 
+    n_calls = len(progress.get("calls", []))
     output = Path(args.work) / "sweep"
-    shutil.rmtree(output, ignore_errors=True)
+    if not args.resume:
+        shutil.rmtree(output, ignore_errors=True)
     model_args = f"pretrained={args.pretrained},dtype={args.dtype}"
     argv = [
         "--model_args",
@@ -338,16 +345,29 @@ def run_parallel_hf(args, tasks: list[str], cuda: bool, built_tasks: list) -> di
     for c in configurations:
         prefill = c["stages"]["prefill_s"]
         c["prefill_speedup_vs_full"] = full["stages"]["prefill_s"] / prefill if full and prefill > 0 else None
-    evaluated = sum(c["wall_s"] for c in configurations)
+    evaluated = sum(c["wall_s"] for c in this_call)
+    timings.setdefault("model_load_s", 0.0)  # a resumed sweep with nothing left to run loads nothing
+    timings.setdefault("task_build_s", 0.0)
     return {
         "sweep_argv": argv,
         **timings,
+        "calls": [*progress.get("calls", [])[:n_calls], timings],
         "total_s": total,
         "startup_and_writing_s": total - timings["model_load_s"] - timings["task_build_s"] - evaluated,
         "configurations": configurations,
         "mean_requests_per_s": sum(c["requests_per_s"] for c in configurations) / len(configurations),
         "notes": clock.notes,
     }
+
+
+def read_progress(args) -> dict:
+    """What earlier calls of a --resume'd benchmark recorded in --progress ({} before the first)."""
+    path = Path(args.progress)
+    return json.loads(path.read_text()) if path.is_file() else {}
+
+
+def write_progress(args, progress: dict) -> None:
+    Path(args.progress).write_text(json.dumps(without_nan(progress), indent=1))
 
 
 def run_hf(args, tasks: list[str], cuda: bool, built_tasks: list) -> dict:
@@ -584,6 +604,11 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--data_dir", default=None, help="the data folder (sets PCE_DATA_DIR; default: the environment's)")
     ap.add_argument("--out", default=str(REPO / "benchmarks" / "results"), help="folder of the JSON file")
     ap.add_argument("--progress", default=None, help="JSON file rewritten after every configuration")
+    ap.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue the sweep in --work and the records in --progress of an earlier call (a grid in parts)",
+    )
     ap.add_argument("--profile", default=None, help="folder: a torch.profiler op table per configuration (slow)")
     ap.add_argument("--work", default=None, help="scratch folder for results files and tiny data (default: a temp dir)")
     return ap
@@ -608,6 +633,8 @@ def resolve_args(args) -> argparse.Namespace:
         args.device = "cuda" if torch.cuda.is_available() else "cpu"
     if args.dtype is None:
         args.dtype = "bfloat16" if args.device.startswith("cuda") else "float32"
+    if args.resume and not (args.work and args.progress):
+        raise SystemExit("bench_board: --resume needs --work and --progress (the folder and file of the earlier call)")
     if args.limit is not None and args.limit <= 0:
         raise SystemExit(f"bench_board: --limit must be positive, got {args.limit:g}")
     return args
@@ -665,7 +692,10 @@ def main(argv: list[str] | None = None) -> int:
     if "parallel_hf" in args.models:
         record["parallel_hf"] = run_parallel_hf(args, tasks, cuda, built_tasks)
     if "hf" in args.models:
-        record["hf"] = run_hf(args, tasks, cuda, built_tasks)
+        done = read_progress(args).get("hf") if args.resume else None
+        record["hf"] = done or run_hf(args, tasks, cuda, built_tasks)
+        if args.progress:
+            write_progress(args, {**read_progress(args), "hf": record["hf"]})
     if "parallel_hf" in record and "hf" in record:
         full = next((c for c in record["parallel_hf"]["configurations"] if c["method"] == "full"), None)
         record["full_vs_hf"] = None if full is None else compare_with_hf(full, record["hf"]["configurations"][0])

@@ -33,13 +33,13 @@ def test_bad_arguments_fail_before_any_work(bench_board, tmp_path):
 def test_tiny_run_records_every_field(bench_board, tmp_path, monkeypatch):
     from lm_eval_parallel.engine import ParallelEngine
 
-    encode = ParallelEngine.__dict__["encode"]
+    encode = ParallelEngine.__dict__["encode_many"]
     monkeypatch.delenv("PCE_DATA_DIR", raising=False)
     monkeypatch.setenv("PCE_CACHE_DIR", os.environ.get("PCE_CACHE_DIR", str(tmp_path / "cache")))  # --tiny sets both
     argv = ["--tiny", "--model", "parallel_hf,hf", "--out", str(tmp_path / "out"), "--work", str(tmp_path / "work")]
     argv += ["--progress", str(tmp_path / "progress.json")]
     assert bench_board.main(argv) == 0
-    assert ParallelEngine.__dict__["encode"] is encode  # the timers are taken off again
+    assert ParallelEngine.__dict__["encode_many"] is encode  # the timers are taken off again
     (path,) = (tmp_path / "out").iterdir()
     assert path.name.startswith("bench_board_tiny_cpu_") and path.suffix == ".json"
     record = json.loads(path.read_text())  # strict JSON: no NaN
@@ -85,3 +85,23 @@ def test_tiny_run_records_every_field(bench_board, tmp_path, monkeypatch):
         ours, theirs = configurations[0]["scores"][task], hf["scores"][task]
         assert math.isclose(ours["perplexity"], theirs["perplexity"], rel_tol=1e-4)
         assert ours["attn_entropy"] > 0 and theirs["attn_entropy"] is None  # hf has no entropy: NaN -> null
+
+
+def test_a_resumed_run_adds_the_rest_of_the_grid_to_the_first_calls_records(bench_board, tmp_path, monkeypatch):
+    """A grid in parts (one device call each): the second call with --resume skips what the first one finished,
+    keeps its records and adds its own; --resume without its folder and file fails before any work."""
+    monkeypatch.delenv("PCE_DATA_DIR", raising=False)
+    monkeypatch.setenv("PCE_CACHE_DIR", os.environ.get("PCE_CACHE_DIR", str(tmp_path / "cache")))
+    with pytest.raises(SystemExit, match="--resume needs --work and --progress"):
+        bench_board.main(["--tiny", "--resume", "--out", str(tmp_path / "out")])
+    common = ["--tiny", "--out", str(tmp_path / "out"), "--work", str(tmp_path / "work")]
+    common += ["--progress", str(tmp_path / "progress.json")]
+    assert bench_board.main([*common, "--methods", "full"]) == 0
+    first = json.loads((tmp_path / "progress.json").read_text())["configurations"]
+    assert [(c["P"], c["method"]) for c in first] == [(1, "full")]
+    assert bench_board.main([*common, "--methods", "full,naive", "--resume"]) == 0
+    (path,) = (tmp_path / "out").iterdir()  # the second call's file (same date) holds both parts
+    sweep = json.loads(path.read_text())["parallel_hf"]
+    assert [(c["P"], c["method"]) for c in sweep["configurations"]] == [(1, "full"), (2, "naive")]
+    assert sweep["configurations"][0]["wall_s"] == first[0]["wall_s"]  # not run again
+    assert len(sweep["calls"]) == 2
