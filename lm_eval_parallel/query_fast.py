@@ -157,6 +157,29 @@ def fast_query_attention(
     return grouped_query_attention(q, k, v, plan, masks, scaling)
 
 
+def decode_attention(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, plan: QueryPlan, masks: QueryMasks, scaling: float
+) -> LayerResult:
+    """One row per request over every key, no selection: out = softmax(s) v and, with stats, its entropy
+    H = lse - scaling * <q, sum_k p_k k_k> from a second call with the keys as values (module docstring).
+
+    q [B, H, 1, D]; k, v [B, Hkv, K, D]. Static shapes and no host sync: a static decode step's graph holds it.
+    """
+    b, h, n_q, d = q.shape
+    hkv = k.shape[1]
+    qg = q.reshape(b, hkv, (h // hkv) * n_q, d)  # [B, Hkv, G, D]
+    bias = torch.zeros(masks.visible.shape, dtype=torch.float32, device=q.device)  # [B, 1, K]
+    bias = bias.masked_fill(~masks.visible, torch.finfo(torch.float32).min)[:, None]  # [B, 1, 1, K]
+    out, lse = attend_with_lse(qg, k, v, bias, scaling)  # [B, Hkv, G, D], [B, Hkv, G]
+    stats = None
+    if plan.want_stats:
+        c = attend_with_lse(qg, k, k, bias, scaling)[0]  # [B, Hkv, G, D]: sum_k p_k k_k
+        entropy = lse - scaling * (qg.float() * c.float()).sum(-1)  # [B, Hkv, G]
+        entropy = entropy.reshape(b, h, n_q) * masks.q_valid[:, None].float()  # a finished row adds nothing
+        stats = LayerStats(entropy.sum((1, 2)), masks.n_valid_rows * h)
+    return LayerResult(out.reshape(b, h, n_q, d).transpose(1, 2), stats, None)
+
+
 def small_query_attention(
     q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, plan: QueryPlan, masks: QueryMasks, scaling: float
 ) -> LayerResult:

@@ -174,3 +174,57 @@ def test_the_tail_stop_check_finds_stops_at_the_step_a_whole_decode_does(tiny_ll
         assert first_tail == first_whole, (tokens, stops)
         checked += 1
     assert checked == 200 and not stop_in_tail(tok, [5, 6], []) and not stop_in_tail(tok, [5, 6], [""])
+
+
+@pytest.mark.parametrize(
+    "family,args",
+    [
+        ("llama", dict(method="naive", P=3)),
+        ("llama", dict(method="full", P=1)),
+        ("llama", dict(method="sink", P=3, entropy=False)),
+        ("llama", dict(method="naive", P=3, entropy_pool="calls")),
+        ("qwen2", dict(method="naive", P=3)),
+        ("phi3", dict(method="sink", P=3)),
+        ("gemma3", dict(method="naive", P=3)),
+    ],
+)
+def test_decode_steps_through_log_sum_exp_equal_the_eager_ones(tiny_dirs, family, args, monkeypatch):
+    """attention.LSE_DECODE_DEVICES (decode steps as two efficient-attention calls with their log-sum-exp),
+    forced on the CPU: the same generations and entropies (fp32, 1e-5) as the eager steps, static and dynamic;
+    a selection still takes the eager path."""
+    from lm_eval_parallel import attention, query_fast
+    from lm_eval_parallel.model import ParallelHFLM
+
+    lm = ParallelHFLM(pretrained=tiny_dirs[family], batch_size=3, **args, **KW)
+    eager = {mode: generate(lm, mode) for mode in ("static", "dynamic")}
+    calls = []
+    monkeypatch.setattr(attention, "LSE_DECODE_DEVICES", frozenset({"cpu"}))
+    monkeypatch.setattr(
+        query_fast, "decode_attention", lambda *a, f=query_fast.decode_attention: calls.append(1) or f(*a)
+    )
+    for mode in ("static", "dynamic"):
+        assert_same(generate(lm, mode), eager[mode])
+    assert calls
+    calls.clear()
+    sel = ParallelHFLM(pretrained=tiny_dirs[family], method="sink+sel", P=4, top_k=2, batch_size=3, **KW)
+    generate(sel, "static")
+    assert not calls
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("args", [dict(method="naive", P=3), dict(method="full", P=1, entropy=False)])
+def test_cuda_graph_decode_through_log_sum_exp_equals_eager(tiny_llama_dir, args, monkeypatch):
+    """LSE_DECODE_DEVICES={"cuda"}: graph-replayed decode steps through CUDA's efficient attention give the
+    eager steps' generations and entropies (fp32: 1e-4, the kernel's own reduction order)."""
+    from lm_eval_parallel import attention
+    from lm_eval_parallel.model import ParallelHFLM
+
+    lm = ParallelHFLM(pretrained=tiny_llama_dir, batch_size=3, dtype="float32", device="cuda", **args)
+    torch.backends.cuda.matmul.allow_tf32 = False
+    eager = generate(lm, "graph")
+    monkeypatch.setattr(attention, "LSE_DECODE_DEVICES", frozenset({"cuda"}))
+    got = generate(lm, "graph")
+    assert lm.decoders == ["StaticDecoder"]
+    assert [str(g) for g in got] == [str(e) for e in eager]
+    for g, e in zip(got, eager):
+        assert g.attn_entropy == pytest.approx(e.attn_entropy, rel=1e-4, nan_ok=True)
