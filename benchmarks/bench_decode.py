@@ -40,7 +40,7 @@ LEVERS = {
     "kept_probs": "with a selection, pass 1's probabilities kept for pass 3 (attention.KEPT_CHUNKS)",
     "pack_prefill": "the piece rows of a batch's contexts share prefill forwards (engine.pack_prefill)",
     # off by default, so "off" below means switched on: its ratio reads the other way round
-    "lse_decode": "decode steps through efficient attention + log-sum-exp (attention.LSE_DECODE_DEVICES)",
+    "lse": "entropy-only query rows and decode steps through efficient attention + log-sum-exp (attention.LSE_DEVICES)",
 }
 LEVER_CONFIGS = {"sink+sel": dict(P=16, method="sink+sel"), "naive64": dict(P=64, method="naive")}
 
@@ -57,7 +57,7 @@ def lever_off(lm, name: str):
         "cuda_chunk": (attention, "CUDA_CHUNK_BYTES", attention.CHUNK_BYTES),
         "kept_probs": (attention, "KEPT_CHUNKS", {"cuda": 0, "cpu": 0}),  # a single chunk only
         "pack_prefill": (lm.engine, "pack_prefill", False),
-        "lse_decode": (attention, "LSE_DECODE_DEVICES", frozenset({"cuda"})),
+        "lse": (attention, "LSE_DEVICES", frozenset({"cuda"})),
     }
     if name not in off:
         raise ValueError(f"lever {name!r} is not one of {', '.join(LEVERS)}")

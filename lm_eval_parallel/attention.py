@@ -51,11 +51,11 @@ QUERY_IMPLS = ("auto", "eager", "fast")
 # it is faster at 32K-128K (benchmarks/RESULTS.md §6) but not yet measured at the board's shapes (8K, batches of
 # 64 left-padded rows, up to 64 pieces a row), so it runs only when asked for.
 QUERY_IMPL = os.environ.get("LM_EVAL_PARALLEL_QUERY_IMPL", "auto")
-# Decode steps (one row per request) whose probabilities only feed the entropy (no selection, rule, softcap or
-# analysis) on these device types go through two efficient-attention calls with their log-sum-exp
-# (query_fast.decode_attention) instead of the grouped fp32 products. Off until measured: the H200 decode
-# profile showed those products reading the keys at a tenth of the memory bandwidth (benchmarks/RESULTS.md §4a).
-LSE_DECODE_DEVICES: frozenset[str] = frozenset()
+# Query rows whose probabilities only feed the entropy (no selection, rule, softcap or analysis), and decode steps
+# without entropy, on these device types go through efficient-attention calls with their log-sum-exp
+# (query_fast.entropy_only_attention) instead of fp32 probabilities. Off until measured: the H200 decode profile
+# showed the grouped products reading the keys at a tenth of the memory bandwidth (benchmarks/RESULTS.md §4a).
+LSE_DEVICES: frozenset[str] = frozenset()
 
 
 # ---------------------------------------------------------------------------------------------- encode stage
@@ -449,10 +449,11 @@ def _query_attention(q, k, v, forward: _QueryForward, scaling: float, softcap: f
     # plans an execution graph per key count (milliseconds of host time every step); without cuDNN it is the math
     # kernel, which copies the kv heads. Two grouped products over the keys do neither.
     cuda_decode = q.is_cuda and q.shape[2] == 1
-    if q.shape[2] == 1 and q.device.type in LSE_DECODE_DEVICES and _entropy_only(plan, softcap):
-        from .query_fast import decode_attention
+    lse_path = q.device.type in LSE_DEVICES and (plan.want_stats or q.shape[2] == 1)
+    if lse_path and _entropy_only(plan, softcap):
+        from .query_fast import entropy_only_attention
 
-        return decode_attention(q, k, v, plan, forward.masks_on(q.device, k.shape[2]), scaling)
+        return entropy_only_attention(q, k, v, plan, forward.masks_on(q.device, k.shape[2]), scaling)
     if plan.needs_probs or softcap is not None or plan.eager_only or cuda_decode:
         if plan.needs_probs and uses_fast_path(q, plan, softcap):
             from .query_fast import fast_query_attention, is_small

@@ -188,22 +188,27 @@ def test_the_tail_stop_check_finds_stops_at_the_step_a_whole_decode_does(tiny_ll
         ("gemma3", dict(method="naive", P=3)),
     ],
 )
-def test_decode_steps_through_log_sum_exp_equal_the_eager_ones(tiny_dirs, family, args, monkeypatch):
-    """attention.LSE_DECODE_DEVICES (decode steps as two efficient-attention calls with their log-sum-exp),
-    forced on the CPU: the same generations and entropies (fp32, 1e-5) as the eager steps, static and dynamic;
-    a selection still takes the eager path."""
+def test_query_rows_through_log_sum_exp_equal_the_eager_ones(tiny_dirs, family, args, monkeypatch):
+    """attention.LSE_DEVICES (entropy-only query rows and decode steps as efficient-attention calls with their
+    log-sum-exp), forced on the CPU: the same generations, loglikelihoods and entropies (fp32, 1e-5) as the eager
+    path, with static and dynamic decode steps; a selection still takes the eager path."""
     from lm_eval_parallel import attention, query_fast
     from lm_eval_parallel.model import ParallelHFLM
 
     lm = ParallelHFLM(pretrained=tiny_dirs[family], batch_size=3, **args, **KW)
+    ll = [Instance("loglikelihood", {}, (c, " the code word is w2 and more"), i) for i, c in enumerate(CONTEXTS)]
     eager = {mode: generate(lm, mode) for mode in ("static", "dynamic")}
+    eager_ll = lm.loglikelihood(ll)
     calls = []
-    monkeypatch.setattr(attention, "LSE_DECODE_DEVICES", frozenset({"cpu"}))
+    monkeypatch.setattr(attention, "LSE_DEVICES", frozenset({"cpu"}))
     monkeypatch.setattr(
-        query_fast, "decode_attention", lambda *a, f=query_fast.decode_attention: calls.append(1) or f(*a)
+        query_fast, "entropy_only_attention", lambda *a, f=query_fast.entropy_only_attention: calls.append(1) or f(*a)
     )
     for mode in ("static", "dynamic"):
         assert_same(generate(lm, mode), eager[mode])
+    for got, want in zip(lm.loglikelihood(ll), eager_ll):
+        assert got[0] == pytest.approx(want[0], rel=1e-5) and got[1] == want[1]
+        assert got.attn_entropy == pytest.approx(want.attn_entropy, rel=1e-5, nan_ok=True)
     assert calls
     calls.clear()
     sel = ParallelHFLM(pretrained=tiny_dirs[family], method="sink+sel", P=4, top_k=2, batch_size=3, **KW)
@@ -211,18 +216,33 @@ def test_decode_steps_through_log_sum_exp_equal_the_eager_ones(tiny_dirs, family
     assert not calls
 
 
+def test_log_sum_exp_query_rows_in_chunks_of_one_row_change_nothing(tiny_llama_dir, monkeypatch):
+    """entropy_only_attention with a chunk budget of one row: the loglikelihoods and entropies of whole calls."""
+    from lm_eval_parallel import attention, query_fast
+    from lm_eval_parallel.model import ParallelHFLM
+
+    lm = ParallelHFLM(pretrained=tiny_llama_dir, method="naive", P=3, batch_size=3, **KW)
+    ll = [Instance("loglikelihood", {}, (c, " the code word is w2 and more"), i) for i, c in enumerate(CONTEXTS)]
+    monkeypatch.setattr(attention, "LSE_DEVICES", frozenset({"cpu"}))
+    whole = lm.loglikelihood(ll)
+    monkeypatch.setattr(query_fast, "CHUNK_BYTES", 1)
+    for got, want in zip(lm.loglikelihood(ll), whole):
+        assert got[0] == pytest.approx(want[0], rel=1e-5)
+        assert got.attn_entropy == pytest.approx(want.attn_entropy, rel=1e-5)
+
+
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 @pytest.mark.parametrize("args", [dict(method="naive", P=3), dict(method="full", P=1, entropy=False)])
 def test_cuda_graph_decode_through_log_sum_exp_equals_eager(tiny_llama_dir, args, monkeypatch):
-    """LSE_DECODE_DEVICES={"cuda"}: graph-replayed decode steps through CUDA's efficient attention give the
-    eager steps' generations and entropies (fp32: 1e-4, the kernel's own reduction order)."""
+    """LSE_DEVICES={"cuda"}: the query forward and graph-replayed decode steps through CUDA's efficient attention
+    give the eager path's generations and entropies (fp32: 1e-4, the kernel's own reduction order)."""
     from lm_eval_parallel import attention
     from lm_eval_parallel.model import ParallelHFLM
 
     lm = ParallelHFLM(pretrained=tiny_llama_dir, batch_size=3, dtype="float32", device="cuda", **args)
     torch.backends.cuda.matmul.allow_tf32 = False
     eager = generate(lm, "graph")
-    monkeypatch.setattr(attention, "LSE_DECODE_DEVICES", frozenset({"cuda"}))
+    monkeypatch.setattr(attention, "LSE_DEVICES", frozenset({"cuda"}))
     got = generate(lm, "graph")
     assert lm.decoders == ["StaticDecoder"]
     assert [str(g) for g in got] == [str(e) for e in eager]
