@@ -609,6 +609,10 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="continue the sweep in --work and the records in --progress of an earlier call (a grid in parts)",
     )
+    ap.add_argument("--query_impl", default=None, help="attention.QUERY_IMPL for the run: auto, eager or fast")
+    ap.add_argument(
+        "--lse_devices", default=None, help="attention.LSE_DEVICES for the run, comma-separated device types (cuda)"
+    )
     ap.add_argument("--profile", default=None, help="folder: a torch.profiler op table per configuration (slow)")
     ap.add_argument("--work", default=None, help="scratch folder for results files and tiny data (default: a temp dir)")
     return ap
@@ -633,6 +637,10 @@ def resolve_args(args) -> argparse.Namespace:
         args.device = "cuda" if torch.cuda.is_available() else "cpu"
     if args.dtype is None:
         args.dtype = "bfloat16" if args.device.startswith("cuda") else "float32"
+    from lm_eval_parallel import attention
+
+    if args.query_impl is not None and args.query_impl not in attention.QUERY_IMPLS:
+        raise SystemExit(f"bench_board: --query_impl {args.query_impl!r}; allowed: {', '.join(attention.QUERY_IMPLS)}")
     if args.resume and not (args.work and args.progress):
         raise SystemExit("bench_board: --resume needs --work and --progress (the folder and file of the earlier call)")
     if args.limit is not None and args.limit <= 0:
@@ -661,7 +669,13 @@ def main(argv: list[str] | None = None) -> int:
     import torch
     import transformers
 
+    from lm_eval_parallel import attention
+
     cuda = args.device.startswith("cuda")
+    if args.query_impl is not None:
+        attention.QUERY_IMPL = args.query_impl
+    if args.lse_devices is not None:
+        attention.LSE_DEVICES = frozenset(d for d in args.lse_devices.split(",") if d)
     record = {
         "benchmark": "bench_board",
         "command": "python benchmarks/bench_board.py " + shlex.join(argv),
@@ -684,6 +698,8 @@ def main(argv: list[str] | None = None) -> int:
             "gen_kwargs": args.gen_kwargs,
             "device": args.device,
             "tiny": args.tiny,
+            "query_impl": attention.QUERY_IMPL,
+            "lse_devices": sorted(attention.LSE_DEVICES),
             "data_dir": os.environ.get("PCE_DATA_DIR"),
             "tasks": tasks,
         },

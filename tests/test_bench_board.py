@@ -27,6 +27,8 @@ def test_bad_arguments_fail_before_any_work(bench_board, tmp_path):
         bench_board.main(["--length", "3k", "--out", str(tmp_path)])
     with pytest.raises(SystemExit, match=r"unknown --model 'vllm'; allowed: parallel_hf, hf"):
         bench_board.main(["--model", "parallel_hf,vllm", "--out", str(tmp_path)])
+    with pytest.raises(SystemExit, match=r"--query_impl 'quick'; allowed: auto, eager, fast"):
+        bench_board.main(["--query_impl", "quick", "--out", str(tmp_path)])
     assert list(tmp_path.iterdir()) == []
 
 
