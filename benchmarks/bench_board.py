@@ -708,10 +708,10 @@ def main(argv: list[str] | None = None) -> int:
     if "parallel_hf" in args.models:
         record["parallel_hf"] = run_parallel_hf(args, tasks, cuda, built_tasks)
     if "hf" in args.models:
-        done = read_progress(args).get("hf") if args.resume else None
-        record["hf"] = done or run_hf(args, tasks, cuda, built_tasks)
+        progress = read_progress(args) if args.progress else {}  # with the sweep's records of this call
+        record["hf"] = (progress.get("hf") if args.resume else None) or run_hf(args, tasks, cuda, built_tasks)
         if args.progress:
-            write_progress(args, {**read_progress(args), "hf": record["hf"]})
+            write_progress(args, {**progress, "hf": record["hf"]})
     if "parallel_hf" in record and "hf" in record:
         full = next((c for c in record["parallel_hf"]["configurations"] if c["method"] == "full"), None)
         record["full_vs_hf"] = None if full is None else compare_with_hf(full, record["hf"]["configurations"][0])

@@ -151,6 +151,19 @@ class QueryMasks:
     q_valid: torch.Tensor  # [B, Q] bool
     n_valid_rows: torch.Tensor  # [B] float: real query rows of each request
     groups: KeyGroups | None = None  # pieces and the other keys, for query_fast's grouped path
+    _biases: dict = field(default_factory=dict, repr=False, compare=False)  # row_bias, once per forward
+
+    def row_bias(self, r0: int, r1: int, rep: int) -> torch.Tensor:
+        """fp32 [B, 1, rep * r, K]: 0 where query row r0 + t sees the key, finfo.min elsewhere, for rows (head,
+        t) of the ``rep`` query heads of a kv head; built at a forward's first layer and read by the others."""
+        key = (r0, r1, rep)
+        if key not in self._biases:
+            visible = self.visible[:, r0:r1]  # [B, r, K]
+            b, r, n_k = visible.shape
+            bias = torch.zeros(visible.shape, dtype=torch.float32, device=visible.device)
+            bias = bias.masked_fill(~visible, torch.finfo(torch.float32).min)  # [B, r, K]
+            self._biases[key] = bias[:, None, None].expand(b, 1, rep, r, n_k).reshape(b, 1, rep * r, n_k)
+        return self._biases[key]
 
 
 def build_query_masks(plan: QueryPlan, device, n_k: int, groups: bool = False) -> QueryMasks:

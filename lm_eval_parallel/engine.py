@@ -84,6 +84,11 @@ class _Pending:
     longest: int
     prefix_written: bool = False
 
+    @property
+    def inline(self) -> bool:
+        """The shared prefix is short enough to be recomputed at the head of every piece row."""
+        return len(self.layout.prefix) * INLINE_PREFIX_RATIO <= self.longest
+
 
 @dataclass
 class EncodedContext:
@@ -311,7 +316,7 @@ class ParallelEngine:
         s = len(prefix)
         rows = [(len(it.layout.pieces[i]), c, i) for c, it in enumerate(items) for i in it.nonempty]
         rows.sort(key=lambda row: -row[0])  # stable: a context's pieces stay in order among equal lengths
-        inline = s * INLINE_PREFIX_RATIO <= rows[0][0]
+        inline = items[0].inline
         if not inline and len(items) > 1:
             raise ValueError("_encode_pieces: a long shared prefix is encoded for one context at a time")
         prefix_kv = None if inline else self._store_prefix(prefix, items[0].store)
@@ -395,7 +400,7 @@ class ParallelEngine:
             if not item.nonempty:  # no piece: the prefix alone is the context
                 if layout.prefix:
                     self._store_prefix(layout.prefix, item.store)
-            elif not self.pack_prefill or oracle_keys or len(layout.prefix) * INLINE_PREFIX_RATIO > item.longest:
+            elif not (self.pack_prefill and item.inline) or oracle_keys:
                 self._encode_pieces([item])  # a long prefix (encoded once, prepended) or a second pass: alone
             else:
                 packs.setdefault(layout.prefix, []).append(item)

@@ -56,12 +56,6 @@ def flat_rows(x: torch.Tensor) -> torch.Tensor:
     return x.transpose(0, 1).reshape(hkv, n * t, d)
 
 
-def row_scatter(runs: list[RowRun], width: int, device) -> RowScatter:
-    """The :class:`RowScatter` that copies what ``runs`` copy, for forward rows of ``width`` tokens."""
-    src, dest = torch.from_numpy(scatter_indices(runs, width)).to(device)
-    return RowScatter(src, dest)
-
-
 class KeyLayout(NamedTuple):
     """What the query stage reads about every key of the store, on one device."""
 

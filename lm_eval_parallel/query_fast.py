@@ -164,8 +164,8 @@ def entropy_only_attention(
     H = lse - scaling * <q, sum_k p_k k_k> from a second call with the keys as values (module docstring).
 
     q [B, H, Q, D]; k, v [B, Hkv, K, D]. The query heads of a kv head are rows of one call, with the mask of their
-    query row as an additive bias; rows go in chunks that keep the bias within CHUNK_BYTES. Static shapes and no
-    host sync: a static decode step's graph holds it.
+    query row as an additive bias (``QueryMasks.row_bias``, built once per forward); rows go in chunks that keep the
+    bias within CHUNK_BYTES. Static shapes and no host sync: a static decode step's graph holds it.
     """
     b, h, n_q, d = q.shape
     hkv, n_k = k.shape[1], k.shape[2]
@@ -176,10 +176,7 @@ def entropy_only_attention(
         t1 = min(n_q, t0 + step)
         r = t1 - t0
         qg = q[:, :, t0:t1].reshape(b, hkv, rep * r, d)  # [B, Hkv, G*r, D]: rows (head of the group, query row)
-        visible = masks.visible[:, t0:t1]  # [B, r, K]
-        bias = torch.zeros(visible.shape, dtype=torch.float32, device=q.device)
-        bias = bias.masked_fill(~visible, torch.finfo(torch.float32).min)  # [B, r, K]
-        bias = bias[:, None, None].expand(b, 1, rep, r, n_k).reshape(b, 1, rep * r, n_k)  # [B, 1, G*r, K]
+        bias = masks.row_bias(t0, t1, rep)  # [B, 1, G*r, K]
         out, lse = attend_with_lse(qg, k, v, bias, scaling)  # [B, Hkv, G*r, D], [B, Hkv, G*r]
         outs.append(out.reshape(b, h, r, d))
         if plan.want_stats:

@@ -68,7 +68,7 @@ def test_row_runs_merge_back_to_back_rows_and_put_run_copies_them():
 
 def test_row_scatter_copies_exactly_what_the_runs_copy():
     from lm_eval_parallel.engine import _row_runs
-    from lm_eval_parallel.kvstore import RowRun, flat_rows, row_scatter
+    from lm_eval_parallel.kvstore import RowRun, RowScatter, flat_rows, scatter_indices
 
     lengths, offsets = [3, 3, 2, 1, 3], [2, 5, 8, 11, 13]
     runs = _row_runs(lengths, offsets, src_start=2) + [RowRun(0, 1, 0, 2, 0)]  # and a 2-token prefix from row 0
@@ -77,7 +77,8 @@ def test_row_scatter_copies_exactly_what_the_runs_copy():
     by_runs, by_scatter = _store([[True] * 17], 17), _store([[True] * 17], 17)
     for run in runs:
         by_runs.put_run(1, run, k, v)
-    by_scatter.put_scatter(1, row_scatter(runs, 5, "cpu"), flat_rows(k), flat_rows(v))
+    scatter = RowScatter(*torch.from_numpy(scatter_indices(runs, 5)))
+    by_scatter.put_scatter(1, scatter, flat_rows(k), flat_rows(v))
     assert torch.equal(by_scatter.k[1], by_runs.k[1]) and torch.equal(by_scatter.v[1], by_runs.v[1])
     assert torch.equal(by_scatter.k[1][0, :, 8:10], k[2, :, 2:4]) and (by_scatter.k[1][0, :, 16] == 0).all()
 
