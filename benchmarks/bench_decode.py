@@ -41,8 +41,13 @@ LEVERS = {
     "pack_prefill": "the piece rows of a batch's contexts share prefill forwards (engine.pack_prefill)",
     # off by default, so "off" below means switched on: its ratio reads the other way round
     "lse": "entropy-only query rows and decode steps through efficient attention + log-sum-exp (attention.LSE_DEVICES)",
+    "fast_query": "query rows with probabilities through query_fast (attention.QUERY_IMPL=fast; no decode graphs)",
 }
-LEVER_CONFIGS = {"sink+sel": dict(P=16, method="sink+sel"), "naive64": dict(P=64, method="naive")}
+LEVER_CONFIGS = {
+    "sink+sel": dict(P=16, method="sink+sel"),
+    "naive16": dict(P=16, method="naive"),
+    "naive64": dict(P=64, method="naive"),
+}
 
 
 def lever_off(lm, name: str):
@@ -58,6 +63,7 @@ def lever_off(lm, name: str):
         "kept_probs": (attention, "KEPT_CHUNKS", {"cuda": 0, "cpu": 0}),  # a single chunk only
         "pack_prefill": (lm.engine, "pack_prefill", False),
         "lse": (attention, "LSE_DEVICES", frozenset({"cuda"})),
+        "fast_query": (attention, "QUERY_IMPL", "fast"),
     }
     if name not in off:
         raise ValueError(f"lever {name!r} is not one of {', '.join(LEVERS)}")

@@ -21,14 +21,18 @@ DECODE_MODES = ("auto", "dynamic", "static", "graph")
 GRAPH_MIN_STEPS = 4  # a capture costs about one eager step; fewer steps than this are not worth it
 
 
-def static_decode_applies(engine, selection: Selection | None) -> bool:
-    """Whether a static step computes what a dynamic one does: not for LHT (its two passes pick pieces on the
-    host side of the forward), analysis (per-head key norms read the context length from the key count) or the
-    grouped fast path (it splits keys on the host)."""
+def static_decode_applies(engine, selection: Selection | None, batch: int = 1, keys: int = 0) -> bool:
+    """Whether a static step of ``batch`` rows over ``keys`` store slots computes what a dynamic one does: not for
+    LHT (its two passes pick pieces on the host side of the forward), analysis (per-head key norms read the
+    context length from the key count) or the grouped fast path (it splits keys on the host; a step small enough
+    for ``query_fast.small_query_attention`` has no host work and keeps its static shapes)."""
     from . import attention
+    from .query_fast import small_shape
 
     lht = selection is not None and selection.aggr == "LHT"
-    return not (lht or engine.analysis or attention.QUERY_IMPL == "fast")
+    heads = engine.model.config.get_text_config().num_attention_heads
+    grouped = attention.QUERY_IMPL == "fast" and not small_shape(batch, heads, 1, keys)
+    return not (lht or engine.analysis or grouped)
 
 
 def single_cuda_device(model) -> bool:

@@ -559,7 +559,7 @@ class ParallelEngine:
     def _decoder(self, store: KVStore, batch: int, selection: Selection | None, max_new_tokens: int):
         """The decode step of one batch (``decode.py``): ``auto`` replays CUDA graphs on one CUDA device where a
         static step applies and the batch decodes enough tokens, and runs dynamic steps everywhere else."""
-        mode = self.decode if static_decode_applies(self, selection) else "dynamic"
+        mode = self.decode if static_decode_applies(self, selection, batch, store.capacity) else "dynamic"
         if mode == "auto":
             graphs = self.cuda_graphs and max_new_tokens > GRAPH_MIN_STEPS and single_cuda_device(self.model)
             mode = "graph" if graphs else "dynamic"

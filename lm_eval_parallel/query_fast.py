@@ -48,7 +48,12 @@ SPLIT_KEYS = 4096  # keys per split of the probabilities x values product of few
 def is_small(q: torch.Tensor, k: torch.Tensor) -> bool:
     """Whether the query rows q [B, H, Q, D] over the keys k [B, Hkv, K, D] go through small_query_attention."""
     b, h, n_q, _ = q.shape
-    return n_q <= SMALL_QUERY_ROWS and b * h * n_q * k.shape[2] * 4 <= SMALL_QUERY_BYTES
+    return small_shape(b, h, n_q, k.shape[2])
+
+
+def small_shape(batch: int, heads: int, rows: int, keys: int) -> bool:
+    """:func:`is_small` from the sizes alone: ``rows`` query rows of ``heads`` heads over ``keys`` keys."""
+    return rows <= SMALL_QUERY_ROWS and batch * heads * rows * keys * 4 <= SMALL_QUERY_BYTES
 
 
 def attend_with_lse(

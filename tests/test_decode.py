@@ -127,6 +127,25 @@ def test_lht_and_analysis_keep_dynamic_steps(tiny_llama_dir, tmp_path):
     assert_same(static, generate(lht, "dynamic"))
 
 
+@pytest.mark.parametrize("args", [dict(method="sink+sel", P=4, top_k=2), dict(method="naive", P=3)])
+def test_fast_query_keeps_static_steps_that_are_small(tiny_llama_dir, args, monkeypatch):
+    """Under QUERY_IMPL=fast a decode step small enough for small_query_attention stays static (it has no host
+    work) and gives what an eager dynamic step gives; a larger one goes dynamic (the grouped path splits on the
+    host)."""
+    from lm_eval_parallel import attention, query_fast
+    from lm_eval_parallel.model import ParallelHFLM
+
+    lm = ParallelHFLM(pretrained=tiny_llama_dir, batch_size=3, **args, **KW)
+    eager = generate(lm, "dynamic")
+    monkeypatch.setattr(attention, "QUERY_IMPL", "fast")
+    static = generate(lm, "static")
+    assert lm.decoders == ["StaticDecoder"]
+    assert_same(static, eager)
+    monkeypatch.setattr(query_fast, "SMALL_QUERY_BYTES", 0)
+    generate(lm, "static")
+    assert lm.decoders == ["function"]
+
+
 def test_unknown_decode_mode_is_refused(tiny_llama_dir):
     from lm_eval_parallel.engine import ParallelEngine
     from lm_eval_parallel.model import ParallelHFLM
