@@ -195,7 +195,7 @@ def peak_memory(cuda: bool, reset: bool = False) -> int | None:
 @contextlib.contextmanager
 def profiled(folder: str | None, name: str, cuda: bool):
     """With --profile: a torch.profiler run of the block, its op tables (by GPU time and by host time, the
-    stage ranges `bench_board:*` among them) written to ``folder/<name>.txt``. Profiling slows the run: its
+    stage ranges `bench_board:*` among them) written to ``folder/<name>.txt`` (``sink+sel`` as ``sink_sel``). Profiling slows the run: its
     requests/s are not the benchmark's."""
     if not folder:
         yield
@@ -292,7 +292,7 @@ def run_parallel_hf(args, tasks: list[str], cuda: bool, built_tasks: list) -> di
         clock.reset()
         peak_memory(cuda, reset=True)
         label = {"model": "parallel_hf", "P": int(model_args["P"]), "method": model_args["method"]}
-        with profiled(args.profile, f"P{label['P']}_{label['method']}", cuda):
+        with profiled(args.profile, f"P{label['P']}_{label['method'].replace('+', '_')}", cuda):
             start = clock.now()
             results = original_evaluate(*a, **k)
             wall = clock.now() - start
@@ -610,9 +610,6 @@ def build_parser() -> argparse.ArgumentParser:
         help="continue the sweep in --work and the records in --progress of an earlier call (a grid in parts)",
     )
     ap.add_argument("--query_impl", default=None, help="attention.QUERY_IMPL for the run: auto, eager or fast")
-    ap.add_argument(
-        "--lse_devices", default=None, help="attention.LSE_DEVICES for the run, comma-separated device types (cuda)"
-    )
     ap.add_argument("--profile", default=None, help="folder: a torch.profiler op table per configuration (slow)")
     ap.add_argument("--work", default=None, help="scratch folder for results files and tiny data (default: a temp dir)")
     return ap
@@ -674,8 +671,6 @@ def main(argv: list[str] | None = None) -> int:
     cuda = args.device.startswith("cuda")
     if args.query_impl is not None:
         attention.QUERY_IMPL = args.query_impl
-    if args.lse_devices is not None:
-        attention.LSE_DEVICES = frozenset(d for d in args.lse_devices.split(",") if d)
     record = {
         "benchmark": "bench_board",
         "command": "python benchmarks/bench_board.py " + shlex.join(argv),
@@ -699,7 +694,6 @@ def main(argv: list[str] | None = None) -> int:
             "device": args.device,
             "tiny": args.tiny,
             "query_impl": attention.QUERY_IMPL,
-            "lse_devices": sorted(attention.LSE_DEVICES),
             "data_dir": os.environ.get("PCE_DATA_DIR"),
             "tasks": tasks,
         },

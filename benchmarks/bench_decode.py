@@ -39,9 +39,8 @@ LEVERS = {
     "cuda_chunk": "1 GiB row chunks of the eager query stage on CUDA",
     "kept_probs": "with a selection, pass 1's probabilities kept for pass 3 (attention.KEPT_CHUNKS)",
     "pack_prefill": "the piece rows of a batch's contexts share prefill forwards (engine.pack_prefill)",
-    # off by default, so "off" below means switched on: its ratio reads the other way round
-    "lse": "entropy-only query rows and decode steps through efficient attention + log-sum-exp (attention.LSE_DEVICES)",
-    "fast_query": "query rows with probabilities through query_fast (attention.QUERY_IMPL=fast; no decode graphs)",
+    "slab": "the packed contexts' stores share one allocation, one scatter a forward (engine.slab_prefill)",
+    "fast_query": "query rows with probabilities through query_fast on CUDA (attention.QUERY_IMPL auto, not eager)",
 }
 LEVER_CONFIGS = {
     "sink+sel": dict(P=16, method="sink+sel"),
@@ -51,8 +50,7 @@ LEVER_CONFIGS = {
 
 
 def lever_off(lm, name: str):
-    """A context in which the model runs with lever ``name`` flipped from its default (the attribute it reads
-    patched): switched off, or on for a lever that is off by default."""
+    """A context in which the model runs with lever ``name`` switched off (the attribute it reads patched)."""
     from lm_eval_parallel import attention, engine
 
     off = {
@@ -62,8 +60,8 @@ def lever_off(lm, name: str):
         "cuda_chunk": (attention, "CUDA_CHUNK_BYTES", attention.CHUNK_BYTES),
         "kept_probs": (attention, "KEPT_CHUNKS", {"cuda": 0, "cpu": 0}),  # a single chunk only
         "pack_prefill": (lm.engine, "pack_prefill", False),
-        "lse": (attention, "LSE_DEVICES", frozenset({"cuda"})),
-        "fast_query": (attention, "QUERY_IMPL", "fast"),
+        "slab": (lm.engine, "slab_prefill", False),
+        "fast_query": (attention, "QUERY_IMPL", "eager"),
     }
     if name not in off:
         raise ValueError(f"lever {name!r} is not one of {', '.join(LEVERS)}")

@@ -9,8 +9,7 @@ tokens without it) cut to the cell's length L (prompt + continuation tokens):
 
 Configurations (P=16): ``full`` (entropy off), ``naive`` entropy off / on, ``sink+sel`` entropy on; the
 configurations that need probabilities run under each query implementation of ``--impls`` (``fast``: the grouped
-path of ``query_fast``, ``eager``: the fp32 reference, ``lse``: eager with ``attention.LSE_DEVICES`` on, i.e.
-entropy-only rows through efficient attention + log-sum-exp). Each cell: one warm-up call, then the median of
+path of ``query_fast``, ``eager``: the fp32 reference). Each cell: one warm-up call, then the median of
 ``--repeats`` timed calls, with the peak memory of the last one. Ratios (hf time / time) come from one process.
 
     python benchmarks/bench_query.py --text_dir shared/data/essays --out benchmarks/results/bench_query_h200.json
@@ -96,7 +95,7 @@ def main(argv=None) -> int:
     ap.add_argument("--gen_tokens", type=int, default=32)
     ap.add_argument("--ll_tokens", type=int, default=1024)
     ap.add_argument("--repeats", type=int, default=2)
-    ap.add_argument("--impls", default="fast,eager", help="of fast, eager, lse: for the entropy configurations")
+    ap.add_argument("--impls", default="fast,eager", help="of fast, eager: for the entropy configurations")
     ap.add_argument("--text_dir", default=None, help="folder of *.txt files (default: random tokens)")
     ap.add_argument("--tokenizer", default="smollm2-135m")
     ap.add_argument("--no_hf", action="store_true", help="skip lm-eval's hf (ratios are then omitted)")
@@ -118,8 +117,8 @@ def main(argv=None) -> int:
     dtype = torch.bfloat16 if device == "cuda" else torch.float32
     impls = args.impls.split(",")
     for impl in impls:
-        if impl not in ("fast", "eager", "lse"):
-            raise ValueError(f"--impls: {impl!r} is not allowed; choose from fast, eager, lse")
+        if impl not in ("fast", "eager"):
+            raise ValueError(f"--impls: {impl!r} is not allowed; choose from fast, eager")
     tokenizer = load_tokenizer(args.tokenizer)
     model, cfg = build_model(args.layers, device, dtype, args.tiny)
     if cfg.vocab_size < len(tokenizer):  # the toy model's vocabulary
@@ -163,8 +162,7 @@ def main(argv=None) -> int:
             if pce is not None:
                 model.set_attn_implementation(attention.ATTN_NAME)
                 lm.configure(pce)
-                attention.QUERY_IMPL = "auto" if impl == "lse" else impl
-                attention.LSE_DEVICES = frozenset({device} if impl == "lse" else ())
+                attention.QUERY_IMPL = impl
             row = {"L": length, "config": name}
             for kind, call in (("gen", gen_call), ("ll", ll_call)):
                 if lm is hf:
@@ -178,7 +176,6 @@ def main(argv=None) -> int:
             rows.append(row)
             print(json.dumps(row), flush=True)
         attention.QUERY_IMPL = "auto"
-        attention.LSE_DEVICES = frozenset()
 
     by = {(r["L"], r["config"]): r for r in rows}
     name = torch.cuda.get_device_name() if device == "cuda" else "cpu"

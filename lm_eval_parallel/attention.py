@@ -31,7 +31,7 @@ from typing import NamedTuple
 import torch
 import torch.nn.functional as F
 
-from .kvstore import KeyGroups, KVStore, RowRun, RowScatter, flat_rows
+from .kvstore import KeyGroups, KVStore, RowRun, RowScatter, StoreSlab, flat_rows
 from .layout import causal
 from .query_rules import QueryRule, apply_rule
 from .selection import Selection, apply_keep, piece_scores, piece_weights, select_pieces, topn_sum
@@ -46,16 +46,11 @@ CUDA_CHUNK_BYTES = 1024 * 2**20
 KEPT_CHUNKS = {"cuda": 4, "cpu": 1}
 QUERY_IMPLS = ("auto", "eager", "fast")
 # Query rows that need probabilities: "eager" (probabilities in fp32, the reference), "fast" (query_fast: groups
-# of keys merged by log-sum-exp, wherever it applies: no softcap, no analysis), "auto" (today: eager everywhere).
-# The fast path equals eager on the CPU and, since its fix for batch rows without a piece slot, on CUDA (H200);
-# it is faster at 32K-128K (benchmarks/RESULTS.md §6) but not yet measured at the board's shapes (8K, batches of
-# 64 left-padded rows, up to 64 pieces a row), so it runs only when asked for.
+# of keys merged by log-sum-exp, wherever it applies: no softcap, no analysis), "auto" (fast on CUDA, eager
+# elsewhere). On an H200 the fast path was never slower than eager: 1-3.5x faster for 1024 scored tokens at
+# 32K-128K, equal to 1.3x for generation (benchmarks/RESULTS.md §6), 1.06-1.08x on 64 generations over 8K keys
+# (§4d); it equals eager on the CPU and on CUDA (tests/test_query_fast.py). CPUs keep the eager reference.
 QUERY_IMPL = os.environ.get("LM_EVAL_PARALLEL_QUERY_IMPL", "auto")
-# Query rows whose probabilities only feed the entropy (no selection, rule, softcap or analysis), and decode steps
-# without entropy, on these device types go through efficient-attention calls with their log-sum-exp
-# (query_fast.entropy_only_attention) instead of fp32 probabilities. Off until measured: the H200 decode profile
-# showed the grouped products reading the keys at a tenth of the memory bandwidth (benchmarks/RESULTS.md §4a).
-LSE_DEVICES: frozenset[str] = frozenset()
 
 
 # ---------------------------------------------------------------------------------------------- encode stage
@@ -64,7 +59,7 @@ class StoreWrite:
     """What one encode forward copies into one context's store: ``runs``, or the same copies as one
     gather + scatter per layer (``scatter``, for many runs)."""
 
-    store: KVStore
+    store: KVStore | StoreSlab  # a slab takes a scatter only
     runs: tuple[RowRun, ...] = ()
     scatter: RowScatter | None = None
 
@@ -151,19 +146,6 @@ class QueryMasks:
     q_valid: torch.Tensor  # [B, Q] bool
     n_valid_rows: torch.Tensor  # [B] float: real query rows of each request
     groups: KeyGroups | None = None  # pieces and the other keys, for query_fast's grouped path
-    _biases: dict = field(default_factory=dict, repr=False, compare=False)  # row_bias, once per forward
-
-    def row_bias(self, r0: int, r1: int, rep: int) -> torch.Tensor:
-        """fp32 [B, 1, rep * r, K]: 0 where query row r0 + t sees the key, finfo.min elsewhere, for rows (head,
-        t) of the ``rep`` query heads of a kv head; built at a forward's first layer and read by the others."""
-        key = (r0, r1, rep)
-        if key not in self._biases:
-            visible = self.visible[:, r0:r1]  # [B, r, K]
-            b, r, n_k = visible.shape
-            bias = torch.zeros(visible.shape, dtype=torch.float32, device=visible.device)
-            bias = bias.masked_fill(~visible, torch.finfo(torch.float32).min)  # [B, r, K]
-            self._biases[key] = bias[:, None, None].expand(b, 1, rep, r, n_k).reshape(b, 1, rep * r, n_k)
-        return self._biases[key]
 
 
 def build_query_masks(plan: QueryPlan, device, n_k: int, groups: bool = False) -> QueryMasks:
@@ -441,18 +423,18 @@ def eager_query_attention(
     )
 
 
-def uses_fast_path(q: torch.Tensor, plan: QueryPlan, softcap: float | None) -> bool:
-    """Whether query rows that need probabilities go through ``query_fast`` (see QUERY_IMPL)."""
+def fast_query_on(device) -> bool:
+    """Whether QUERY_IMPL sends query rows on ``device`` (a torch.device or its type) to ``query_fast``."""
     if QUERY_IMPL not in QUERY_IMPLS:
         raise ValueError(f"QUERY_IMPL={QUERY_IMPL!r} is not allowed; choose one of {', '.join(QUERY_IMPLS)}")
+    kind = device if isinstance(device, str) else torch.device(device).type
+    return QUERY_IMPL == "fast" or (QUERY_IMPL == "auto" and kind == "cuda")
+
+
+def uses_fast_path(q: torch.Tensor, plan: QueryPlan, softcap: float | None) -> bool:
+    """Whether query rows that need probabilities go through ``query_fast`` (see QUERY_IMPL)."""
     applies = softcap is None and not plan.analysis and not plan.eager_only
-    return applies and QUERY_IMPL == "fast"
-
-
-def _entropy_only(plan: QueryPlan, softcap: float | None) -> bool:
-    """The plan needs no probability but for the entropy (or none at all)."""
-    plain = plan.selection is None and plan.forced_keep is None and plan.rule is None and not plan.analysis
-    return plain and softcap is None
+    return fast_query_on(q.device) and applies
 
 
 def _query_attention(q, k, v, forward: _QueryForward, scaling: float, softcap: float | None) -> LayerResult:
@@ -462,11 +444,6 @@ def _query_attention(q, k, v, forward: _QueryForward, scaling: float, softcap: f
     # plans an execution graph per key count (milliseconds of host time every step); without cuDNN it is the math
     # kernel, which copies the kv heads. Two grouped products over the keys do neither.
     cuda_decode = q.is_cuda and q.shape[2] == 1
-    lse_path = q.device.type in LSE_DEVICES and (plan.want_stats or q.shape[2] == 1)
-    if lse_path and _entropy_only(plan, softcap):
-        from .query_fast import entropy_only_attention
-
-        return entropy_only_attention(q, k, v, plan, forward.masks_on(q.device, k.shape[2]), scaling)
     if plan.needs_probs or softcap is not None or plan.eager_only or cuda_decode:
         if plan.needs_probs and uses_fast_path(q, plan, softcap):
             from .query_fast import fast_query_attention, is_small

@@ -31,7 +31,7 @@ def static_decode_applies(engine, selection: Selection | None, batch: int = 1, k
 
     lht = selection is not None and selection.aggr == "LHT"
     heads = engine.model.config.get_text_config().num_attention_heads
-    grouped = attention.QUERY_IMPL == "fast" and not small_shape(batch, heads, 1, keys)
+    grouped = attention.fast_query_on(engine.device) and not small_shape(batch, heads, 1, keys)
     return not (lht or engine.analysis or grouped)
 
 

@@ -18,7 +18,7 @@ import torch
 
 from .attention import EncodePlan, QueryOutputs, QueryPlan, StoreWrite, encoding, querying
 from .decode import DECODE_MODES, GRAPH_MIN_STEPS, StaticDecoder, single_cuda_device, static_decode_applies
-from .kvstore import KVStore, RowRun, RowScatter, scatter_indices
+from .kvstore import KVStore, RowRun, RowScatter, StoreSlab, scatter_indices
 from .layout import Layout, piece_position_arrays
 from .query_rules import QueryRule
 from .selection import Selection, piece_weights, select_pieces, topn_sum_layers
@@ -210,6 +210,7 @@ class ContextCache:
         size = self._size(ctx)
         if key in self.entries or self.used + size > self.budget:
             return
+        ctx.store.own_buffers()  # a kept context must not keep its batch's StoreSlab alive
         self.entries[key] = ctx
         self.used += size
 
@@ -265,6 +266,8 @@ class ParallelEngine:
         # On CUDA the piece rows of several contexts share prefill forwards (fewer launches and host work per
         # context); on a CPU the work is the same either way and larger forwards measured a little slower.
         self.pack_prefill = torch.device(device).type == "cuda"
+        # Packed contexts' stores share one allocation per layer: a forward's writes are one scatter (StoreSlab).
+        self.slab_prefill = True
         self.n_layers = model.config.get_text_config().num_hidden_layers
         self._prefix_cache: OrderedDict = OrderedDict()
         self._prefix_cache_size = prefix_cache_size
@@ -321,17 +324,27 @@ class ParallelEngine:
             raise ValueError("_encode_pieces: a long shared prefix is encoded for one context at a time")
         prefix_kv = None if inline else self._store_prefix(prefix, items[0].store)
         head = s if inline else 0
+        slab = StoreSlab([it.store for it in items]) if self.slab_prefill and len(items) > 1 else None
         start = 0
         while start < len(rows):
             width = head + rows[start][0]
             width = bucketed(width) if self.bucket_prefill else width
             n = min(len(rows) - start, max(1, self.max_batch_tokens // width))
             batch = rows[start : start + n]
-            self._forward_rows(items, batch, width, head, prefix_kv)
+            self._forward_rows(items, batch, width, head, prefix_kv, slab)
             start += n
 
-    def _forward_rows(self, items: list[_Pending], batch: list[tuple[int, int, int]], width: int, head: int, prefix_kv):
-        """One prefill forward of ``batch`` rows (length, context, piece), each ``head`` prefix tokens + a piece."""
+    def _forward_rows(
+        self,
+        items: list[_Pending],
+        batch: list[tuple[int, int, int]],
+        width: int,
+        head: int,
+        prefix_kv,
+        slab: StoreSlab | None = None,
+    ):
+        """One prefill forward of ``batch`` rows (length, context, piece), each ``head`` prefix tokens + a piece;
+        with ``slab`` (the stores of ``items``), every store's writes go as one scatter into it."""
         prefix = items[0].layout.prefix
         ids, ids_host = _host_buffer((len(batch), width), torch.long, self.device)  # [R, width]
         pos, pos_host = _host_buffer((len(batch), width), torch.float32, self.device)  # [R, width]
@@ -353,7 +366,9 @@ class ParallelEngine:
             if head and not item.prefix_written:
                 runs.append(RowRun(first_row=members[0], n_rows=1, src_start=0, length=head, dest=0))  # the prefix
                 item.prefix_written = True
-            if len(runs) >= SCATTER_MIN_RUNS:  # pieces of many lengths: 4 ops per layer instead of 2 per run
+            if slab is not None:  # store positions -> slab slots
+                scattered.append((c, scatter_indices(runs, width) + np.array([[0], [slab.offsets[c]]])))
+            elif len(runs) >= SCATTER_MIN_RUNS:  # pieces of many lengths: 4 ops per layer instead of 2 per run
                 scattered.append((c, scatter_indices(runs, width)))
             else:
                 writes.append(StoreWrite(item.store, runs=tuple(runs)))
@@ -362,7 +377,9 @@ class ParallelEngine:
             both, both_host = _host_buffer((2, sum(sizes)), torch.long, self.device)
             both_host[:] = np.concatenate([index for _, index in scattered], axis=1)
             both = _to_device(both, self.device)
-            for (c, _), start, n in zip(scattered, np.cumsum([0, *sizes[:-1]]).tolist(), sizes):
+            if slab is not None:
+                writes.append(StoreWrite(slab, scatter=RowScatter(both[0], both[1])))
+            for (c, _), start, n in zip(() if slab else scattered, np.cumsum([0, *sizes[:-1]]).tolist(), sizes):
                 scatter = RowScatter(both[0, start : start + n], both[1, start : start + n])
                 writes.append(StoreWrite(items[c].store, scatter=scatter))
         ids, pos = _to_device(ids, self.device), _to_device(pos, self.device)  # one transfer each, no stream sync

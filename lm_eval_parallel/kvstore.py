@@ -56,6 +56,45 @@ def flat_rows(x: torch.Tensor) -> torch.Tensor:
     return x.transpose(0, 1).reshape(hkv, n * t, d)
 
 
+class StoreSlab:
+    """The per-layer buffers of several fresh single-row stores as views of one allocation [Hkv, sum of
+    capacities, D], so that an encode forward holding rows of all of them writes them with one gather + one scatter
+    per layer. Packed forwards of short piece rows hold rows of every context of their batch (rows go longest
+    first), and one gather + scatter per store and layer would cost a few thousand kernel launches a forward.
+
+    Store ``i`` owns slots ``[offsets[i], offsets[i] + capacity_i)``; a :class:`RowScatter` for the slab has its
+    ``dest`` in slab slots. A store keeps the whole slab alive: :meth:`KVStore.own_buffers` before keeping one.
+    """
+
+    def __init__(self, stores: list[KVStore]):
+        if any(k is not None for s in stores for k in s.k):
+            raise ValueError("StoreSlab: every store must be fresh (no buffers yet)")
+        caps = [s.capacity for s in stores]
+        self.stores = stores
+        self.offsets: list[int] = np.cumsum([0, *caps[:-1]]).tolist()  # slab slot of each store's position 0
+        self.total = sum(caps)
+        self.k: list[torch.Tensor | None] = [None] * len(stores[0].k)  # per layer [Hkv, total, D]
+        self.v: list[torch.Tensor | None] = [None] * len(stores[0].k)
+
+    def _buffers(self, layer: int, like: torch.Tensor):
+        """The slab's buffers of ``layer`` (like: [Hkv, M, D]), allocated at the first write with every store's
+        views [1, Hkv, capacity, D]."""
+        if self.k[layer] is None:
+            hkv, _, d = like.shape
+            self.k[layer] = like.new_zeros(hkv, self.total, d)
+            self.v[layer] = like.new_zeros(hkv, self.total, d)
+            for store, start in zip(self.stores, self.offsets):
+                store.k[layer] = self.k[layer][None, :, start : start + store.capacity]
+                store.v[layer] = self.v[layer][None, :, start : start + store.capacity]
+        return self.k[layer], self.v[layer]
+
+    def put_scatter(self, layer: int, scatter: RowScatter, flat_k: torch.Tensor, flat_v: torch.Tensor) -> None:
+        """As :meth:`KVStore.put_scatter`, with ``scatter.dest`` in slab slots."""
+        kb, vb = self._buffers(layer, flat_k)
+        for buffer, flat in ((kb, flat_k), (vb, flat_v)):
+            buffer.index_copy_(1, scatter.dest, flat.index_select(1, scatter.src))
+
+
 class KeyLayout(NamedTuple):
     """What the query stage reads about every key of the store, on one device."""
 
@@ -172,6 +211,12 @@ class KVStore:
             if k is not None:
                 pad = k.new_zeros(k.shape[0], k.shape[1], grow, k.shape[3])
                 self.k[layer], self.v[layer] = torch.cat([k, pad], 2), torch.cat([v, pad], 2)
+
+    def own_buffers(self) -> None:
+        """Copy buffers that are views of a larger allocation (a :class:`StoreSlab`) into buffers of their own."""
+        for layer, (k, v) in enumerate(zip(self.k, self.v)):
+            if k is not None and k.untyped_storage().nbytes() > k.numel() * k.element_size():
+                self.k[layer], self.v[layer] = k.clone(), v.clone()
 
     def _buffers(self, layer: int, like: torch.Tensor):
         if self.k[layer] is None:

@@ -162,39 +162,6 @@ def fast_query_attention(
     return grouped_query_attention(q, k, v, plan, masks, scaling)
 
 
-def entropy_only_attention(
-    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, plan: QueryPlan, masks: QueryMasks, scaling: float
-) -> LayerResult:
-    """Query rows over every key with no selection: out = softmax(s) v and, with stats, the entropy
-    H = lse - scaling * <q, sum_k p_k k_k> from a second call with the keys as values (module docstring).
-
-    q [B, H, Q, D]; k, v [B, Hkv, K, D]. The query heads of a kv head are rows of one call, with the mask of their
-    query row as an additive bias (``QueryMasks.row_bias``, built once per forward); rows go in chunks that keep the
-    bias within CHUNK_BYTES. Static shapes and no host sync: a static decode step's graph holds it.
-    """
-    b, h, n_q, d = q.shape
-    hkv, n_k = k.shape[1], k.shape[2]
-    rep = h // hkv
-    step = max(1, min(n_q, CHUNK_BYTES // max(1, b * rep * n_k * 4)))
-    outs, entropy_sum = [], None
-    for t0 in range(0, n_q, step):
-        t1 = min(n_q, t0 + step)
-        r = t1 - t0
-        qg = q[:, :, t0:t1].reshape(b, hkv, rep * r, d)  # [B, Hkv, G*r, D]: rows (head of the group, query row)
-        bias = masks.row_bias(t0, t1, rep)  # [B, 1, G*r, K]
-        out, lse = attend_with_lse(qg, k, v, bias, scaling)  # [B, Hkv, G*r, D], [B, Hkv, G*r]
-        outs.append(out.reshape(b, h, r, d))
-        if plan.want_stats:
-            c = attend_with_lse(qg, k, k, bias, scaling)[0]  # [B, Hkv, G*r, D]: sum_k p_k k_k
-            entropy = lse - scaling * (qg.float() * c.float()).sum(-1)  # [B, Hkv, G*r]
-            entropy = entropy.reshape(b, h, r) * masks.q_valid[:, None, t0:t1].float()  # padded rows add nothing
-            chunk = entropy.sum((1, 2))  # [B]
-            entropy_sum = chunk if entropy_sum is None else entropy_sum + chunk
-    out = outs[0] if len(outs) == 1 else torch.cat(outs, dim=2)  # [B, H, Q, D]
-    stats = LayerStats(entropy_sum, masks.n_valid_rows * h) if plan.want_stats else None
-    return LayerResult(out.transpose(1, 2), stats, None)
-
-
 def small_query_attention(
     q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, plan: QueryPlan, masks: QueryMasks, scaling: float
 ) -> LayerResult:

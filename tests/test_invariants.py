@@ -160,11 +160,13 @@ def test_batched_rows_equal_single_rows(model):
     assert single[0][0] != pytest.approx(single[1][0], rel=REL)
 
 
+@pytest.mark.parametrize("slab", (True, False), ids=("slab", "stores"))
 @pytest.mark.parametrize("max_batch_tokens", (10**6, 64))
-def test_contexts_prefilled_together_equal_contexts_prefilled_alone(model, max_batch_tokens, monkeypatch):
+def test_contexts_prefilled_together_equal_contexts_prefilled_alone(model, max_batch_tokens, slab, monkeypatch):
     """encode_many packs the piece rows of contexts with the same short prefix into shared forwards (at 64 tokens a
     forward, a context's rows also span several); a long-prefix context and the oracle-keys pass go alone. Every
-    store holds what encode gives that context alone (fp32, 1e-5), and packing takes fewer forwards."""
+    store holds what encode gives that context alone (fp32, 1e-5), and packing takes fewer forwards. With
+    ``slab_prefill`` the packed stores are views of one StoreSlab (one scatter per layer a forward)."""
     gen = torch.Generator().manual_seed(7)
     sink, bos = (0, *_tokens(gen, 2)), (0,)  # inline while the longest piece has >= 16x the prefix's tokens
     shapes = [(sink, (50, 20, 33)), (bos, (17, 5, 9)), (sink, (49, 10)), (bos, (30,)), (sink, (60,))]
@@ -174,6 +176,7 @@ def test_contexts_prefilled_together_equal_contexts_prefilled_alone(model, max_b
         engine = ParallelEngine(model, "cpu", max_batch_tokens=max_batch_tokens, prefix_cache_size=0)
         assert not engine.pack_prefill  # only CUDA packs; forced here
         engine.pack_prefill = True
+        engine.slab_prefill = slab
         forwards = []
         monkeypatch.setattr(
             engine, "_forward", lambda *a, f=engine._forward, n=forwards, **k: n.append(1) or f(*a, **k)
@@ -183,6 +186,8 @@ def test_contexts_prefilled_together_equal_contexts_prefilled_alone(model, max_b
         together = engine.encode_many(layouts, [3] * len(layouts), oracle_keys=oracle_keys)
         if not oracle_keys:
             assert len(forwards) < n_alone
+            storages = {t.store.k[0].untyped_storage().data_ptr() for t, lay in zip(together, layouts)}
+            assert len(storages) == (3 if slab else len(layouts))  # two slabs (sink, bos) + the long prefix's own
         for a, b in zip(alone, together):
             assert (b.length, b.query_start) == (a.length, a.query_start)
             for layer in range(engine.n_layers):

@@ -250,7 +250,10 @@ def test_fast_path_refuses_softcap_and_is_chosen_by_query_impl(monkeypatch):
     q = torch.zeros(1, 4, 1, 8)
     with pytest.raises(ValueError, match="softcapped"):
         fast_query_attention(q, q, q, plan, build_query_masks(plan, "cpu", 1), 1.0, 50.0)
-    assert not attention.uses_fast_path(q, plan, None)  # auto: eager until the fast path passes on CUDA
+    assert not attention.uses_fast_path(q, plan, None)  # auto: the eager reference on a CPU ...
+    assert attention.fast_query_on("cuda") and attention.fast_query_on(torch.device("cuda", 0))  # ... fast on CUDA
+    monkeypatch.setattr(attention, "QUERY_IMPL", "eager")
+    assert not attention.fast_query_on("cuda")
     monkeypatch.setattr(attention, "QUERY_IMPL", "fast")
     assert attention.uses_fast_path(q, plan, None) and not attention.uses_fast_path(q, plan, 50.0)
     monkeypatch.setattr(attention, "QUERY_IMPL", "quick")

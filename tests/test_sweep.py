@@ -7,6 +7,8 @@ import os
 import re
 import shutil
 
+import pytest
+
 from lm_eval_parallel.sweep import grid, main_sweep
 
 
@@ -134,6 +136,41 @@ def test_context_cache_keeps_what_comes_next_when_full():
     assert cache.get("a") is None and cache.used == 0
     cache.put("c", context(1))
     assert cache.get("c") is not None
+
+
+def test_a_kept_context_owns_its_buffers_not_its_batchs_slab():
+    """Packed stores are views of one StoreSlab; the cache copies a context it keeps into buffers of its own (the
+    slab of a whole batch would otherwise stay alive), with the same values, and leaves a plain store as it is."""
+    import torch
+
+    from lm_eval_parallel.engine import ContextCache, EncodedContext
+    from lm_eval_parallel.kvstore import KVStore, RowScatter, StoreSlab
+
+    def store():
+        return KVStore(
+            1, torch.ones(1, 4, dtype=torch.bool), torch.zeros(1, 4, dtype=torch.long), torch.tensor([1]),
+            torch.zeros(1, 1, 4, dtype=torch.long), 4,
+        )  # fmt: skip
+
+    stores = [store(), store()]
+    slab = StoreSlab(stores)
+    flat = torch.arange(2 * 8 * 3, dtype=torch.float32).reshape(2, 8, 3)  # [Hkv, M, D]
+    slab.put_scatter(0, RowScatter(torch.arange(8), torch.arange(8)), flat, -flat)  # both stores' 4 slots
+    assert stores[1].k[0].untyped_storage().data_ptr() == stores[0].k[0].untyped_storage().data_ptr()
+    torch.testing.assert_close(stores[1].k[0][0], flat[:, 4:], rtol=0, atol=0)
+    cache = ContextCache(10**6)
+    cache.put("b", EncodedContext(stores[1], 4, 4.0))
+    kept = cache.get("b").store
+    assert kept.k[0].untyped_storage().nbytes() == kept.k[0].numel() * 4
+    torch.testing.assert_close(kept.k[0][0], flat[:, 4:], rtol=0, atol=0)
+    torch.testing.assert_close(kept.v[0][0], -flat[:, 4:], rtol=0, atol=0)
+    plain = store()
+    plain.k[0], plain.v[0] = torch.zeros(1, 2, 4, 3), torch.zeros(1, 2, 4, 3)
+    before = plain.k[0]
+    cache.put("plain", EncodedContext(plain, 4, 4.0))
+    assert cache.get("plain").store.k[0] is before
+    with pytest.raises(ValueError, match="every store must be fresh"):
+        StoreSlab([plain])
 
 
 # ---------------------------------------------------------------- every `lm_eval run` flag, and ours
