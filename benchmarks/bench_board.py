@@ -292,6 +292,7 @@ def run_parallel_hf(args, tasks: list[str], cuda: bool, built_tasks: list) -> di
         clock.reset()
         peak_memory(cuda, reset=True)
         label = {"model": "parallel_hf", "P": int(model_args["P"]), "method": model_args["method"]}
+        label["batch_size"] = args.batch_size  # a --resume'd grid may change it between calls
         with profiled(args.profile, f"P{label['P']}_{label['method'].replace('+', '_')}", cuda):
             start = clock.now()
             results = original_evaluate(*a, **k)
@@ -418,7 +419,12 @@ def run_hf(args, tasks: list[str], cuda: bool, built_tasks: list) -> dict:
         )
         wall = clock.now() - start
     record = configuration_record(
-        {"model": "hf", "P": 1, "method": "full"}, clock, wall, results, cuda, engine_stages=False
+        {"model": "hf", "P": 1, "method": "full", "batch_size": args.batch_size},
+        clock,
+        wall,
+        results,
+        cuda,
+        engine_stages=False,
     )
     return {
         "model_load_s": model_load,
