@@ -54,6 +54,16 @@ def encode_pair(
     return ctx_ids, token_ids(tokenizer, context + continuation, memo)[len(ctx_ids) :]
 
 
+def encode_pairs(tokenizer, pairs: list[tuple[str, str]]) -> list[tuple[list[int], list[int]]]:
+    """:func:`encode_pair` of every (context, continuation), in two batched tokenizer calls."""
+    if not pairs:
+        return []
+    moved = [move_trailing_spaces(context, continuation) for context, continuation in pairs]
+    ctx_ids = tokenizer([c for c, _ in moved], add_special_tokens=False)["input_ids"]
+    whole = tokenizer([c + t for c, t in moved], add_special_tokens=False)["input_ids"]
+    return [(list(c), list(w[len(c) :])) for c, w in zip(ctx_ids, whole)]
+
+
 class TokenMemo:
     """Token ids of the texts one tokenizer has encoded (items, queries, sinks), so that a sweep tokenizes each
     document once and not once per configuration. Ids are kept as int32 arrays (80 MB for the default bound) and

@@ -339,18 +339,36 @@ def count_tokens(tok, text: str) -> int:
     return len(tok(text, add_special_tokens=False)["input_ids"])
 
 
+def count_tokens_many(tok, texts: list[str]) -> list[int]:
+    """:func:`count_tokens` of every text, in one batched call (a fast tokenizer encodes a batch in parallel)."""
+    if not texts:
+        return []
+    return [len(ids) for ids in tok(list(texts), add_special_tokens=False)["input_ids"]]
+
+
 def fit_items(tok, items: list[str], query: str, budget: int) -> list[str]:
     """Drop items from the end until ``"".join(items) + query`` is at most ``budget`` tokens.
 
     (HELMET cuts the context from the end when the prompt is longer than L - max_gen.)
     """
+    return fit_items_many(tok, [items], [query], budget)[0]
+
+
+def fit_items_many(tok, items_of: list[list[str]], queries: list[str], budget: int) -> list[list[str]]:
+    """:func:`fit_items` of every document (its items and query), the whole prompts counted in one batched call."""
     if tok is None:
-        return items
+        return items_of
+    totals = count_tokens_many(tok, ["".join(items) + query for items, query in zip(items_of, queries)])
+    return [
+        items if total <= budget else _cut_items(tok, items, query, budget)
+        for items, query, total in zip(items_of, queries, totals)
+    ]
+
+
+def _cut_items(tok, items: list[str], query: str, budget: int) -> list[str]:
+    """The longest head of ``items`` whose prompt fits: first by the items' own token counts, then exactly."""
     n = len(items)
-    total = count_tokens(tok, "".join(items) + query)
-    if total <= budget:
-        return items
-    lens = [count_tokens(tok, x) for x in items]
+    lens = count_tokens_many(tok, items)
     q = count_tokens(tok, query)
     while n > 1 and sum(lens[:n]) + q > budget:
         n -= 1

@@ -56,9 +56,20 @@ def test_encode_pair_is_hflm_encode_pair_without_special_tokens(tokenizer, conte
     assert tokenizer.bos_token_id not in ctx_ids + cont_ids
 
 
+def test_encode_pairs_is_encode_pair_batched(tokenizer):
+    """The batched pairing gives what encode_pair gives one pair at a time: trailing spaces moved to the
+    continuation, the continuation cut from the encoding of both, an empty context as no tokens."""
+    from lm_eval_parallel.requests import encode_pairs
+
+    pairs = [("The quick brown", " fox"), ("Answer: ", "yes"), ("", "alone"), ("a b  \n", " c"), ("x", "")]
+    assert encode_pairs(tokenizer, pairs) == [encode_pair(tokenizer, c, t) for c, t in pairs]
+    assert encode_pairs(tokenizer, []) == []
+
+
 def test_ppl_task_cuts_its_windows_with_the_shared_encode_pair(tokenizer, monkeypatch):
-    """The PPL task has no pairing of its own: its windows round-trip through ``requests.encode_pair``, the
-    one the model scores with, so a window's context and continuation are exactly N-S and S tokens there."""
+    """The PPL task has no pairing of its own: its windows round-trip through ``requests.encode_pairs`` (the
+    batched ``encode_pair`` the model scores with), so a window's context and continuation are exactly N-S and S
+    tokens there."""
     from lm_eval_parallel import requests
 
     spec = importlib.util.spec_from_file_location("pce_test_requests_ppl", Path(TASKS_DIR) / "ppl" / "utils.py")
@@ -67,12 +78,12 @@ def test_ppl_task_cuts_its_windows_with_the_shared_encode_pair(tokenizer, monkey
     assert not hasattr(ppl, "encode_pair")
     calls = []
 
-    def spy(tok, context, continuation):
-        calls.append((context, continuation))
-        return encode_pair(tok, context, continuation)
+    def spy(tok, pairs):
+        calls.extend(pairs)
+        return [encode_pair(tok, context, continuation) for context, continuation in pairs]
 
-    monkeypatch.setattr(requests, "encode_pair", spy)
-    doc = ppl._Doc(tokenizer, "fox", "The quick brown fox jumps over the lazy dog. " * 40)
+    monkeypatch.setattr(requests, "encode_pairs", spy)
+    (doc,) = ppl._Doc.many(tokenizer, [("fox", "The quick brown fox jumps over the lazy dog. " * 40)])
     (context, continuation), shift = ppl.cut_window(tokenizer, doc, 1, 64, 16)
     assert calls and calls[-1] == (context, continuation) and abs(shift) <= ppl.MAX_SHIFT
     ctx_ids, cont_ids = encode_pair(tokenizer, context, continuation)

@@ -186,6 +186,30 @@ def test_ruler_generated_prompt_and_size(tiny, no_data, variant):
         assert doc["haystack"] == "zen_of_python"  # no PCE_DATA_DIR: the stdlib's PEP 20 fallback
 
 
+def test_batched_fitting_keeps_the_longest_head_that_fits(tiny):
+    """fit_items_many (one batched count for all documents) keeps, for each document, the longest head of its
+    items whose prompt fits the budget, as a one-count-at-a-time search from the end finds it; and the generated
+    RULER documents record the token count of the prompt they keep."""
+    tok = C.tokenizer_of((tiny, None, None))
+    items_of = [[f"Item {i} of doc {d} says {'word ' * (i % 5)}.\n" for i in range(30)] for d in range(4)]
+    queries = [f"Question {d}?" for d in range(4)]
+    budgets = (5, 60, 150, 10**6)
+    for budget in budgets:
+
+        def brute(items, query, budget=budget):
+            n = len(items)
+            while n > 1 and C.count_tokens(tok, "".join(items[:n]) + query) > budget:
+                n -= 1
+            return items[:n]
+
+        assert C.fit_items_many(tok, items_of, queries, budget) == [brute(i, q) for i, q in zip(items_of, queries)]
+    assert C.count_tokens_many(tok, ["", "a b c", queries[0]]) == [
+        C.count_tokens(tok, t) for t in ("", "a b c", queries[0])
+    ]
+    for doc in SYN.load_json_kv(pce_length="1k", pce_n_samples=3, pretrained=tiny)["test"]:
+        assert doc["n_tokens"] == C.count_tokens(tok, "".join(doc["items"]) + doc["query"])
+
+
 def test_json_kv_generated_prompt(tiny, no_data):
     doc = SYN.load_json_kv(pce_length="1k", pce_n_samples=2, pretrained=tiny)["test"][0]
     plain = plain_prompt(SYN.doc_to_text(doc))

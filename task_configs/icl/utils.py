@@ -217,9 +217,10 @@ def _build(args: C.TaskArgs, local: bool) -> list[dict]:
     docs = build_icl_docs(train, test, n_labels, SHOTS[args.dataset][args.length], args.n_samples, args.seed)
     tok = C.tokenizer_of(args.tokenizer)
     budget = C.LENGTHS[args.length] - MAX_GEN - 1
-    for i, doc in enumerate(docs):
-        doc["items"] = C.fit_items(tok, doc["items"], doc["query"], budget)
-        doc.update(task=f"icl_{args.dataset}", idx=i, n_items=len(doc["items"]))
+    fitted = C.fit_items_many(tok, [doc["items"] for doc in docs], [doc["query"] for doc in docs], budget)
+    for i, (doc, items) in enumerate(zip(docs, fitted)):
+        doc["items"] = items
+        doc.update(task=f"icl_{args.dataset}", idx=i, n_items=len(items))
     return docs
 
 

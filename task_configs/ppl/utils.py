@@ -27,6 +27,7 @@ from lm_eval_parallel import tasks_common as C
 DATASETS = {"pg19": ("pg19", "*.txt"), "proof_pile": ("proof_pile", "*.tex")}
 SCORED_TOKENS = 1024
 MAX_SHIFT = 32
+WINDOW_BATCH = 16  # windows whose unshifted texts are checked in one batched tokenizer call
 PROOF_PILE_DOCS = 250
 
 
@@ -77,35 +78,54 @@ def _online_texts(dataset: str) -> list[tuple[str, str]]:
 class _Doc:
     """A tokenized document: token char boundaries for cutting windows."""
 
-    def __init__(self, tok, name: str, text: str):
-        enc = tok(text, add_special_tokens=False, return_offsets_mapping=True)
+    def __init__(self, name: str, text: str, offsets: list[tuple[int, int]]):
         self.name, self.text = name, text
-        self.ends = [e for _, e in enc["offset_mapping"]]
+        self.ends = [e for _, e in offsets]
         self.n = len(self.ends)
+
+    @classmethod
+    def many(cls, tok, texts: list[tuple[str, str]]) -> list[_Doc]:
+        """Every (name, text) tokenized, in one batched call."""
+        if not texts:
+            return []
+        enc = tok([text for _, text in texts], add_special_tokens=False, return_offsets_mapping=True)
+        return [cls(name, text, offsets) for (name, text), offsets in zip(texts, enc["offset_mapping"])]
 
     def bound(self, i: int) -> int:  # char position where token i starts (= where token i-1 ends)
         return 0 if i <= 0 else (len(self.text) if i >= self.n else self.ends[i - 1])
 
-    def window(self, tok, start: int, window: int, scored: int):
-        """(context, continuation) of the window at token ``start`` if it round-trips exactly, else None."""
+    def texts(self, start: int, window: int, scored: int) -> tuple[str, str] | None:
+        """(context, continuation) texts of the window at token ``start``; None if it has no such texts (out of
+        the document, or a context ending in whitespace, which the model's pairing would move)."""
         if start < 0 or start + window > self.n:
             return None
         s, m, e = self.bound(start), self.bound(start + window - scored), self.bound(start + window)
         ctx, cont = self.text[s:m], self.text[m:e]
         if not ctx or ctx[-1].isspace():
             return None
-        # the pairing the model scores with; imported here, not at the top: it imports torch
-        from lm_eval_parallel import requests
+        return ctx, cont
 
-        c, t = requests.encode_pair(tok, ctx, cont)
-        return (ctx, cont) if len(c) == window - scored and len(t) == scored else None
+    def window(self, tok, start: int, window: int, scored: int):
+        """(context, continuation) of the window at token ``start`` if it round-trips exactly, else None."""
+        pair = self.texts(start, window, scored)
+        return pair if pair is not None and round_trips(tok, [pair], window, scored)[0] else None
 
 
-def cut_window(tok, doc: _Doc, slot: int, window: int, scored: int):
+def round_trips(tok, pairs: list[tuple[str, str]], window: int, scored: int) -> list[bool]:
+    """Whether each (context, continuation) is ``window - scored`` + ``scored`` tokens as the model pairs them
+    (``requests.encode_pairs``, batched ``encode_pair``)."""
+    # the pairing the model scores with; imported here, not at the top: it imports torch
+    from lm_eval_parallel import requests
+
+    return [len(c) == window - scored and len(t) == scored for c, t in requests.encode_pairs(tok, pairs)]
+
+
+def cut_window(tok, doc: _Doc, slot: int, window: int, scored: int, first: int = 0):
     """Window number ``slot`` of a document: tokens [slot*N, (slot+1)*N), moved by the smallest shift
-    (0, -1, +1, -2, ...; at most MAX_SHIFT tokens) that makes its text round-trip through the tokenizer."""
+    (0, -1, +1, -2, ...; at most MAX_SHIFT tokens) that makes its text round-trip through the tokenizer; the
+    shifts before the ``first``-th of that order are taken as already failed."""
     base = slot * window
-    for k in range(2 * MAX_SHIFT + 1):
+    for k in range(first, 2 * MAX_SHIFT + 1):
         shift = (k + 1) // 2 * (1 if k % 2 else -1) if k else 0
         got = doc.window(tok, base + shift, window, scored)
         if got is not None:
@@ -122,28 +142,37 @@ def _build(args, files) -> list[dict]:
             texts = _local_texts(files)
     else:
         texts = _online_texts(args.dataset)
-    tokenized = [_Doc(tok, name, text) for name, text in texts]
+    tokenized = _Doc.many(tok, texts)
     slots = [(d, w) for d, doc in enumerate(tokenized) for w in range(doc.n // window)]
     if not slots:
         longest = max((doc.n for doc in tokenized), default=0)
         raise C.PceDataError(f"{args.task}: no document is {window} tokens long (the longest has {longest})")
     docs = []
-    for idx in C.sample_indices(len(slots), len(slots), args.seed):
+    order = [slots[idx] for idx in C.sample_indices(len(slots), len(slots), args.seed)]
+    for c0 in range(0, len(order), WINDOW_BATCH):  # the unshifted windows of WINDOW_BATCH slots checked at once
         if len(docs) >= args.n_samples:
             break
-        d, w = slots[idx]
-        got, shift = cut_window(tok, tokenized[d], w, window, scored)
-        if got is None:  # no round-tripping boundary near this window: skip it
-            continue
-        doc = {"context": got[0], "continuation": got[1], "source": tokenized[d].name, "window": w, "shift": shift}
-        doc.update(
-            task=f"ppl_{args.dataset}",
-            idx=len(docs),
-            window_tokens=window,
-            n_tokens=scored,
-            n_bytes=len(got[1].encode("utf-8")),
-        )
-        docs.append(doc)
+        chunk = order[c0 : c0 + WINDOW_BATCH]
+        pairs = [tokenized[d].texts(w * window, window, scored) for d, w in chunk]
+        checked = iter(round_trips(tok, [p for p in pairs if p is not None], window, scored))
+        for (d, w), pair in zip(chunk, pairs):
+            if len(docs) >= args.n_samples:
+                break
+            if pair is not None and next(checked):
+                got, shift = pair, 0
+            else:
+                got, shift = cut_window(tok, tokenized[d], w, window, scored, first=1)
+            if got is None:  # no round-tripping boundary near this window: skip it
+                continue
+            doc = {"context": got[0], "continuation": got[1], "source": tokenized[d].name, "window": w, "shift": shift}
+            doc.update(
+                task=f"ppl_{args.dataset}",
+                idx=len(docs),
+                window_tokens=window,
+                n_tokens=scored,
+                n_bytes=len(got[1].encode("utf-8")),
+            )
+            docs.append(doc)
     return docs
 
 

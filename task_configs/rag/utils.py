@@ -154,9 +154,10 @@ def _build(args: C.TaskArgs, source: str, path, build, row: str) -> list[dict]:
         built = build(path, args)
     tok = C.tokenizer_of(args.tokenizer)
     budget = C.LENGTHS[args.length] - MAX_GEN - 1
-    for i, doc in enumerate(built):
-        doc["items"] = C.fit_items(tok, doc["items"], doc["query"], budget)
-        doc.update(task=f"rag_{args.dataset}", idx=i, source=source, n_items=len(doc["items"]))
+    fitted = C.fit_items_many(tok, [doc["items"] for doc in built], [doc["query"] for doc in built], budget)
+    for i, (doc, items) in enumerate(zip(built, fitted)):
+        doc["items"] = items
+        doc.update(task=f"rag_{args.dataset}", idx=i, source=source, n_items=len(items))
     return built
 
 

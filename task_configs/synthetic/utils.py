@@ -93,6 +93,12 @@ def _essays_folder() -> str | None:
     return None
 
 
+@lru_cache(maxsize=2)
+def essay_words(essay: str) -> tuple[str, ...]:
+    """The haystack's words (whitespace runs as one space), split once per essay text, not once per document."""
+    return tuple(re.sub(r"\s+", " ", essay).strip().split(" "))
+
+
 def split_sentences(text: str) -> list[str]:
     """Sentence split on ., ! or ? followed by whitespace (a stand-in for nltk's punkt, kept dependency-free)."""
     return [s for s in re.split(r"(?<=[.!?])\s+", text) if s]
@@ -135,7 +141,7 @@ def ruler_sample(variant: str, n_haystack: int, seed: int, essay: str) -> dict:
             lines.insert(pos, needles.pop())
         context = "\n".join(lines)
     else:
-        words = re.sub(r"\s+", " ", essay).strip().split(" ")
+        words = essay_words(essay)
         while len(words) < n_haystack:
             words = words + words
         sents = split_sentences(" ".join(words[:n_haystack]))
@@ -152,8 +158,7 @@ def _fit(make, lo: int, hi: int, tok, budget: int) -> int:
     """Largest n in [lo, hi] whose document fits ``budget`` tokens (binary search on a monotone size)."""
 
     def size(n):
-        doc = make(n)
-        return C.count_tokens(tok, "".join(doc["items"]) + doc["query"])
+        return C.count_tokens(tok, _prompt(make(n)))
 
     while size(hi) <= budget:
         lo, hi = hi, hi * 2
@@ -166,19 +171,25 @@ def _fit(make, lo: int, hi: int, tok, budget: int) -> int:
     return lo
 
 
+def _prompt(doc: dict) -> str:
+    return "".join(doc["items"]) + doc["query"]
+
+
 def _generate(make, tok, budget: int, n_samples: int, start: int) -> list[dict]:
-    """Size ``make(n, i)`` on sample 0, then shrink per sample until it fits (tokens of the plain prompt)."""
+    """Size ``make(n, i)`` on sample 0, then shrink per sample until it fits (tokens of the plain prompt); every
+    sample's first size is counted in one batched call."""
     n0 = _fit(lambda n: make(n, 0), 1, start, tok, budget)
-    docs = []
-    for i in range(n_samples):
+    docs = [make(n0, i) for i in range(n_samples)]
+    sizes = C.count_tokens_many(tok, [_prompt(doc) for doc in docs])
+    for i, (doc, size) in enumerate(zip(docs, sizes)):
         n = n0
-        doc = make(n, i)
-        while n > 1 and C.count_tokens(tok, "".join(doc["items"]) + doc["query"]) > budget:
+        while n > 1 and size > budget:
             n -= max(1, n // 100)
             doc = make(n, i)
+            size = C.count_tokens(tok, _prompt(doc))
         doc["n_haystack"] = n
-        doc["n_tokens"] = C.count_tokens(tok, "".join(doc["items"]) + doc["query"])
-        docs.append(doc)
+        doc["n_tokens"] = size
+        docs[i] = doc
     return docs
 
 
