@@ -386,7 +386,8 @@ def run_hf(args, tasks: list[str], cuda: bool, built_tasks: list) -> dict:
 
     clock = StageClock(cuda)
     folder, gguf_file = resolve_pretrained(args.pretrained)
-    kwargs = {"pretrained": folder, "dtype": args.dtype, "batch_size": args.batch_size, "device": args.device}
+    batch_size = args.hf_batch_size or args.batch_size
+    kwargs = {"pretrained": folder, "dtype": args.dtype, "batch_size": batch_size, "device": args.device}
     if gguf_file:
         kwargs["gguf_file"] = gguf_file
     start = clock.now()
@@ -415,11 +416,11 @@ def run_hf(args, tasks: list[str], cuda: bool, built_tasks: list) -> dict:
             torch_random_seed=0,
             fewshot_random_seed=0,
             metadata=dict(metadata),
-            batch_size=args.batch_size,
+            batch_size=batch_size,
         )
         wall = clock.now() - start
     record = configuration_record(
-        {"model": "hf", "P": 1, "method": "full", "batch_size": args.batch_size},
+        {"model": "hf", "P": 1, "method": "full", "batch_size": batch_size},
         clock,
         wall,
         results,
@@ -604,6 +605,11 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--P", default=None, help="comma-separated P values (default 1,16,64)")
     ap.add_argument("--methods", default=None, help="comma-separated methods (default full,naive,sink+sel)")
     ap.add_argument("--batch_size", default=None, help="default 16")
+    ap.add_argument(
+        "--hf_batch_size",
+        default=None,
+        help="batch size of lm-eval's hf (default --batch_size; hf keeps fp32 logits of every token of a batch)",
+    )
     ap.add_argument("--gen_kwargs", default=None, help="lm-eval --gen_kwargs for every configuration")
     ap.add_argument("--device", default=None, help="default: cuda when available, else cpu")
     ap.add_argument("--model", default="parallel_hf", help="comma-separated: parallel_hf, hf (default parallel_hf)")
@@ -696,6 +702,7 @@ def main(argv: list[str] | None = None) -> int:
             "P": args.P,
             "methods": args.methods,
             "batch_size": args.batch_size,
+            "hf_batch_size": args.hf_batch_size or args.batch_size,
             "gen_kwargs": args.gen_kwargs,
             "device": args.device,
             "tiny": args.tiny,

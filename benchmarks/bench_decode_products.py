@@ -7,7 +7,9 @@ over all keys, q [B, Hkv, G, D] x k [B, Hkv, K, D] -> [B, Hkv, G, K], and the we
 rows the batched GEMM is far from a GEMM's shape, and cuBLAS picks kernels that read the keys at a fraction of
 the memory bandwidth (§4a of RESULTS.md). This times the ways to write the same product, each checked against
 the current one, with CUDA events (median of ``--iters`` calls after a warm-up), and prints the read bandwidth
-of the keys (or values) they imply. Defaults: SmolLM2-135M's heads at the board's 8k contexts.
+of the keys (or values) they imply; each is timed called eagerly and replayed from a CUDA graph (a decode step
+runs inside one), since a library may choose another kernel when its call is captured. Defaults: SmolLM2-135M's
+heads at the board's 8k contexts.
 """
 
 from __future__ import annotations
@@ -25,11 +27,29 @@ def pad_rows(x: torch.Tensor, rows: int) -> torch.Tensor:
     return F.pad(x, (0, 0, 0, rows - x.shape[-2])) if x.shape[-2] < rows else x
 
 
+def with_cublaslt(fn):
+    """fn with torch's preferred BLAS library set to cuBLASLt for the call."""
+
+    def call():
+        before = torch.backends.cuda.preferred_blas_library()
+        torch.backends.cuda.preferred_blas_library("cublaslt")
+        try:
+            return fn()
+        finally:
+            torch.backends.cuda.preferred_blas_library(before)
+
+    return call
+
+
 def score_variants(qg: torch.Tensor, k: torch.Tensor) -> dict:
     """The ways of computing fp32 scores [B, Hkv, G, K] from qg [B, Hkv, G, D] and k [B, Hkv, K, D]."""
     m = qg.shape[2]
     return {
         "q @ kT (current)": lambda: (qg @ k.transpose(-1, -2)).float(),
+        "q @ kT, cuBLASLt": with_cublaslt(lambda: (qg @ k.transpose(-1, -2)).float()),
+        "(q * k).sum(-1) per query row": lambda: torch.stack(
+            [(k * qg[:, :, j, None, :]).sum(-1, dtype=torch.float32) for j in range(m)], dim=2
+        ),
         "q rows padded to 16": lambda: (pad_rows(qg, 16) @ k.transpose(-1, -2))[:, :, :m].float(),
         "q rows padded to 64": lambda: (pad_rows(qg, 64) @ k.transpose(-1, -2))[:, :, :m].float(),
         "(k @ qT)T": lambda: (k @ qg.transpose(-1, -2)).transpose(-1, -2).float(),
@@ -47,6 +67,7 @@ def output_variants(p: torch.Tensor, v: torch.Tensor) -> dict:
     pb = p.to(v.dtype)
     return {
         "p @ v (current)": lambda: p.to(v.dtype) @ v,
+        "p @ v, cuBLASLt": with_cublaslt(lambda: p.to(v.dtype) @ v),
         "p rows padded to 16": lambda: (pad_rows(p.to(v.dtype), 16) @ v)[:, :, :m],
         "p rows padded to 64": lambda: (pad_rows(p.to(v.dtype), 64) @ v)[:, :, :m],
         "(vT @ pT)T": lambda: (v.transpose(-1, -2) @ pb.transpose(-1, -2)).transpose(-1, -2),
@@ -87,6 +108,24 @@ def timed(fn, iters: int) -> float:
     return statistics.median(times)
 
 
+def graphed(fn):
+    """fn captured once in a CUDA graph (after a warm-up on a side stream, as torch's docs do it): replaying it
+    is the call; None if the capture fails."""
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        fn()
+    torch.cuda.current_stream().wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    try:
+        with torch.cuda.graph(graph):
+            fn()
+    except RuntimeError as err:
+        print(f"capture failed: {str(err).splitlines()[0]}", flush=True)
+        return None
+    return graph.replay
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--batch", default="16,64")
@@ -119,10 +158,13 @@ def main() -> None:
             for name, fn in variants.items():
                 err = None if ref is None else (fn().float() - ref.float()).abs().max().item()
                 us = timed(fn, args.iters)
+                replay = graphed(fn)
+                graph_us = None if replay is None else timed(replay, args.iters)
                 reads = 2 if kind == "attention" else 1  # keys and values
                 row = dict(
                     batch=b, kind=kind, variant=name, us=round(us, 1), tb_s=round(reads * gb / us * 1e6 / 1e3, 2)
                 )
+                row["graph_us"] = None if graph_us is None else round(graph_us, 1)
                 row["max_abs_diff"] = err
                 rows.append(row)
                 print(json.dumps(row), flush=True)

@@ -62,7 +62,7 @@ def test_tiny_run_records_every_field(bench_board, tmp_path, monkeypatch):
     stage_names = {"prefill_s", "query_s", "decode_s", "other_model_s", "model_s", "metrics_and_lm_eval_s"}
     for c in configurations + record["hf"]["configurations"]:
         assert c["requests"] == c["documents"] == 13  # one request per document, --limit 1 on 13 subtasks
-        assert c["batch_size"] == record["settings"]["batch_size"]  # each configuration's own (--resume may change it)
+        assert c["batch_size"] == record["settings"]["hf_batch_size" if c["model"] == "hf" else "batch_size"]
         assert c["requests_per_s"] == pytest.approx(c["requests"] / c["wall_s"])
         assert c["seconds_per_request"] == pytest.approx(c["wall_s"] / c["requests"])
         stages = c["stages"]
