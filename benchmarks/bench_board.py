@@ -622,6 +622,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="continue the sweep in --work and the records in --progress of an earlier call (a grid in parts)",
     )
     ap.add_argument("--query_impl", default=None, help="attention.QUERY_IMPL for the run: auto, eager or fast")
+    ap.add_argument(
+        "--decode_kernel", action="store_true", help="entropy-only decode steps through decode_kernel (Triton)"
+    )
     ap.add_argument("--profile", default=None, help="folder: a torch.profiler op table per configuration (slow)")
     ap.add_argument("--work", default=None, help="scratch folder for results files and tiny data (default: a temp dir)")
     return ap
@@ -683,6 +686,8 @@ def main(argv: list[str] | None = None) -> int:
     cuda = args.device.startswith("cuda")
     if args.query_impl is not None:
         attention.QUERY_IMPL = args.query_impl
+    if args.decode_kernel:
+        attention.DECODE_KERNEL_DEVICES = frozenset({"cuda"})
     record = {
         "benchmark": "bench_board",
         "command": "python benchmarks/bench_board.py " + shlex.join(argv),
@@ -707,6 +712,7 @@ def main(argv: list[str] | None = None) -> int:
             "device": args.device,
             "tiny": args.tiny,
             "query_impl": attention.QUERY_IMPL,
+            "decode_kernel_devices": sorted(attention.DECODE_KERNEL_DEVICES),
             "data_dir": os.environ.get("PCE_DATA_DIR"),
             "tasks": tasks,
         },

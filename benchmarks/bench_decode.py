@@ -41,6 +41,8 @@ LEVERS = {
     "pack_prefill": "the piece rows of a batch's contexts share prefill forwards (engine.pack_prefill)",
     "slab": "the packed contexts' stores share one allocation, one scatter a forward (engine.slab_prefill)",
     "fast_query": "query rows with probabilities through query_fast on CUDA (attention.QUERY_IMPL auto, not eager)",
+    # off by default, so "off" below means switched on: its ratio reads the other way round
+    "decode_kernel": "entropy-only decode steps through the Triton kernel (attention.DECODE_KERNEL_DEVICES)",
 }
 LEVER_CONFIGS = {
     "sink+sel": dict(P=16, method="sink+sel"),
@@ -50,7 +52,8 @@ LEVER_CONFIGS = {
 
 
 def lever_off(lm, name: str):
-    """A context in which the model runs with lever ``name`` switched off (the attribute it reads patched)."""
+    """A context in which the model runs with lever ``name`` flipped from its default (the attribute it reads
+    patched): switched off, or on for a lever that is off by default."""
     from lm_eval_parallel import attention, engine
 
     off = {
@@ -62,6 +65,7 @@ def lever_off(lm, name: str):
         "pack_prefill": (lm.engine, "pack_prefill", False),
         "slab": (lm.engine, "slab_prefill", False),
         "fast_query": (attention, "QUERY_IMPL", "eager"),
+        "decode_kernel": (attention, "DECODE_KERNEL_DEVICES", frozenset({"cuda"})),
     }
     if name not in off:
         raise ValueError(f"lever {name!r} is not one of {', '.join(LEVERS)}")

@@ -51,6 +51,11 @@ QUERY_IMPLS = ("auto", "eager", "fast")
 # 32K-128K, equal to 1.3x for generation (benchmarks/RESULTS.md §6), 1.06-1.08x on 64 generations over 8K keys
 # (§4d); it equals eager on the CPU and on CUDA (tests/test_query_fast.py). CPUs keep the eager reference.
 QUERY_IMPL = os.environ.get("LM_EVAL_PARALLEL_QUERY_IMPL", "auto")
+# Decode steps whose probabilities only feed the entropy (no selection, rule, softcap or analysis) on these device
+# types go through decode_kernel (Triton: one pass over the keys, online softmax and entropy) instead of the two
+# grouped products and fp32 probabilities. Off until measured on the GPU (the CPU runs it only in Triton's
+# interpreter, for tests). LM_EVAL_PARALLEL_DECODE_KERNEL=cuda turns it on.
+DECODE_KERNEL_DEVICES = frozenset(d for d in os.environ.get("LM_EVAL_PARALLEL_DECODE_KERNEL", "").split(",") if d)
 
 
 # ---------------------------------------------------------------------------------------------- encode stage
@@ -437,6 +442,12 @@ def uses_fast_path(q: torch.Tensor, plan: QueryPlan, softcap: float | None) -> b
     return fast_query_on(q.device) and applies
 
 
+def _entropy_only(plan: QueryPlan, softcap: float | None) -> bool:
+    """The plan needs no probability but for the entropy (or none at all)."""
+    plain = plan.selection is None and plan.forced_keep is None and plan.rule is None and not plan.analysis
+    return plain and softcap is None and not plan.eager_only
+
+
 def _query_attention(q, k, v, forward: _QueryForward, scaling: float, softcap: float | None) -> LayerResult:
     """Query rows over the whole store: SDPA when only the weighted values are needed, else eager or fast."""
     plan = forward.plan
@@ -444,6 +455,11 @@ def _query_attention(q, k, v, forward: _QueryForward, scaling: float, softcap: f
     # plans an execution graph per key count (milliseconds of host time every step); without cuDNN it is the math
     # kernel, which copies the kv heads. Two grouped products over the keys do neither.
     cuda_decode = q.is_cuda and q.shape[2] == 1
+    if q.shape[2] == 1 and q.device.type in DECODE_KERNEL_DEVICES and _entropy_only(plan, softcap):
+        from . import decode_kernel
+
+        if decode_kernel.applies(q, k):
+            return decode_kernel.decode_attention(q, k, v, plan, forward.masks_on(q.device, k.shape[2]), scaling)
     if plan.needs_probs or softcap is not None or plan.eager_only or cuda_decode:
         if plan.needs_probs and uses_fast_path(q, plan, softcap):
             from .query_fast import fast_query_attention, is_small

@@ -5,6 +5,13 @@ import pytest
 
 sys.path.insert(0, os.path.dirname(__file__))
 
+# Without a GPU, Triton kernels run in Triton's interpreter on CPU tensors; it must be on before triton is imported.
+if "TRITON_INTERPRET" not in os.environ:
+    import torch
+
+    if not torch.cuda.is_available():
+        os.environ["TRITON_INTERPRET"] = "1"
+
 # Tests never write the user's cache folder: converted GGUFs and built documents go to a folder of this run
 # (subprocesses inherit it). An explicit PCE_CACHE_DIR is kept.
 if "PCE_CACHE_DIR" not in os.environ:
