@@ -86,7 +86,19 @@ def attention_variants(qg: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias:
     def flash(values):
         return torch.ops.aten._scaled_dot_product_flash_attention(qg, k, values, 0.0, False, False, scale=scaling)[0]
 
+    from lm_eval_parallel import decode_kernel
+    from lm_eval_parallel.attention import QueryMasks, QueryPlan
+
+    q_rows = qg.reshape(b, n * m, 1, qg.shape[-1])  # [B, H, 1, D]: one decode row per request
+    q_valid = torch.ones(b, 1, dtype=torch.bool, device=qg.device)
+    visible = torch.ones(b, 1, k.shape[2], dtype=torch.bool, device=qg.device)
+    none = torch.zeros(b, k.shape[2], dtype=torch.long, device=qg.device)
+    masks = QueryMasks(none.bool(), none, none[:, None, :1], none[:, 0], visible, q_valid, q_valid.float().sum(-1))
+    plan = QueryPlan(None, q_valid, want_stats=True)
     return {
+        "decode_kernel (Triton): out + entropy": lambda: (
+            decode_kernel.decode_attention(q_rows, k, v, plan, masks, scaling).out
+        ),
         "efficient + bias, values v": lambda: efficient(v),
         "efficient + bias, values k (entropy's second call)": lambda: efficient(k),
         "flash, no mask": lambda: flash(v),
