@@ -445,7 +445,7 @@ def uses_fast_path(q: torch.Tensor, plan: QueryPlan, softcap: float | None) -> b
 def _entropy_only(plan: QueryPlan, softcap: float | None) -> bool:
     """The plan needs no probability but for the entropy (or none at all)."""
     plain = plan.selection is None and plan.forced_keep is None and plan.rule is None and not plan.analysis
-    return plain and softcap is None and not plan.eager_only
+    return plain and softcap is None
 
 
 def _query_attention(q, k, v, forward: _QueryForward, scaling: float, softcap: float | None) -> LayerResult:

@@ -377,11 +377,12 @@ class ParallelEngine:
             both, both_host = _host_buffer((2, sum(sizes)), torch.long, self.device)
             both_host[:] = np.concatenate([index for _, index in scattered], axis=1)
             both = _to_device(both, self.device)
-            if slab is not None:
+            if slab is not None:  # every store's tokens in one scatter
                 writes.append(StoreWrite(slab, scatter=RowScatter(both[0], both[1])))
-            for (c, _), start, n in zip(() if slab else scattered, np.cumsum([0, *sizes[:-1]]).tolist(), sizes):
-                scatter = RowScatter(both[0, start : start + n], both[1, start : start + n])
-                writes.append(StoreWrite(items[c].store, scatter=scatter))
+            else:
+                for (c, _), start, n in zip(scattered, np.cumsum([0, *sizes[:-1]]).tolist(), sizes):
+                    scatter = RowScatter(both[0, start : start + n], both[1, start : start + n])
+                    writes.append(StoreWrite(items[c].store, scatter=scatter))
         ids, pos = _to_device(ids, self.device), _to_device(pos, self.device)  # one transfer each, no stream sync
         with encoding(EncodePlan(prefix_kv=prefix_kv, writes=tuple(writes))):
             self._forward(ids, pos)
