@@ -50,8 +50,10 @@ def main() -> int:
     args = ap.parse_args()
     if args.data_dir:
         os.environ["PCE_DATA_DIR"] = args.data_dir
-    import lm_eval_parallel  # noqa: F401  (registers the tasks)
     from lm_eval_parallel import tasks_common
+    from lm_eval_parallel._autoload import register
+
+    register()  # the tasks, also where the package is on PYTHONPATH only (no start-up hook)
 
     names = [f"{t}_{args.length}" for t in SUBTASKS]
     build_all(names[:1], args.pretrained)  # imports, the tokenizer and the task index: not part of either build

@@ -309,27 +309,34 @@ class ParallelEngine:
     def _encode_pieces(self, items: list[_Pending]):
         """Encode the pieces of one or more contexts as right-padded batch rows (<= max_batch_tokens a forward).
 
-        Every context of ``items`` has the same shared prefix. A short prefix (BOS + sink, the usual case) is
-        recomputed at the head of every row: each forward is then one plain square causal call and a context's
-        prefix keys come from its first row. A long prefix (one context only) is encoded once (cached) and its
-        keys are prepended to every row's keys instead. Rows go longest first, so that a forward's rows have
-        similar widths; each forward writes into the stores of the contexts whose rows it holds.
+        Every context of ``items`` has the same shared prefix, and the same :attr:`_Pending.inline`. A short
+        prefix (BOS + sink, the usual case) is recomputed at the head of every row: each forward is then one plain
+        square causal call and a context's prefix keys come from its first row. A long prefix (or one beside short
+        pieces, e.g. a sink before P=64 pieces of 128 tokens) is encoded once (cached), written at the head of
+        every store, and its keys are prepended to every row's keys instead. Rows go longest first, so that a
+        forward's rows have similar widths; each forward writes into the stores of the contexts whose rows it holds.
         """
         prefix = items[0].layout.prefix
         s = len(prefix)
         rows = [(len(it.layout.pieces[i]), c, i) for c, it in enumerate(items) for i in it.nonempty]
         rows.sort(key=lambda row: -row[0])  # stable: a context's pieces stay in order among equal lengths
         inline = items[0].inline
-        if not inline and len(items) > 1:
-            raise ValueError("_encode_pieces: a long shared prefix is encoded for one context at a time")
-        prefix_kv = None if inline else self._store_prefix(prefix, items[0].store)
+        if any(it.inline != inline for it in items):
+            raise ValueError("_encode_pieces: the contexts of one call must all have an inline prefix or none")
         head = s if inline else 0
         slab = StoreSlab([it.store for it in items]) if self.slab_prefill and len(items) > 1 else None
+        prefix_kv = None
+        if not inline:
+            prefix_kv = self._encode_prefix(prefix)
+            for layer, (k, v) in enumerate(prefix_kv):  # [1, Hkv, s, D]
+                for store in [slab] if slab is not None else [it.store for it in items]:
+                    store.put_prefix(layer, k[0], v[0])
         start = 0
         while start < len(rows):
             width = head + rows[start][0]
             width = bucketed(width) if self.bucket_prefill else width
-            n = min(len(rows) - start, max(1, self.max_batch_tokens // width))
+            keys = width + (s - head)  # a row's keys: the prepended prefix's too
+            n = min(len(rows) - start, max(1, self.max_batch_tokens // keys))
             batch = rows[start : start + n]
             self._forward_rows(items, batch, width, head, prefix_kv, slab)
             start += n
@@ -400,7 +407,7 @@ class ParallelEngine:
         self, layouts: list[Layout], reserves: list[int], oracle_keys: bool = False
     ) -> list[EncodedContext]:
         """Prefill several contexts (each from the context cache when it is there), their piece rows packed into
-        shared forwards when their short shared prefixes are equal (``pack_prefill``); room for ``reserves[i]``
+        shared forwards when their shared prefixes are equal (``pack_prefill``); room for ``reserves[i]``
         query tokens each. Each context gets what it gets alone (rows never see each other)."""
         out: list[EncodedContext | None] = [None] * len(layouts)
         packs: dict[tuple[int, ...], list[_Pending]] = {}
@@ -418,10 +425,10 @@ class ParallelEngine:
             if not item.nonempty:  # no piece: the prefix alone is the context
                 if layout.prefix:
                     self._store_prefix(layout.prefix, item.store)
-            elif not (self.pack_prefill and item.inline) or oracle_keys:
-                self._encode_pieces([item])  # a long prefix (encoded once, prepended) or a second pass: alone
+            elif not self.pack_prefill or oracle_keys:
+                self._encode_pieces([item])  # the oracle-keys second pass: alone
             else:
-                packs.setdefault(layout.prefix, []).append(item)
+                packs.setdefault((layout.prefix, item.inline), []).append(item)
         for items in packs.values():
             self._encode_pieces(items)
         for j, item in fresh:

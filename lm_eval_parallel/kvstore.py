@@ -75,6 +75,7 @@ class StoreSlab:
         self.total = sum(caps)
         self.k: list[torch.Tensor | None] = [None] * len(stores[0].k)  # per layer [Hkv, total, D]
         self.v: list[torch.Tensor | None] = [None] * len(stores[0].k)
+        self._prefix_slots: torch.Tensor | None = None  # slab slots of every store's prefix, [stores * s]
 
     def _buffers(self, layer: int, like: torch.Tensor):
         """The slab's buffers of ``layer`` (like: [Hkv, M, D]), allocated at the first write with every store's
@@ -87,6 +88,17 @@ class StoreSlab:
                 store.k[layer] = self.k[layer][None, :, start : start + store.capacity]
                 store.v[layer] = self.v[layer][None, :, start : start + store.capacity]
         return self.k[layer], self.v[layer]
+
+    def put_prefix(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> None:
+        """Write the shared prefix's k, v [Hkv, s, D] at the head of every store of the slab (one copy each)."""
+        kb, vb = self._buffers(layer, k)
+        s = k.shape[1]
+        if self._prefix_slots is None or self._prefix_slots.numel() != s * len(self.offsets):
+            slots = (np.asarray(self.offsets)[:, None] + np.arange(s)[None]).reshape(-1)  # [stores * s]
+            self._prefix_slots = torch.from_numpy(slots).to(k.device)
+        n = len(self.offsets)
+        kb.index_copy_(1, self._prefix_slots, k.repeat(1, n, 1))
+        vb.index_copy_(1, self._prefix_slots, v.repeat(1, n, 1))
 
     def put_scatter(self, layer: int, scatter: RowScatter, flat_k: torch.Tensor, flat_v: torch.Tensor) -> None:
         """As :meth:`KVStore.put_scatter`, with ``scatter.dest`` in slab slots."""

@@ -163,15 +163,18 @@ def test_batched_rows_equal_single_rows(model):
 @pytest.mark.parametrize("slab", (True, False), ids=("slab", "stores"))
 @pytest.mark.parametrize("max_batch_tokens", (10**6, 64))
 def test_contexts_prefilled_together_equal_contexts_prefilled_alone(model, max_batch_tokens, slab, monkeypatch):
-    """encode_many packs the piece rows of contexts with the same short prefix into shared forwards (at 64 tokens a
-    forward, a context's rows also span several); a long-prefix context and the oracle-keys pass go alone. Every
+    """encode_many packs the piece rows of contexts with the same prefix into shared forwards (at 64 tokens a
+    forward, a context's rows also span several): a short prefix recomputed in every row, a long one (or one beside
+    short pieces) encoded once, written into every store and prepended; the oracle-keys pass goes alone. Every
     store holds what encode gives that context alone (fp32, 1e-5), and packing takes fewer forwards. With
     ``slab_prefill`` the packed stores are views of one StoreSlab (one scatter per layer a forward)."""
     gen = torch.Generator().manual_seed(7)
     sink, bos = (0, *_tokens(gen, 2)), (0,)  # inline while the longest piece has >= 16x the prefix's tokens
     shapes = [(sink, (50, 20, 33)), (bos, (17, 5, 9)), (sink, (49, 10)), (bos, (30,)), (sink, (60,))]
+    shapes += [(sink, (12, 8)), (sink, (20, 3, 11))]  # the same sink, not inline beside pieces this short
+    long = tuple(_tokens(gen, 9))  # a long prefix: encoded once, prepended
+    shapes += [(long, (5, 6)), (long, (8, 9, 4))]
     layouts = [Layout(prefix, tuple(tuple(_tokens(gen, n)) for n in lengths)) for prefix, lengths in shapes]
-    layouts.append(Layout(tuple(_tokens(gen, 9)), ((5, 6, 7), (8, 9))))  # a long prefix: encoded once, prepended
     for oracle_keys in (False, True):
         engine = ParallelEngine(model, "cpu", max_batch_tokens=max_batch_tokens, prefix_cache_size=0)
         assert not engine.pack_prefill  # only CUDA packs; forced here
@@ -187,7 +190,7 @@ def test_contexts_prefilled_together_equal_contexts_prefilled_alone(model, max_b
         if not oracle_keys:
             assert len(forwards) < n_alone
             storages = {t.store.k[0].untyped_storage().data_ptr() for t, lay in zip(together, layouts)}
-            assert len(storages) == (3 if slab else len(layouts))  # two slabs (sink, bos) + the long prefix's own
+            assert len(storages) == (4 if slab else len(layouts))  # slabs: sink inline, bos, sink prepended, long
         for a, b in zip(alone, together):
             assert (b.length, b.query_start) == (a.length, a.query_start)
             for layer in range(engine.n_layers):
