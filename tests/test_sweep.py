@@ -463,3 +463,22 @@ def test_sweep_from_yaml_with_a_grid_and_a_chat_template(tiny_llama_dir, tmp_pat
     assert main_sweep(["--config", str(sweep_yaml), *flags]) == 0
     assert capsys.readouterr().out.count("already in") == 2
     assert "limit=2.0 there, 3 now" in _error(capsys, ["--config", str(sweep_yaml)])
+
+
+@pytest.mark.parametrize("length", ("4k", "8k"))
+def test_paper_protocol_configs_name_the_board_grid(length):
+    """The board's sweep configs (issue protocol): 13 offline subtasks at one length, each with a task YAML, 100
+    documents, float32, samples logged, and the 29 configurations of P in {1..64} x four methods + full."""
+    from lm_eval_parallel import TASKS_DIR
+    from lm_eval_parallel.sweep import _as_list, configurations, read_sweep_yaml
+
+    path = os.path.join(os.path.dirname(__file__), "..", "leaderboards", f"paper_protocol_{length}.yaml")
+    lm_eval_keys, ours = read_sweep_yaml(path)
+    tasks = lm_eval_keys["tasks"]
+    assert len(tasks) == len(set(tasks)) == 13 and all(t.endswith(f"_{length}") for t in tasks)
+    task_files = {os.path.basename(p)[: -len(".yaml")] for p in glob.glob(os.path.join(TASKS_DIR, "*", "*.yaml"))}
+    assert set(tasks) <= task_files
+    assert lm_eval_keys["limit"] == 100 and lm_eval_keys["log_samples"] is True
+    assert lm_eval_keys["model_args"]["dtype"] == "float32"
+    confs = configurations([int(p) for p in _as_list(ours["P"])], _as_list(ours["methods"]), {})
+    assert len(confs) == 29
