@@ -2,7 +2,7 @@
 
     lm-eval-parallel sweep --model_args pretrained=M --tasks T --output_path OUT [every `lm_eval run` flag]
                            [--P 1,2,4] [--methods naive,sel] [--grid KEY=V1,V2 ...] [--context_cache_mb N]
-                           [--config SWEEP.yaml]
+                           [--config SWEEP.yaml] [--time_limit SECONDS]
 
 The flags of ``lm_eval run`` are read by lm-eval's own parser and checked by lm-eval's own configuration
 (``EvaluatorConfig``), so they mean what they mean there and an unknown flag fails as it does there. The grid
@@ -13,7 +13,9 @@ before anything loads). ``--config`` names a YAML file whose keys are the flags'
 Each configuration is written as an ordinary lm-eval results file under ``OUT/P{P}_{method}[_{KEY}={V}...]/``
 with its model_args recorded. It is written into a hidden ``.NAME.partial`` folder that is renamed to its
 name once every file is complete, so a folder with a name holds a complete configuration: the sweep skips
-those and resumes at the first configuration without one, whenever it was stopped.
+those and resumes at the first configuration without one, whenever it was stopped. With ``--time_limit`` the
+sweep starts no configuration that the time left would not hold (judged by its longest configuration so far) and
+stops cleanly, for a job with a wall-clock limit; the same command resumes it.
 """
 
 from __future__ import annotations
@@ -36,7 +38,7 @@ import time
 from . import config
 from .config import SETTINGS, PCEConfig, get_method, take_own_args
 
-SWEEP_FLAGS = ("P", "methods", "grid", "context_cache_mb")  # ours; every other flag is `lm_eval run`'s
+SWEEP_FLAGS = ("P", "methods", "grid", "context_cache_mb", "time_limit")  # ours; every other flag is `lm_eval run`'s
 DEFAULT_P = "1,2,4,8,16,32,64"
 DEFAULT_METHODS = "naive,sink,sel,sink+sel"
 DEFAULT_CONTEXT_CACHE_MB = 4096
@@ -201,7 +203,31 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="<MiB>",
         help=f"memory for encoded contexts shared by methods of one P (default: {DEFAULT_CONTEXT_CACHE_MB}; 0 = off)",
     )
+    ours.add_argument(
+        "--time_limit",
+        default=None,
+        metavar="<seconds>",
+        help="start no configuration after the sweep has run this long, less its longest configuration so far "
+        "(the rest is left for a resume)",
+    )
     return parser
+
+
+def parse_time_limit(value) -> float | None:
+    """``--time_limit``: seconds > 0, or None (no limit)."""
+    if value is None:
+        return None
+    try:
+        seconds = float(value)
+    except (TypeError, ValueError):
+        seconds = float("nan")
+    if not seconds > 0 or seconds == float("inf"):
+        raise ValueError(f"--time_limit {value!r} is not allowed: a number of seconds > 0")
+    return seconds
+
+
+def _clock() -> float:
+    return time.monotonic()
 
 
 def cli_values(text: str) -> list:
@@ -276,6 +302,7 @@ class Plan:
     todo: list[Configuration]
     task_manager: object
     tasks: list
+    time_limit: float | None = None  # seconds (--time_limit)
 
 
 def grid_values(raw: dict[str, list], model_args: dict) -> dict[str, list]:
@@ -339,6 +366,9 @@ def plan_sweep(args: argparse.Namespace) -> Plan:
         "context_cache_mb",
         SETTINGS["context_cache_mb"].parse("context_cache_mb", pick("context_cache_mb", DEFAULT_CONTEXT_CACHE_MB)),
     )
+    time_limit = parse_time_limit(pick("time_limit", None))
+    if time_limit is not None and int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        raise ValueError("--time_limit runs with one process (under accelerate launch the ranks could stop apart)")
     planned = configurations(p_values, methods, values)
     if not planned:
         raise ValueError("the grid is empty: give --P and --methods values")
@@ -367,9 +397,9 @@ def plan_sweep(args: argparse.Namespace) -> Plan:
             )
         print(f"sweep: {conf} already in {folder}; skipped")
     if not todo:
-        return Plan(cfg, model_args, own, [], None, [])
+        return Plan(cfg, model_args, own, [], None, [], time_limit)
     task_manager = cfg.process_tasks(cfg.metadata)  # lm-eval's task lookup: "Tasks not found: ..."
-    return Plan(cfg, model_args, own, todo, task_manager, build_tasks(task_manager, cfg.tasks))
+    return Plan(cfg, model_args, own, todo, task_manager, build_tasks(task_manager, cfg.tasks), time_limit)
 
 
 def build_tasks(task_manager, names: list) -> list:
@@ -394,6 +424,7 @@ def _one_line(err: BaseException) -> str:
 
 
 def main_sweep(argv: list[str]) -> int:
+    started = _clock()
     args = build_parser().parse_args(argv)
     try:
         plan = plan_sweep(args)
@@ -416,13 +447,23 @@ def main_sweep(argv: list[str]) -> int:
         print(f"lm-eval-parallel sweep: error: {_one_line(err)}", file=sys.stderr)
         return 2
     previous_contexts = None
+    longest = 0.0  # seconds of the longest configuration so far
     for i, conf in enumerate(plan.todo):
+        if plan.time_limit is not None and i and _clock() - started + longest > plan.time_limit:
+            left = len(plan.todo) - i
+            print(
+                f"sweep: time limit {plan.time_limit:g}s: stopped before {conf} ({left} configuration"
+                f"{'s' if left > 1 else ''} left; the same command resumes)"
+            )
+            return 0
+        begin = _clock()
         contexts = (conf.P, get_method(conf.method).contexts)  # a (P, family) runs back to back
         if lm.engine.context_cache is not None and contexts != previous_contexts:
             lm.engine.context_cache.clear()  # no later configuration reads the contexts kept so far
         previous_contexts = contexts
         lm.configure(PCEConfig.from_args(**plan.own, **conf.settings()))
         run_configuration(lm, plan, conf, first_run=i == 0)
+        longest = max(longest, _clock() - begin)
     cache = lm.engine.context_cache
     if cache is not None:
         print(f"sweep: {cache.hits} encoded contexts reused across methods")

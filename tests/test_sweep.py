@@ -482,3 +482,30 @@ def test_paper_protocol_configs_name_the_board_grid(length):
     assert lm_eval_keys["model_args"]["dtype"] == "float32"
     confs = configurations([int(p) for p in _as_list(ours["P"])], _as_list(ours["methods"]), {})
     assert len(confs) == 29
+
+
+def test_time_limit_stops_before_a_configuration_that_would_not_fit_and_resumes(
+    tiny_llama_dir, tmp_path, capsys, monkeypatch
+):
+    """--time_limit 25 with every configuration taking 10 s on the sweep's clock: the first two run (0 + 10 and
+    10 + 10 <= 25), the third would end at 30, so the sweep stops before it and exits 0; the same command without
+    the limit resumes with the rest."""
+    from lm_eval_parallel import sweep
+
+    now = [0.0]
+    monkeypatch.setattr(sweep, "_clock", lambda: now[0])
+    run = sweep.run_configuration
+
+    def timed_run(*args, **kwargs):
+        run(*args, **kwargs)
+        now[0] += 10.0
+
+    monkeypatch.setattr(sweep, "run_configuration", timed_run)
+    out = tmp_path / "sweep"
+    args = ["--model_args", f"pretrained={tiny_llama_dir},dtype=float32", "--P", "2", "--methods", "naive,sel,sink"]
+    args += ["--tasks", "pce_smoke", "--output_path", str(out), "--device", "cpu", "--limit", "1"]
+    assert main_sweep([*args, "--time_limit", "25"]) == 0
+    assert "time limit 25s: stopped before P=2 method=sink (1 configuration left" in capsys.readouterr().out
+    assert sorted(os.listdir(out)) == ["P2_naive", "P2_sel"]
+    assert main_sweep(args) == 0
+    assert sorted(os.listdir(out)) == ["P2_naive", "P2_sel", "P2_sink"]

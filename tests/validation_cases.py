@@ -407,6 +407,13 @@ CASES = [
     ),
     Case(
         "sweep",
+        "sweep --time_limit 0",
+        "lm-eval-parallel sweep: error: --time_limit '0' is not allowed: a number of seconds > 0",
+        command("sweep", *SWEEP, "--time_limit", "0"),
+        CommandFailed,
+    ),
+    Case(
+        "sweep",
         "sweep --model_args P=2",
         "lm-eval-parallel sweep: error: P must not be in --model_args; give them with --P / --methods",
         command("sweep", *SWEEP[2:], "--model_args", "pretrained=DIR,P=2"),
