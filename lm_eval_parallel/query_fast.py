@@ -2,7 +2,8 @@
 
 Same arguments and result as :func:`~.attention.eager_query_attention`. The keys split into groups
 (:class:`~.kvstore.KeyGroups`): every piece, whose keys are all context keys seen by every query row, and the
-rest (prefix, query and generated keys), which is small and needs the causal mask. For each group g a flash
+rest (prefix, query and generated keys), which is small and needs the causal mask; where nothing chooses among
+the pieces (no selection, no forced keep) all piece keys are one group. For each group g a flash
 kernel gives, per (head, row), with p^g the softmax of the scores s = scaling * q.k within g:
 
     lse_g = log sum_{k in g} exp(s_k)      o_g = sum_{k in g} p^g_k v_k      c_g = sum_{k in g} p^g_k k_k
@@ -206,7 +207,7 @@ def grouped_query_attention(
     qg = q.reshape(b, hkv, n_rep * n_q, d)  # [B, Hkv, G*Q, D]: the query heads of one kv head are rows
     want_scores = plan.selection is not None
     want_k = plan.want_stats
-    merge_pieces = not want_scores and plan.forced_keep is None and not groups.gathered
+    merge_pieces = not want_scores and plan.forced_keep is None  # nothing chooses among the pieces
 
     def unfold(t: torch.Tensor) -> torch.Tensor:  # [B, Hkv, G*Q, ...] -> [B, H, Q, ...]
         return t.reshape(b, h, n_q, *t.shape[3:])
@@ -215,7 +216,10 @@ def grouped_query_attention(
     #    and, with a selection, every piece's top-n scores [B, H, Q, n].
     parts: list[tuple[int, torch.Tensor, torch.Tensor, torch.Tensor | None]] = []
     topn: dict[int, torch.Tensor] = {}
-    if groups.gathered:
+    if groups.gathered and merge_pieces:
+        # one group: every row's piece keys wherever they lie (rows of other lengths, left-padded), masked by a bias
+        sources = [(-1, k, v, masks.group_index < masks.piece_index.shape[1])]  # [B, K] piece keys
+    elif groups.gathered:
         n_slots, l_max = masks.piece_index.shape[1:]
         sources = []
         for slot in range(n_slots):

@@ -120,6 +120,30 @@ def test_fast_layer_equals_eager(device, dtype, tol, one_request, n_q, heads):
                 assert torch.equal(kept[0], kept[1])
 
 
+@pytest.mark.parametrize("one_request", (True, False))
+def test_without_a_choice_among_pieces_the_pieces_are_one_group(one_request, monkeypatch):
+    """Entropy only (no selection, no forced keep): the context's pieces are one group for attend_with_lse, two
+    calls (output, and the keys as values for the entropy) whatever the number of pieces, also where the rows'
+    pieces lie at other offsets (a left-padded batch); with a selection every piece is a group of its own."""
+    gen = torch.Generator().manual_seed(3)
+    store, q_valid = _store("cpu", torch.float32, one_request, 3, 2, 16, gen)
+    q = torch.randn(store.batch, 4, 3, 16, generator=gen)
+    k, v = store.append_query(0, *(torch.randn(store.batch, 2, 3, 16, generator=gen) for _ in range(2)))
+    calls = []
+    monkeypatch.setattr(query_fast, "attend_with_lse", lambda *a, f=attend_with_lse: calls.append(1) or f(*a))
+    for plan, want_calls in (
+        (QueryPlan(store, q_valid, want_stats=True), 2),
+        (QueryPlan(store, q_valid, selection=Selection(top_k=2), want_stats=True), 2 * 4),  # 4 piece slots
+    ):
+        masks = build_query_masks(plan, "cpu", k.shape[2], groups=True)
+        calls.clear()
+        got = grouped_query_attention(q, k, v, plan, masks, 0.25)
+        assert len(calls) == want_calls
+        want = eager_query_attention(q, k, v, plan, masks, 0.25, None)
+        torch.testing.assert_close(got.out, want.out, rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(got.stats.entropy_sum, want.stats.entropy_sum, rtol=1e-5, atol=1e-5)
+
+
 def test_query_paths_build_every_tensor_on_the_query_device():
     """On the meta device, a tensor built on the host that meets the query's in an op raises (as on CUDA)."""
     gen = torch.Generator().manual_seed(4)
