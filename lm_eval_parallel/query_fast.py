@@ -142,6 +142,40 @@ def _piece_topn(qg: torch.Tensor, k: torch.Tensor, key_ok: torch.Tensor | None, 
     return F.pad(top, (0, n - top.shape[-1]), value=float("-inf")) if top.shape[-1] < n else top
 
 
+def _slot_topn(qg: torch.Tensor, k: torch.Tensor, piece_index: torch.Tensor, scaling: float, n: int) -> torch.Tensor:
+    """The ``n`` largest scaled scores of every folded row in every piece slot, wherever the slot's keys lie:
+    qg [B, Hkv, M, D], k [B, Hkv, K, D], piece_index [B, P, Lmax] (-1 = none) -> fp32 [B, Hkv, M, P, n], -inf
+    where a slot has fewer keys. One product over every key per chunk of rows, then a gather by piece."""
+    b, hkv, m, _ = qg.shape
+    n_slots, l_max = piece_index.shape[1:]
+    index = piece_index.clamp_min(0).reshape(b, 1, 1, n_slots * l_max)
+    absent = (piece_index < 0)[:, None, None]  # [B, 1, 1, P, Lmax]
+    per_row = b * hkv * (k.shape[2] + n_slots * l_max) * qg.element_size() * 2
+    step = max(1, min(m, CHUNK_BYTES // max(1, per_row)))
+    out = []
+    for r0 in range(0, m, step):
+        logits = qg[:, :, r0 : r0 + step] @ k.transpose(-1, -2)  # [B, Hkv, r, K] in the query dtype
+        per_slot = logits.gather(-1, index.expand(b, hkv, logits.shape[2], -1)).unflatten(-1, (n_slots, l_max))
+        per_slot = per_slot.masked_fill(absent, float("-inf"))  # [B, Hkv, r, P, Lmax]
+        out.append(topn_values(per_slot, n).float() * scaling)
+    top = out[0] if len(out) == 1 else torch.cat(out, dim=2)
+    return F.pad(top, (0, n - top.shape[-1]), value=float("-inf")) if top.shape[-1] < n else top
+
+
+def _keeps_per_request(plan: QueryPlan) -> bool:
+    """The pieces kept are the same for every head and query row of a request (keep [B, 1, 1, P]): HT's
+    selection, LHT's forced keep, or every piece (no selection, or scores only)."""
+    if plan.forced_keep is not None:
+        return tuple(plan.forced_keep.shape[1:3]) == (1, 1)
+    return plan.selection is None or plan.scores_only or plan.selection.aggr == "HT"
+
+
+def _additive(key_ok: torch.Tensor) -> torch.Tensor:
+    """[B, L] bool -> fp32 bias [B, 1, 1, L]: 0 where a key may be attended, the fp32 minimum elsewhere."""
+    bias = torch.zeros(key_ok.shape, dtype=torch.float32, device=key_ok.device)
+    return bias.masked_fill(~key_ok, torch.finfo(torch.float32).min)[:, None, None, :]
+
+
 def fast_query_attention(
     q: torch.Tensor,
     k: torch.Tensor,
@@ -208,6 +242,10 @@ def grouped_query_attention(
     want_scores = plan.selection is not None
     want_k = plan.want_stats
     merge_pieces = not want_scores and plan.forced_keep is None  # nothing chooses among the pieces
+    # A left-padded batch (pieces at other offsets per row) whose kept pieces are the same for every head and row
+    # of a request: the piece keys are one group, attended twice (every piece, then the kept ones) with a bias,
+    # whatever the number of pieces, and the piece scores come from one product over every key.
+    one_group = groups.gathered and _keeps_per_request(plan)
 
     def unfold(t: torch.Tensor) -> torch.Tensor:  # [B, Hkv, G*Q, ...] -> [B, H, Q, ...]
         return t.reshape(b, h, n_q, *t.shape[3:])
@@ -216,9 +254,9 @@ def grouped_query_attention(
     #    and, with a selection, every piece's top-n scores [B, H, Q, n].
     parts: list[tuple[int, torch.Tensor, torch.Tensor, torch.Tensor | None]] = []
     topn: dict[int, torch.Tensor] = {}
-    if groups.gathered and merge_pieces:
-        # one group: every row's piece keys wherever they lie (rows of other lengths, left-padded), masked by a bias
-        sources = [(-1, k, v, masks.group_index < masks.piece_index.shape[1])]  # [B, K] piece keys
+    piece_key = masks.group_index < masks.piece_index.shape[1]  # [B, K]: the key is a piece's
+    if one_group:
+        sources = [(-1, k, v, piece_key)]
     elif groups.gathered:
         n_slots, l_max = masks.piece_index.shape[1:]
         sources = []
@@ -231,20 +269,26 @@ def grouped_query_attention(
         if merge_pieces and spans and all(a[1] == z[0] for a, z in itertools.pairwise(spans)):
             spans = ((spans[0][0], spans[-1][1], -1),)  # back to back: one group, nothing chooses among them
         sources = [(slot, k[:, :, s0:s1], v[:, :, s0:s1], None) for s0, s1, slot in spans]
-    for slot, kp, vp, key_ok in sources:
-        bias = None
-        if key_ok is not None:
-            bias = torch.zeros(key_ok.shape, dtype=torch.float32, device=q.device)
-            bias = bias.masked_fill(~key_ok, torch.finfo(torch.float32).min)[:, None, None, :]  # [B, 1, 1, L]
+
+    def attend(kp, vp, key_ok, with_k):  # (lse [B, H, Q], o [B, H, Q, D], c | None) of one group
+        bias = None if key_ok is None else _additive(key_ok)  # [B, 1, 1, L]
         out, lse = attend_with_lse(qg, kp, vp, bias, scaling)
         if key_ok is not None:
-            # A batch row without this piece slot sees no key of the group. CUDA's efficient kernel returns a
-            # finite log-sum-exp (about 0) for such a row, where softmax's is -inf: the group must weigh nothing.
+            # A batch row without a key in the group (no such piece slot, no piece kept). CUDA's efficient kernel
+            # returns a finite log-sum-exp (about 0) for such a row, where softmax's is -inf: it must weigh nothing.
             lse = lse.masked_fill(~key_ok.any(-1)[:, None, None], float("-inf"))  # [B, Hkv, G*Q]
-        c = unfold(attend_with_lse(qg, kp, kp, bias, scaling)[0]) if want_k else None
-        parts.append((slot, unfold(lse), unfold(out), c))
-        if want_scores:
+        c = unfold(attend_with_lse(qg, kp, kp, bias, scaling)[0]) if with_k else None
+        return unfold(lse), unfold(out), c
+
+    for slot, kp, vp, key_ok in sources:
+        # one_group with a choice: this pass gives the log-sum-exp over every piece key; the kept ones come later
+        chooses_later = one_group and (plan.selects or plan.forced_keep is not None)
+        parts.append((slot, *attend(kp, vp, key_ok, want_k and not chooses_later)))
+        if want_scores and not one_group:
             topn[slot] = unfold(_piece_topn(qg, kp, key_ok, scaling, plan.selection.score_topn))
+    if want_scores and one_group:
+        values = _slot_topn(qg, k, masks.piece_index, scaling, plan.selection.score_topn)  # [B, Hkv, G*Q, P, n]
+        topn = dict(enumerate(unfold(values).unbind(-2)))
 
     # the rest: few keys, causal and padding mask, fp32 probabilities as in the eager path
     index, valid = groups.rest_index, groups.rest_valid  # [B, R]
@@ -275,6 +319,12 @@ def grouped_query_attention(
     if plan.selects:
         sel = plan.selection
         keep = select_pieces(topn_sum(scores, sel.aggr, sel.aggr_topn), masks.n_pieces, sel.top_k)
+    if one_group and keep is not None:  # the kept pieces' keys, attended as one group in place of every piece's
+        index = torch.where(piece_key, masks.group_index, 0)  # [B, K]
+        kept_key = piece_key & keep[:, 0, 0].gather(-1, index)  # [B, K]
+        parts[0] = (-1, *attend(k, v, kept_key, want_k))
+        lse = torch.stack([lse for _, lse, _, _ in parts], dim=-1)  # [B, H, Q, 2]
+        keep = None
 
     # 3. Merge the kept groups (SPEC §7.3): softmax over the kept keys, its output and its entropy (SPEC §8).
     if keep is not None:

@@ -121,10 +121,12 @@ def test_fast_layer_equals_eager(device, dtype, tol, one_request, n_q, heads):
 
 
 @pytest.mark.parametrize("one_request", (True, False))
-def test_without_a_choice_among_pieces_the_pieces_are_one_group(one_request, monkeypatch):
+def test_pieces_are_one_group_where_nothing_chooses_among_them_per_row(one_request, monkeypatch):
     """Entropy only (no selection, no forced keep): the context's pieces are one group for attend_with_lse, two
     calls (output, and the keys as values for the entropy) whatever the number of pieces, also where the rows'
-    pieces lie at other offsets (a left-padded batch); with a selection every piece is a group of its own."""
+    pieces lie at other offsets (a left-padded batch). With a selection that keeps the same pieces for every head
+    and row of a request (HT), a left-padded batch takes three (every piece key for the log-sum-exp, then the kept
+    ones' output and entropy); a selection per head and row (none), or pieces at shared offsets, one group per piece."""
     gen = torch.Generator().manual_seed(3)
     store, q_valid = _store("cpu", torch.float32, one_request, 3, 2, 16, gen)
     q = torch.randn(store.batch, 4, 3, 16, generator=gen)
@@ -133,7 +135,11 @@ def test_without_a_choice_among_pieces_the_pieces_are_one_group(one_request, mon
     monkeypatch.setattr(query_fast, "attend_with_lse", lambda *a, f=attend_with_lse: calls.append(1) or f(*a))
     for plan, want_calls in (
         (QueryPlan(store, q_valid, want_stats=True), 2),
-        (QueryPlan(store, q_valid, selection=Selection(top_k=2), want_stats=True), 2 * 4),  # 4 piece slots
+        (QueryPlan(store, q_valid, selection=Selection(top_k=2, aggr="none"), want_stats=True), 2 * 4),  # 4 slots
+        (
+            QueryPlan(store, q_valid, selection=Selection(top_k=2, aggr="HT"), want_stats=True),
+            2 * 4 if one_request else 3,
+        ),
     ):
         masks = build_query_masks(plan, "cpu", k.shape[2], groups=True)
         calls.clear()
