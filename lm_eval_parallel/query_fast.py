@@ -66,8 +66,14 @@ def attend_with_lse(
     Returns out [B, n, M, D] in q's dtype and lse [B, n, M] fp32 (the log-sum-exp of the scaled scores).
     """
     b, n, m, _ = q.shape
+    n_k = k.shape[2]
     if bias is not None:
-        bias = bias.to(q.dtype).expand(b, n, m, k.shape[2])
+        bias = bias.to(q.dtype)
+        if q.is_cuda and n_k % 16:  # the kernel reads bias rows 16-element aligned: pad the small bias, then expand
+            padded = bias.new_zeros(*bias.shape[:-1], -(-n_k // 16) * 16)
+            padded[..., :n_k] = bias
+            bias = padded[..., :n_k]
+        bias = bias.expand(b, n, m, n_k)  # a view: broadcast dims have stride 0, nothing [B, n, M, N] is written
     if not q.is_cuda:
         return torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(
             q, k, v, 0.0, False, attn_mask=bias, scale=scaling
@@ -75,9 +81,6 @@ def attend_with_lse(
     if bias is None and q.dtype in (torch.float16, torch.bfloat16):
         out, lse = torch.ops.aten._scaled_dot_product_flash_attention(q, k, v, 0.0, False, False, scale=scaling)[:2]
         return out, lse
-    if bias is not None and k.shape[2] % 16:  # the kernel reads the bias rows 16-element aligned
-        width = -(-k.shape[2] // 16) * 16
-        bias = bias.new_zeros(b, n, m, width)[..., : k.shape[2]].copy_(bias)
     out, lse = torch.ops.aten._scaled_dot_product_efficient_attention(q, k, v, bias, True, 0.0, False, scale=scaling)[
         :2
     ]
