@@ -2,7 +2,7 @@
 
     python benchmarks/bench_board.py --length 8k --limit 100 --P 1,16,64 --methods full,naive,sink+sel \\
         [--pretrained smollm2-135m] [--dtype bfloat16] [--batch_size 16] [--model parallel_hf,hf] \\
-        [--data_dir ../shared/data] [--out benchmarks/results]
+        [--data_dir ../shared/data] [--out benchmarks/results] [--log_samples] [--time_limit S --work W --resume]
     python benchmarks/bench_board.py --tiny        # tiny random Llama + tiny generated data, seconds on a CPU
 
 `parallel_hf` runs through `lm_eval_parallel.sweep.main_sweep` (the `lm-eval-parallel sweep` command): one
@@ -17,7 +17,9 @@ around the stages, with `torch.cuda.synchronize()` at each edge on CUDA:
 
 `hf` runs the same tasks (same documents, seeds and generation settings) through lm-eval's own `HFLM` in the
 same process, after the sweep, for the ratio. The JSON (`bench_board_<device>_<date>.json` in --out) holds
-requests/s per configuration, the stage breakdown, peak GPU memory, the scores and the command.
+requests/s per configuration, the stage breakdown, peak GPU memory, the scores and the command. With
+`--log_samples` the sweep's folder (`--work`/sweep) is also a board's raw data, and the JSON its efficiency
+columns (`lm-eval-parallel leaderboard ... --timings`): accuracy and speed from the same run.
 """
 
 from __future__ import annotations
@@ -332,6 +334,10 @@ def run_parallel_hf(args, tasks: list[str], cuda: bool, built_tasks: list) -> di
         argv += ["--limit", str(args.limit)]
     if args.gen_kwargs:
         argv += ["--gen_kwargs", args.gen_kwargs]
+    if args.log_samples:
+        argv += ["--log_samples"]
+    if args.time_limit:
+        argv += ["--time_limit", str(args.time_limit)]
     start = clock.now()
     with contextlib.ExitStack() as stack:
         stack.enter_context(mock.patch.object(sweep, "build_tasks", build_tasks))
@@ -611,6 +617,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="batch size of lm-eval's hf (default --batch_size; hf keeps fp32 logits of every token of a batch)",
     )
     ap.add_argument("--gen_kwargs", default=None, help="lm-eval --gen_kwargs for every configuration")
+    ap.add_argument(
+        "--log_samples", action="store_true", help="lm-eval --log_samples: per-document samples in --work/sweep"
+    )
+    ap.add_argument(
+        "--time_limit", default=None, help="the sweep's --time_limit (seconds): a grid in parts, with --resume"
+    )
     ap.add_argument("--device", default=None, help="default: cuda when available, else cpu")
     ap.add_argument("--model", default="parallel_hf", help="comma-separated: parallel_hf, hf (default parallel_hf)")
     ap.add_argument("--data_dir", default=None, help="the data folder (sets PCE_DATA_DIR; default: the environment's)")

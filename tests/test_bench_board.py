@@ -102,9 +102,13 @@ def test_a_resumed_run_adds_the_rest_of_the_grid_to_the_first_calls_records(benc
     assert bench_board.main([*common, "--methods", "full"]) == 0
     first = json.loads((tmp_path / "progress.json").read_text())["configurations"]
     assert [(c["P"], c["method"]) for c in first] == [(1, "full")]
-    assert bench_board.main([*common, "--methods", "full,naive", "--resume"]) == 0
+    second = ["--methods", "full,naive", "--resume", "--log_samples", "--time_limit", "3600"]
+    assert bench_board.main([*common, *second]) == 0
     (path,) = (tmp_path / "out").iterdir()  # the second call's file (same date) holds both parts
     sweep = json.loads(path.read_text())["parallel_hf"]
+    assert sweep["sweep_argv"][-3:] == ["--log_samples", "--time_limit", "3600"]  # passed on to the sweep
+    samples = list((tmp_path / "work" / "sweep" / "P2_naive").rglob("samples_*.jsonl"))
+    assert len(samples) == 13  # per-document samples of every subtask, for the board
     assert [(c["P"], c["method"]) for c in sweep["configurations"]] == [(1, "full"), (2, "naive")]
     assert sweep["configurations"][0]["wall_s"] == first[0]["wall_s"]  # not run again
     assert len(sweep["calls"]) == 2
