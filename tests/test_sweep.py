@@ -194,7 +194,7 @@ def test_sweep_takes_every_lm_eval_run_flag_and_refuses_unknown_ones(capsys):
 
     ours = options(build_parser())
     assert options(_run_parser()) <= ours  # -C/--config, --apply_chat_template, --metadata, --seed, ... all of them
-    assert ours - options(_run_parser()) == {"--P", "--methods", "--grid", "--context_cache_mb"}
+    assert ours - options(_run_parser()) == {"--P", "--methods", "--grid", "--context_cache_mb", "--time_limit"}
     args = build_parser().parse_args(
         [
             "--tasks",

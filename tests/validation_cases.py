@@ -423,7 +423,7 @@ CASES = [
         "sweep",
         "sweep --config DIR/sweep.yaml (with a key grids)",
         "lm-eval-parallel sweep: error: --config 'DIR/sweep.yaml': unknown key 'grids'; did you mean 'grid'? "
-        "(keys: the flags' names, and P, methods, grid, context_cache_mb)",
+        "(keys: the flags' names, and P, methods, grid, context_cache_mb, time_limit)",
         command("sweep", "--config", "DIR/sweep.yaml", setup=files(**{"sweep.yaml": "grids: {top_k: [1]}\n"})),
         CommandFailed,
     ),
