@@ -1,4 +1,4 @@
-"""Prefill time and peak memory: full SDPA attention vs ParallelEngine.encode (naive, sink+sel).
+"""Prefill time and peak memory: full SDPA attention vs the parallel engines' encode (any method).
 
 Model: Llama-3.1-8B shapes (hidden 4096, 32 heads, 8 KV heads, intermediate 14336, vocab 128256,
 llama3 RoPE scaling, 131072 positions) with random bf16 weights; ``--layers`` sets the depth (the
@@ -8,9 +8,11 @@ FLOP bound and the measured ratios are per layer; the lm head sees one token).
         --repeats 2 --json out.json [--append benchmarks/RESULTS.md]
 
 Full attention = the plain HF model (attn_implementation="sdpa"), one forward with use_cache=True and
-logits_to_keep=1 (a real prefill). Parallel = ``ParallelEngine.encode(layout)`` with the model's
-attention switched to ``pce``: naive = prefix of 1 token (BOS), sink+sel = BOS + a 16-token sink
-(selection only acts in the query stage, so sink and sink+sel encode identically).
+logits_to_keep=1 (a real prefill). Parallel = ``encode(layout)`` of the engine that ``method=`` runs
+(``model.engine_for``: its positions, and star's and nbce's own engines) with the model's attention switched to
+``pce``: the prefix is BOS, plus a 16-token sink for the methods that use one (selection and the peer methods'
+query rules act in the query stage only, so e.g. sink and sink+sel encode identically). The FLOP bound counts
+each piece's attention over the prefix and itself; for star the anchor (the first piece) joins the prefix.
 """
 
 from __future__ import annotations
@@ -194,8 +196,10 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
 
     from lm_eval_parallel import attention
+    from lm_eval_parallel.config import PCEConfig, get_method
     from lm_eval_parallel.engine import ParallelEngine
     from lm_eval_parallel.layout import Layout
+    from lm_eval_parallel.model import engine_for
 
     device = "cuda" if torch.cuda.is_available() else "cpu"
     dtype = torch.bfloat16 if device == "cuda" else torch.float32
@@ -203,7 +207,10 @@ def main(argv=None) -> int:
     attention.register()
     if args.max_batch_tokens is None:
         args.max_batch_tokens = ParallelEngine.PREFILL_BATCH_TOKENS
-    engine = ParallelEngine(model, device, want_stats=False, max_batch_tokens=args.max_batch_tokens)
+    methods = args.methods.split(",")
+    for method in methods:
+        if not get_method(method).parallel:
+            raise SystemExit(f"bench_prefill: --methods {method!r} is not a parallel method (full is the baseline)")
     weights = torch.cuda.memory_allocated() if device == "cuda" else 0
     gen = torch.Generator().manual_seed(0)
     rows = []
@@ -236,8 +243,10 @@ def main(argv=None) -> int:
         rows.append(row)
         print(json.dumps(row), flush=True)
         for P in [int(x) for x in args.P.split(",")]:
-            for method in args.methods.split(","):
-                s = 1 if method == "naive" else 1 + SINK_TOKENS
+            for method in methods:
+                pce = PCEConfig.from_args(method=method, P=P, entropy=False, prefill_batch_tokens=args.max_batch_tokens)
+                engine = engine_for(model, device, pce)
+                s = 1 + (SINK_TOKENS if get_method(method).uses_sink else 0)
                 prefix = tuple(int(t) for t in ids[0, :s])
                 body = ids[0, s:].tolist()
                 pieces, start = [], 0
@@ -246,14 +255,18 @@ def main(argv=None) -> int:
                     start += n
                 layout = Layout(prefix, tuple(pieces))
 
-                def par(layout=layout):
+                def par(layout=layout, engine=engine):
                     model.set_attn_implementation(attention.ATTN_NAME)
                     engine._prefix_cache.clear()  # prefix encoded every time, like a fresh request
                     ctx = engine.encode(layout, reserve=1)
                     del ctx
 
                 t, ts, m = measure(par, args.repeats, device)
-                f = flops(cfg, [(0, s)] + [(s, len(p)) for p in pieces])
+                if get_method(method).engine == "star":  # the anchor joins the prefix of every other piece
+                    a = s + len(pieces[0])
+                    f = flops(cfg, [(0, a)] + [(a, len(p)) for p in pieces[1:]])
+                else:
+                    f = flops(cfg, [(0, s)] + [(s, len(p)) for p in pieces])
                 bound = f_full / f
                 row = dict(
                     L=L,
