@@ -410,7 +410,7 @@ class ParallelEngine:
         shared forwards when their shared prefixes are equal (``pack_prefill``); room for ``reserves[i]``
         query tokens each. Each context gets what it gets alone (rows never see each other)."""
         out: list[EncodedContext | None] = [None] * len(layouts)
-        packs: dict[tuple[int, ...], list[_Pending]] = {}
+        packs: dict[tuple[tuple[int, ...], bool], list[_Pending]] = {}  # (prefix, inline) -> its contexts
         fresh: list[tuple[int, _Pending]] = []
         for j, (layout, reserve) in enumerate(zip(layouts, reserves)):
             cached = (
@@ -426,7 +426,7 @@ class ParallelEngine:
                 if layout.prefix:
                     self._store_prefix(layout.prefix, item.store)
             elif not self.pack_prefill or oracle_keys:
-                self._encode_pieces([item])  # the oracle-keys second pass: alone
+                self._encode_pieces([item])  # one at a time: no packing (CPU), or oracle keys (a second pass follows)
             else:
                 packs.setdefault((layout.prefix, item.inline), []).append(item)
         for items in packs.values():
