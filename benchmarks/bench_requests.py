@@ -5,8 +5,9 @@
 
 The 13 subtasks of `bench_board.py` at one length, their requests built by lm-eval (`build_all_requests`), then
 `ParallelHFLM.prepare_loglikelihood / prepare_generation` timed for every request, configuration after
-configuration (`method=naive` at each P, as a sweep runs them), once with the memo a sweep shares
-(`ParallelHFLM.token_memo`) and once with it switched off, in one process. Also checks that both give the same
+configuration (`method=naive` at each P, as a sweep runs them), with the memo a sweep shares
+(`ParallelHFLM.token_memo`) warmed first in batched tokenizer calls (as `loglikelihood` / `generate_until` do),
+with the memo filled one text at a time, and with it switched off, in one process. Also checks that all give the same
 layouts. No model forward runs: this is the "rest of the model's request methods" of `bench_board.py`.
 """
 
@@ -60,7 +61,9 @@ def main() -> int:
     if set(kinds) - {"loglikelihood", "generate_until"}:
         raise SystemExit(f"bench_requests: request types {kinds}; this benchmark times loglikelihood/generate_until")
 
-    def prepare_all():
+    def prepare_all(warm: bool):
+        if warm:  # what loglikelihood / generate_until do before preparing their requests
+            lm.builder.warm(i.args[0] for i in instances)
         return [
             lm.prepare_generation(i.args[0])
             if i.request_type == "generate_until"
@@ -69,18 +72,21 @@ def main() -> int:
         ]
 
     rows, layouts = [], {}
-    for memo in (True, False):
+    for memo, warm in ((True, True), (True, False), (False, False)):
         lm.token_memo = TokenMemo() if memo else None
         for P in [int(p) for p in args.P.split(",")]:
             lm.configure(PCEConfig.from_args(P=P, method="naive" if P > 1 else "full"))
             start = time.perf_counter()
-            prepared = prepare_all()
+            prepared = prepare_all(warm)
             seconds = time.perf_counter() - start
             if P in layouts and [p.layout for p in prepared] != layouts[P]:
-                raise SystemExit(f"bench_requests: P={P}: the memo changed a layout")
+                raise SystemExit(f"bench_requests: P={P}: the memo or its warming changed a layout")
             layouts[P] = [p.layout for p in prepared]
-            rows.append(dict(memo=memo, P=P, requests=len(instances), seconds=seconds))
-            print(f"memo={memo} P={P}: {len(instances)} requests, {seconds / len(instances) * 1e3:.2f} ms/request")
+            rows.append(dict(memo=memo, warm=warm, P=P, requests=len(instances), seconds=seconds))
+            print(
+                f"memo={memo} warm={warm} P={P}: {len(instances)} requests, "
+                f"{seconds / len(instances) * 1e3:.2f} ms/request"
+            )
     record = {"command": "python benchmarks/bench_requests.py " + " ".join(os.sys.argv[1:]), "rows": rows}
     out = Path(args.out or HERE / "results" / f"bench_requests_cpu_{datetime.date.today().isoformat()}.json")
     out.write_text(json.dumps(record, indent=1) + "\n")

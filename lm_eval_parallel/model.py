@@ -284,6 +284,7 @@ class ParallelHFLM(HFLM):
         return results
 
     def loglikelihood(self, requests, disable_tqdm: bool = False):
+        self.builder.warm(req.args[0] for req in requests)
         prepared = [self.prepare_loglikelihood(*req.args) for req in requests]
         for p in prepared:
             self.builder.check_fits(p, 0, self.sliding_window, self.max_length)
@@ -338,6 +339,7 @@ class ParallelHFLM(HFLM):
         if gen_eos is not None:
             eos_ids.update(gen_eos if isinstance(gen_eos, (list, tuple)) else [gen_eos])
         jobs = []  # (prepared, stop strings, max new tokens)
+        self.builder.warm(req.args[0] for req in requests)
         for req in requests:
             context, gen_kwargs = req.args
             kwargs = normalize_gen_kwargs(dict(gen_kwargs), self.max_gen_toks)

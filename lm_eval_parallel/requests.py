@@ -73,6 +73,21 @@ class TokenMemo:
         self.max_tokens = max_tokens
         self.n_tokens = 0
         self.entries: dict[str, np.ndarray] = {}
+        self.warmed: set[str] = set()  # contexts whose items warm() has been given (skipped the next time)
+
+    WARM_BATCH = 256  # texts per batched tokenizer call of warm()
+
+    def warm(self, tokenizer, texts) -> None:
+        """Tokenize the ``texts`` not held yet in batched calls (the tokenizer's own threads), as :meth:`ids`
+        would one at a time; stops where the memo would be full (the rest is tokenized when it is asked for)."""
+        todo = list(dict.fromkeys(t for t in texts if t and t not in self.entries))
+        for start in range(0, len(todo), self.WARM_BATCH):
+            chunk = todo[start : start + self.WARM_BATCH]
+            for text, ids in zip(chunk, tokenizer(chunk, add_special_tokens=False)["input_ids"]):
+                if self.n_tokens + len(ids) > self.max_tokens:
+                    return
+                self.entries[text] = np.asarray(ids, dtype=np.int32)
+                self.n_tokens += len(ids)
 
     def ids(self, tokenizer, text: str) -> list[int]:
         cached = self.entries.get(text)
@@ -82,6 +97,7 @@ class TokenMemo:
         if len(ids) <= self.max_tokens:
             if self.n_tokens + len(ids) > self.max_tokens:
                 self.entries.clear()
+                self.warmed.clear()
                 self.n_tokens = 0
             self.entries[text] = np.asarray(ids, dtype=np.int32)
             self.n_tokens += len(ids)
@@ -108,6 +124,16 @@ class RequestBuilder:
 
     def ids(self, text: str) -> list[int]:
         return token_ids(self.tokenizer, text, self.memo)
+
+    def warm(self, contexts) -> None:
+        """Fill the memo with the items of every marked context in ``contexts`` (the bulk of a request's tokens)
+        in batched tokenizer calls, before the requests are prepared one by one; no memo: nothing to do."""
+        if self.memo is None or self.pce.tokenize != "items":
+            return
+        new = [c for c in dict.fromkeys(contexts) if c not in self.memo.warmed]
+        parts = (split_prompt(c) for c in new)
+        self.memo.warm(self.tokenizer, (item for p in parts if p is not None for item in p.items))
+        self.memo.warmed.update(new)
 
     # ------------------------------------------------------------------ requests
     def loglikelihood(self, context: str, continuation: str) -> Prepared:

