@@ -63,14 +63,19 @@ def score_variants(qg: torch.Tensor, k: torch.Tensor) -> dict:
 
 def output_variants(p: torch.Tensor, v: torch.Tensor) -> dict:
     """The ways of computing p [B, Hkv, G, K] (fp32) x v [B, Hkv, K, D] in v's dtype."""
+    from lm_eval_parallel.query_fast import split_output
+
     m = p.shape[2]
     pb = p.to(v.dtype)
+    b, n = p.shape[:2]
+    p_rows = p.reshape(b, n * m, 1, p.shape[-1])  # [B, H, 1, K]: the query heads as heads, one row each
     return {
         "p @ v (current)": lambda: p.to(v.dtype) @ v,
         "p @ v, cuBLASLt": with_cublaslt(lambda: p.to(v.dtype) @ v),
         "p rows padded to 16": lambda: (pad_rows(p.to(v.dtype), 16) @ v)[:, :, :m],
         "p rows padded to 64": lambda: (pad_rows(p.to(v.dtype), 64) @ v)[:, :, :m],
         "(vT @ pT)T": lambda: (v.transpose(-1, -2) @ pb.transpose(-1, -2)).transpose(-1, -2),
+        "split_output (query_fast's few-row product, fp32 out)": lambda: split_output(p_rows, v).reshape(b, n, m, -1),
     }
 
 
@@ -95,7 +100,16 @@ def attention_variants(qg: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias:
     none = torch.zeros(b, k.shape[2], dtype=torch.long, device=qg.device)
     masks = QueryMasks(none.bool(), none, none[:, None, :1], none[:, 0], visible, q_valid, q_valid.float().sum(-1))
     plan = QueryPlan(None, q_valid, want_stats=True)
+    from lm_eval_parallel.attention import eager_query_attention
+    from lm_eval_parallel.query_fast import small_query_attention
+
     return {
+        "small_query_attention (a decode step's layer): out + entropy": lambda: (
+            small_query_attention(q_rows, k, v, plan, masks, scaling).out
+        ),
+        "eager_query_attention: out + entropy": lambda: (
+            eager_query_attention(q_rows, k, v, plan, masks, scaling, None).out
+        ),
         "decode_kernel (Triton): out + entropy": lambda: (
             decode_kernel.decode_attention(q_rows, k, v, plan, masks, scaling).out
         ),
