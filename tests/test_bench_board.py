@@ -3,23 +3,17 @@ the sweep and through lm-eval's `hf`; the JSON has every field and its times add
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import math
 import os
-from pathlib import Path
 
 import pytest
-
-SCRIPT = Path(__file__).resolve().parent.parent / "benchmarks" / "bench_board.py"
+from bench_scripts import load
 
 
 @pytest.fixture(scope="module")
 def bench_board():
-    spec = importlib.util.spec_from_file_location("bench_board", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load("bench_board")
 
 
 def test_bad_arguments_fail_before_any_work(bench_board, tmp_path):

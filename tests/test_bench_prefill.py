@@ -3,21 +3,15 @@ run; its times say nothing), with the FLOP bound of each method's layout."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
-from pathlib import Path
 
 import pytest
-
-SCRIPT = Path(__file__).resolve().parent.parent / "benchmarks" / "bench_prefill.py"
+from bench_scripts import load
 
 
 @pytest.fixture(scope="module")
 def bench_prefill():
-    spec = importlib.util.spec_from_file_location("bench_prefill", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load("bench_prefill")
 
 
 def test_peer_methods_run_through_their_own_engines(bench_prefill, tmp_path):
