@@ -246,7 +246,8 @@ def main(argv=None) -> int:
             for method in methods:
                 pce = PCEConfig.from_args(method=method, P=P, entropy=False, prefill_batch_tokens=args.max_batch_tokens)
                 engine = engine_for(model, device, pce)
-                s = 1 + (SINK_TOKENS if get_method(method).uses_sink else 0)
+                spec = get_method(method)
+                s = 1 + (SINK_TOKENS if spec.uses_sink else 0)
                 prefix = tuple(int(t) for t in ids[0, :s])
                 body = ids[0, s:].tolist()
                 pieces, start = [], 0
@@ -262,7 +263,7 @@ def main(argv=None) -> int:
                     del ctx
 
                 t, ts, m = measure(par, args.repeats, device)
-                if get_method(method).engine == "star":  # the anchor joins the prefix of every other piece
+                if spec.engine == "star":  # the anchor joins the prefix of every other piece
                     a = s + len(pieces[0])
                     f = flops(cfg, [(0, a)] + [(a, len(p)) for p in pieces[1:]])
                 else:

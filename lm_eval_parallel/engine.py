@@ -299,11 +299,13 @@ class ParallelEngine:
             self._prefix_cache.popitem(last=False)
         return kv
 
-    def _store_prefix(self, prefix: tuple[int, ...], store: KVStore):
-        """Encode the prefix (or take it from the prefix cache), write it at the head of ``store``; its per-layer kv."""
+    def _store_prefix(self, prefix: tuple[int, ...], targets: list):
+        """Encode the prefix (or take it from the prefix cache), write it at the head of every store of ``targets``
+        (stores, or one StoreSlab for all of its stores); its per-layer kv."""
         prefix_kv = self._encode_prefix(prefix)
-        for layer, (k, v) in enumerate(prefix_kv):
-            store.put_prefix(layer, k[0], v[0])
+        for layer, (k, v) in enumerate(prefix_kv):  # [1, Hkv, s, D]
+            for target in targets:
+                target.put_prefix(layer, k[0], v[0])
         return prefix_kv
 
     def _encode_pieces(self, items: list[_Pending]):
@@ -327,10 +329,7 @@ class ParallelEngine:
         slab = StoreSlab([it.store for it in items]) if self.slab_prefill and len(items) > 1 else None
         prefix_kv = None
         if not inline:
-            prefix_kv = self._encode_prefix(prefix)
-            for layer, (k, v) in enumerate(prefix_kv):  # [1, Hkv, s, D]
-                for store in [slab] if slab is not None else [it.store for it in items]:
-                    store.put_prefix(layer, k[0], v[0])
+            prefix_kv = self._store_prefix(prefix, [slab] if slab is not None else [it.store for it in items])
         start = 0
         while start < len(rows):
             width = head + rows[start][0]
@@ -424,7 +423,7 @@ class ParallelEngine:
             fresh.append((j, item))
             if not item.nonempty:  # no piece: the prefix alone is the context
                 if layout.prefix:
-                    self._store_prefix(layout.prefix, item.store)
+                    self._store_prefix(layout.prefix, [item.store])
             elif not self.pack_prefill or oracle_keys:
                 self._encode_pieces([item])  # one at a time: no packing (CPU), or oracle keys (a second pass follows)
             else:

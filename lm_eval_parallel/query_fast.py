@@ -141,7 +141,12 @@ def _piece_topn(qg: torch.Tensor, k: torch.Tensor, key_ok: torch.Tensor | None, 
         if key_ok is not None:
             logits = logits.masked_fill(~key_ok[:, None, None, :], float("-inf"))
         out.append(topn_values(logits, n).float() * scaling)
-    top = out[0] if len(out) == 1 else torch.cat(out, dim=2)
+    return _rows_topn(out, n)
+
+
+def _rows_topn(chunks: list[torch.Tensor], n: int) -> torch.Tensor:
+    """The top-n of every chunk of rows [B, Hkv, r, ..., <=n] as one tensor [B, Hkv, M, ..., n], -inf padded."""
+    top = chunks[0] if len(chunks) == 1 else torch.cat(chunks, dim=2)
     return F.pad(top, (0, n - top.shape[-1]), value=float("-inf")) if top.shape[-1] < n else top
 
 
@@ -161,8 +166,7 @@ def _slot_topn(qg: torch.Tensor, k: torch.Tensor, piece_index: torch.Tensor, sca
         per_slot = logits.gather(-1, index.expand(b, hkv, logits.shape[2], -1)).unflatten(-1, (n_slots, l_max))
         per_slot = per_slot.masked_fill(absent, float("-inf"))  # [B, Hkv, r, P, Lmax]
         out.append(topn_values(per_slot, n).float() * scaling)
-    top = out[0] if len(out) == 1 else torch.cat(out, dim=2)
-    return F.pad(top, (0, n - top.shape[-1]), value=float("-inf")) if top.shape[-1] < n else top
+    return _rows_topn(out, n)
 
 
 def _keeps_per_request(plan: QueryPlan) -> bool:
@@ -283,9 +287,9 @@ def grouped_query_attention(
         c = unfold(attend_with_lse(qg, kp, kp, bias, scaling)[0]) if with_k else None
         return unfold(lse), unfold(out), c
 
+    # one_group with a choice: its pass below gives the log-sum-exp over every piece key; the kept ones come later
+    chooses_later = one_group and (plan.selects or plan.forced_keep is not None)
     for slot, kp, vp, key_ok in sources:
-        # one_group with a choice: this pass gives the log-sum-exp over every piece key; the kept ones come later
-        chooses_later = one_group and (plan.selects or plan.forced_keep is not None)
         parts.append((slot, *attend(kp, vp, key_ok, want_k and not chooses_later)))
         if want_scores and not one_group:
             topn[slot] = unfold(_piece_topn(qg, kp, key_ok, scaling, plan.selection.score_topn))

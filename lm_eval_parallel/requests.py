@@ -86,8 +86,11 @@ class TokenMemo:
             for text, ids in zip(chunk, tokenizer(chunk, add_special_tokens=False)["input_ids"]):
                 if self.n_tokens + len(ids) > self.max_tokens:
                     return
-                self.entries[text] = np.asarray(ids, dtype=np.int32)
-                self.n_tokens += len(ids)
+                self._put(text, ids)
+
+    def _put(self, text: str, ids: list[int]) -> None:
+        self.entries[text] = np.asarray(ids, dtype=np.int32)
+        self.n_tokens += len(ids)
 
     def ids(self, tokenizer, text: str) -> list[int]:
         cached = self.entries.get(text)
@@ -99,8 +102,7 @@ class TokenMemo:
                 self.entries.clear()
                 self.warmed.clear()
                 self.n_tokens = 0
-            self.entries[text] = np.asarray(ids, dtype=np.int32)
-            self.n_tokens += len(ids)
+            self._put(text, ids)
         return ids
 
 
